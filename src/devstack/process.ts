@@ -1,0 +1,66 @@
+// A child process for a dev-stack server: output goes to a log file, and stop() ends it with
+// SIGTERM, then SIGKILL if it does not exit in time. Every child is also killed when this
+// process exits, so an interrupted test run leaves no server behind.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { openSync, closeSync } from 'node:fs';
+
+export interface ServerProcess {
+  readonly name: string;
+  readonly pid: number;
+  readonly logFile: string;
+  /** Resolves when the process has exited; its exit code, or the signal that ended it. */
+  readonly exited: Promise<number | NodeJS.Signals>;
+  stop(graceMs?: number): Promise<void>;
+  /** SIGKILL, for tests that simulate a crash. */
+  kill(): Promise<void>;
+}
+
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
+export function startServerProcess(opts: {
+  name: string;
+  command: string;
+  args: string[];
+  logFile: string;
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+}): ServerProcess {
+  const fd = openSync(opts.logFile, 'a', 0o600);
+  const child = spawn(opts.command, opts.args, {
+    cwd: opts.cwd,
+    env: opts.env ?? process.env,
+    stdio: ['ignore', fd, fd],
+  });
+  closeSync(fd);
+  if (child.pid === undefined) {
+    throw new Error(`${opts.name}: could not start ${opts.command} (see ${opts.logFile})`);
+  }
+  running.add(child);
+  const exited = new Promise<number | NodeJS.Signals>((resolve) => {
+    child.once('exit', (code, signal) => {
+      running.delete(child);
+      resolve(code ?? signal ?? 0);
+    });
+    child.once('error', () => {
+      running.delete(child);
+      resolve(-1);
+    });
+  });
+  const pid = child.pid;
+  async function stop(graceMs = 10_000): Promise<void> {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+    await exited;
+    clearTimeout(timer);
+  }
+  async function kill(): Promise<void> {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGKILL');
+    await exited;
+  }
+  return { name: opts.name, pid, logFile: opts.logFile, exited, stop, kill };
+}
