@@ -1,0 +1,207 @@
+// A small local model upstream that speaks the OpenAI-compatible API (the one OpenRouter,
+// Ollama, vLLM and llama.cpp servers speak): `POST /v1/chat/completions` as JSON or as a
+// server-sent event stream, and `GET /v1/models`. It stands in for a paid provider in tests,
+// benchmarks and the demo; it answers by echoing the last user message, word by word when
+// streaming, with configurable delays and faults. It is not a model.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export type DemoUpstreamFault =
+  | 'none'
+  /** Answers 500 with an OpenAI-style error body. */
+  | 'error-500'
+  /** Sends headers and the first chunk of a stream, then destroys the connection. */
+  | 'die-mid-stream'
+  /** Accepts the request and never answers. */
+  | 'hang';
+
+export interface DemoUpstreamOptions {
+  models?: string[];
+  /** Delay before the response (JSON) or before the first chunk (stream), in ms. */
+  firstByteDelayMs?: number;
+  /** Delay between stream chunks, in ms. */
+  chunkDelayMs?: number;
+  /** When set, requests must carry `Authorization: Bearer <apiKey>`. */
+  apiKey?: string;
+  fault?: DemoUpstreamFault;
+  /** When set, a stream waits for this after its first chunk (to observe pass-through). */
+  afterFirstChunk?: () => Promise<void>;
+}
+
+export interface DemoUpstream {
+  readonly url: string;
+  readonly server: Server;
+  /** Every request body received, as raw bytes (to check what the proxy sent). */
+  readonly received: Buffer[];
+  /** Authorization headers received, in order. */
+  readonly authorizations: Array<string | undefined>;
+  /** Every response body sent, as raw bytes, in order (complete ones only). */
+  readonly sent: Buffer[];
+  setFault(fault: DemoUpstreamFault): void;
+  close(): Promise<void>;
+}
+
+interface ChatRequest {
+  model?: unknown;
+  stream?: unknown;
+  messages?: Array<{ role?: unknown; content?: unknown }>;
+}
+
+const sleep = (ms: number): Promise<void> =>
+  ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve();
+
+function sendJson(res: ServerResponse, status: number, body: unknown, sent?: Buffer[]): void {
+  const bytes = Buffer.from(JSON.stringify(body));
+  sent?.push(bytes);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': bytes.length });
+  res.end(bytes);
+}
+
+async function readBody(req: IncomingMessage): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of req) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+function answerFor(request: ChatRequest): string {
+  const last = [...(request.messages ?? [])].reverse().find((m) => m.role === 'user');
+  const text = typeof last?.content === 'string' ? last.content : '';
+  return `echo: ${text}`;
+}
+
+/** Rough token counts (words), so usage figures exist and move with the text. */
+function countTokens(text: string): number {
+  return text.split(/\s+/).filter(Boolean).length;
+}
+
+export async function startDemoUpstream(opts: DemoUpstreamOptions = {}): Promise<DemoUpstream> {
+  const models = opts.models ?? ['demo-echo', 'demo-echo-large'];
+  let fault: DemoUpstreamFault = opts.fault ?? 'none';
+  const received: Buffer[] = [];
+  const authorizations: Array<string | undefined> = [];
+  const sent: Buffer[] = [];
+  let counter = 0;
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (opts.apiKey !== undefined && req.headers.authorization !== `Bearer ${opts.apiKey}`) {
+      sendJson(res, 401, {
+        error: { message: 'invalid API key', type: 'invalid_request_error', code: 'invalid_api_key' },
+      });
+      return;
+    }
+    if (req.method === 'GET' && req.url === '/v1/models') {
+      sendJson(res, 200, {
+        object: 'list',
+        data: models.map((id) => ({ id, object: 'model', owned_by: 'demo' })),
+      });
+      return;
+    }
+    if (req.method !== 'POST' || req.url !== '/v1/chat/completions') {
+      sendJson(res, 404, {
+        error: { message: `no route ${req.method} ${req.url}`, type: 'invalid_request_error' },
+      });
+      return;
+    }
+    const raw = await readBody(req);
+    received.push(raw);
+    authorizations.push(req.headers.authorization);
+    let request: ChatRequest;
+    try {
+      request = JSON.parse(raw.toString('utf8')) as ChatRequest;
+    } catch {
+      sendJson(res, 400, { error: { message: 'body is not JSON', type: 'invalid_request_error' } });
+      return;
+    }
+    const model = typeof request.model === 'string' ? request.model : '';
+    if (!models.includes(model)) {
+      sendJson(res, 404, { error: { message: `model ${model} not found`, type: 'invalid_request_error' } });
+      return;
+    }
+    if (fault === 'hang') return; // never answers; the caller's timeout must act
+    await sleep(opts.firstByteDelayMs ?? 0);
+    if (fault === 'error-500') {
+      sendJson(res, 500, { error: { message: 'demo upstream failure', type: 'server_error' } });
+      return;
+    }
+    counter += 1;
+    const id = `chatcmpl-demo-${counter}`;
+    const created = Math.floor(Date.now() / 1000);
+    const answer = answerFor(request);
+    const promptTokens = countTokens(JSON.stringify(request.messages ?? []));
+    const usage = {
+      prompt_tokens: promptTokens,
+      completion_tokens: countTokens(answer),
+      total_tokens: promptTokens + countTokens(answer),
+    };
+    if (request.stream !== true) {
+      sendJson(
+        res,
+        200,
+        {
+          id,
+          object: 'chat.completion',
+          created,
+          model,
+          choices: [{ index: 0, message: { role: 'assistant', content: answer }, finish_reason: 'stop' }],
+          usage,
+        },
+        sent,
+      );
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    const streamed: string[] = [];
+    const write = (text: string): void => {
+      streamed.push(text);
+      res.write(text);
+    };
+    const words = answer.split(' ');
+    for (let i = 0; i < words.length; i++) {
+      const delta = i === 0 ? { role: 'assistant', content: words[i] } : { content: ` ${words[i]}` };
+      write(
+        `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta, finish_reason: null }] })}\n\n`,
+      );
+      if (fault === 'die-mid-stream') {
+        // Let the headers and the first chunk reach the caller, then cut the connection.
+        await new Promise<void>((resolve) => res.write('', () => resolve()));
+        await sleep(20);
+        res.socket?.destroy();
+        return;
+      }
+      if (i === 0 && opts.afterFirstChunk) await opts.afterFirstChunk();
+      await sleep(opts.chunkDelayMs ?? 0);
+      if (res.destroyed) return;
+    }
+    write(
+      `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta: {}, finish_reason: 'stop' }], usage })}\n\n`,
+    );
+    streamed.push('data: [DONE]\n\n');
+    sent.push(Buffer.from(streamed.join('')));
+    res.end('data: [DONE]\n\n');
+  }
+
+  const server = createServer((req, res) => {
+    handle(req, res).catch((error: unknown) => {
+      if (!res.headersSent) sendJson(res, 500, { error: { message: String(error), type: 'server_error' } });
+      else res.destroy();
+    });
+  });
+  server.keepAliveTimeout = 60_000;
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    server,
+    received,
+    authorizations,
+    sent,
+    setFault: (next) => {
+      fault = next;
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}

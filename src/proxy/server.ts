@@ -1,0 +1,585 @@
+// The receipting model proxy. It speaks the OpenAI-compatible API, authenticates every call with
+// the job's capability token (CST), forwards allowed calls to the configured upstream with the
+// upstream's key (which never leaves the proxy), passes streamed answers through as they arrive,
+// and signs a receipt for every call that reached a decision. A response completes to the
+// caller only after its receipt is durable on disk.
+import { randomUUID } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
+import {
+  Agent as HttpAgent,
+  createServer,
+  request as httpRequest,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import type { ProxyConfig, UpstreamConfig } from './config.ts';
+import type { ReceiptStore } from './receipt-store.ts';
+import {
+  sha256,
+  signReceipt,
+  type ReceiptPayload,
+  type ReceiptSigningKey,
+  type ReceiptStatus,
+} from './receipts.ts';
+
+/** Stable reason codes of the proxy's own refusals (token and policy codes come from the verifier). */
+export const PROXY_ERRORS = {
+  tokenMissing: 'TOKEN_MISSING',
+  bodyTooLarge: 'REQUEST_TOO_LARGE',
+  malformed: 'REQUEST_MALFORMED',
+  modelNotInScope: 'MODEL_NOT_IN_TOKEN_SCOPE',
+  modelUnavailable: 'MODEL_NOT_SERVED',
+  receiptOtherJob: 'RECEIPT_OF_OTHER_JOB',
+  receiptNotFound: 'RECEIPT_NOT_FOUND',
+  notFound: 'ROUTE_NOT_FOUND',
+  upstreamTimeout: 'UPSTREAM_TIMEOUT',
+  upstreamFailed: 'UPSTREAM_FAILED',
+  receiptNotPersisted: 'RECEIPT_NOT_PERSISTED',
+} as const;
+
+/** What a verified token allows a call to do. */
+export interface CallGrant {
+  workflowId: string;
+  runId: string;
+  tokenId: string;
+  policyHash: string | null;
+  /** Models the token's scope names (already intersected with the job's policy by the verifier). */
+  models: readonly string[];
+}
+
+export type TokenCheck =
+  { ok: true; grant: CallGrant } | { ok: false; code: string; reason: string; status?: 401 | 403 };
+
+/**
+ * Verifies a bearer CST for a model call: signature, type, expiry, audience, revocation, pinned
+ * policy hash against the active one, and the job's policy. The proxy adds the model-scope check.
+ */
+export type VerifyCallToken = (token: string) => Promise<TokenCheck>;
+
+export interface ProxyDeps {
+  config: ProxyConfig;
+  verifyToken: VerifyCallToken;
+  receiptKey: ReceiptSigningKey;
+  store: ReceiptStore;
+  now?: () => Date;
+}
+
+export interface RunningProxy {
+  readonly url: string;
+  readonly server: Server;
+  readonly store: ReceiptStore;
+  close(): Promise<void>;
+}
+
+/** A call the proxy refuses: an HTTP status, a stable code, and a reason a person understands. */
+class Refusal extends Error {
+  readonly status: number;
+  readonly code: string;
+  readonly reason: string;
+  constructor(status: number, code: string, reason: string) {
+    super(`${code}: ${reason}`);
+    this.status = status;
+    this.code = code;
+    this.reason = reason;
+  }
+}
+
+function errorBody(code: string, message: string, type = 'invalid_request_error'): Buffer {
+  return Buffer.from(JSON.stringify({ error: { message, type, code, param: null } }));
+}
+
+function sendError(
+  res: ServerResponse,
+  status: number,
+  code: string,
+  message: string,
+  receiptId?: string,
+): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const body = errorBody(code, message, status >= 500 ? 'server_error' : 'invalid_request_error');
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': body.length,
+    ...(receiptId ? { 'x-clawgate-receipt-id': receiptId } : {}),
+  });
+  res.end(body);
+}
+
+function bearer(req: IncomingMessage): string | undefined {
+  const header = req.headers.authorization;
+  if (!header) return undefined;
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  return match?.[1];
+}
+
+/** Reads the body up to `limit` bytes; a longer body is a refusal, not a crash. */
+async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length'] ?? NaN);
+  if (Number.isFinite(declared) && declared > limit) {
+    throw new Refusal(
+      413,
+      PROXY_ERRORS.bodyTooLarge,
+      `request body of ${declared} bytes exceeds the limit of ${limit}`,
+    );
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > limit) {
+      throw new Refusal(413, PROXY_ERRORS.bodyTooLarge, `request body exceeds the limit of ${limit} bytes`);
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+interface ChatRequestSummary {
+  model: string;
+  stream: boolean;
+}
+
+function parseChatRequest(body: Buffer): ChatRequestSummary {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body.toString('utf8'));
+  } catch (error) {
+    throw new Refusal(
+      400,
+      PROXY_ERRORS.malformed,
+      `request body is not valid JSON (${error instanceof Error ? error.message : 'parse error'})`,
+    );
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new Refusal(400, PROXY_ERRORS.malformed, 'request body must be a JSON object');
+  }
+  const request = parsed as Record<string, unknown>;
+  if (typeof request['model'] !== 'string' || request['model'] === '') {
+    throw new Refusal(400, PROXY_ERRORS.malformed, 'model: required, a non-empty string');
+  }
+  if (!Array.isArray(request['messages']) || request['messages'].length === 0) {
+    throw new Refusal(400, PROXY_ERRORS.malformed, 'messages: required, a non-empty array');
+  }
+  if (request['stream'] !== undefined && typeof request['stream'] !== 'boolean') {
+    throw new Refusal(400, PROXY_ERRORS.malformed, 'stream: must be true or false');
+  }
+  return { model: request['model'], stream: request['stream'] === true };
+}
+
+type Usage = NonNullable<ReceiptPayload['usage']>;
+
+function usageFrom(value: unknown): Usage | null {
+  if (typeof value !== 'object' || value === null) return null;
+  const u = value as Record<string, unknown>;
+  const n = (x: unknown): number | null =>
+    typeof x === 'number' && Number.isInteger(x) && x >= 0 ? x : null;
+  const prompt = n(u['prompt_tokens']);
+  const completion = n(u['completion_tokens']);
+  if (prompt === null || completion === null) return null;
+  return {
+    prompt_tokens: prompt,
+    completion_tokens: completion,
+    total_tokens: n(u['total_tokens']) ?? prompt + completion,
+  };
+}
+
+/** Finds the usage an upstream reports in the last SSE events of a stream (OpenAI's final chunk). */
+class StreamUsageScanner {
+  private tail = '';
+  usage: Usage | null = null;
+  push(chunk: Buffer): void {
+    const text = this.tail + chunk.toString('utf8');
+    const lines = text.split('\n');
+    this.tail = lines.pop() ?? '';
+    for (const line of lines) {
+      if (!line.startsWith('data:') || !line.includes('"usage"')) continue;
+      try {
+        const found = usageFrom((JSON.parse(line.slice(5)) as { usage?: unknown }).usage);
+        if (found) this.usage = found;
+      } catch {
+        // Not JSON: not a usage line.
+      }
+    }
+  }
+}
+
+export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
+  const { config, store } = deps;
+  const now = deps.now ?? (() => new Date());
+  const upstreamByModel = new Map<string, UpstreamConfig>();
+  for (const upstream of config.upstreams)
+    for (const model of upstream.models) upstreamByModel.set(model, upstream);
+  const httpAgent = new HttpAgent({ keepAlive: true, maxSockets: 256 });
+  const httpsAgent = new HttpsAgent({ keepAlive: true, maxSockets: 256 });
+
+  async function persistReceipt(
+    fields: Omit<ReceiptPayload, 'v' | 'proxy_id' | 'prev_receipt_sha256'>,
+  ): Promise<void> {
+    const jobId = fields.job?.workflow_id ?? null;
+    const prev = jobId === null ? null : store.chainHead(jobId);
+    const payload: ReceiptPayload = { v: 1, proxy_id: config.proxyId, ...fields, prev_receipt_sha256: prev };
+    const signed = signReceipt(payload, deps.receiptKey);
+    if (jobId !== null) store.advanceHead(jobId, signed.payloadSha256);
+    await store.append(signed);
+  }
+
+  async function handleChat(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const receiptId = randomUUID();
+    const startedAt = now();
+    let grant: CallGrant | null = null;
+    let model: string | null = null;
+    let stream = false;
+    const base = () => ({
+      receipt_id: receiptId,
+      job: grant ? { workflow_id: grant.workflowId, run_id: grant.runId } : null,
+      token_id: grant?.tokenId ?? null,
+      policy_hash: grant?.policyHash ?? null,
+      model,
+      stream,
+      started_at: startedAt.toISOString(),
+    });
+
+    const refuse = async (refusal: Refusal): Promise<void> => {
+      await persistReceipt({
+        ...base(),
+        upstream: null,
+        status: 'refused',
+        http_status: refusal.status,
+        refusal: { code: refusal.code, reason: refusal.reason },
+        error: null,
+        request_sha256: null,
+        response_sha256: null,
+        request_bytes: 0,
+        response_bytes: 0,
+        usage: null,
+        ended_at: now().toISOString(),
+      });
+      sendError(res, refusal.status, refusal.code, refusal.reason, receiptId);
+    };
+
+    let body: Buffer;
+    let upstream: UpstreamConfig;
+    try {
+      const token = bearer(req);
+      if (!token) {
+        throw new Refusal(
+          401,
+          PROXY_ERRORS.tokenMissing,
+          'no capability token: send Authorization: Bearer <CST>',
+        );
+      }
+      const check = await deps.verifyToken(token);
+      if (!check.ok) throw new Refusal(check.status ?? 401, check.code, check.reason);
+      grant = check.grant;
+      body = await readBody(req, config.limits.maxBodyBytes);
+      const summary = parseChatRequest(body);
+      model = summary.model;
+      stream = summary.stream;
+      if (!grant.models.includes(summary.model)) {
+        throw new Refusal(
+          403,
+          PROXY_ERRORS.modelNotInScope,
+          `model ${summary.model} is not in this token's scope (allowed: ${grant.models.join(', ') || 'none'})`,
+        );
+      }
+      const found = upstreamByModel.get(summary.model);
+      if (!found) {
+        throw new Refusal(
+          404,
+          PROXY_ERRORS.modelUnavailable,
+          `no upstream of this proxy serves model ${summary.model}`,
+        );
+      }
+      upstream = found;
+    } catch (error) {
+      if (error instanceof Refusal) {
+        req.resume();
+        await refuse(error);
+        return;
+      }
+      throw error;
+    }
+    await forward(req, res, { body, upstream, base, receiptId });
+  }
+
+  async function forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    call: { body: Buffer; upstream: UpstreamConfig; base: () => Record<string, unknown>; receiptId: string },
+  ): Promise<void> {
+    const { body, upstream, receiptId } = call;
+    const target = new URL(`${upstream.baseUrl.replace(/\/$/, '')}/chat/completions`);
+    const isHttps = target.protocol === 'https:';
+    const responseHash: Hash = createHash('sha256');
+    let responseBytes = 0;
+    let upstreamStatus = 0;
+    const usageScanner = new StreamUsageScanner();
+    const jsonChunks: Buffer[] = [];
+    let outcome: { status: ReceiptStatus; error: string | null } | undefined;
+    let streaming = false;
+    let timer: NodeJS.Timeout | undefined;
+
+    const finished = new Promise<void>((resolve) => {
+      const upstreamReq = (isHttps ? httpsRequest : httpRequest)(target, {
+        method: 'POST',
+        agent: isHttps ? httpsAgent : httpAgent,
+        headers: {
+          'content-type': 'application/json',
+          'content-length': body.length,
+          accept: req.headers.accept ?? 'application/json',
+          ...(upstream.apiKey ? { authorization: `Bearer ${upstream.apiKey}` } : {}),
+        },
+      });
+      const settle = (status: ReceiptStatus, error: string | null): void => {
+        if (outcome) return;
+        outcome = { status, error };
+        clearTimeout(timer);
+        resolve();
+      };
+      const armTimer = (): void => {
+        clearTimeout(timer);
+        timer = setTimeout(() => {
+          settle(
+            'timeout',
+            `no answer from upstream ${upstream.name} within ${config.limits.upstreamTimeoutMs} ms`,
+          );
+          upstreamReq.destroy();
+        }, config.limits.upstreamTimeoutMs);
+      };
+      armTimer();
+      // The caller went away before the answer completed: abort the upstream call.
+      res.once('close', () => {
+        if (!res.writableFinished && !outcome) {
+          settle('aborted', 'the caller closed the connection before the answer was complete');
+          upstreamReq.destroy();
+        }
+      });
+      upstreamReq.once('error', (error) => {
+        settle('upstream_failed', `upstream ${upstream.name}: ${error.message}`);
+      });
+      upstreamReq.once('response', (upstreamRes) => {
+        upstreamStatus = upstreamRes.statusCode ?? 502;
+        const contentType = upstreamRes.headers['content-type'] ?? 'application/json';
+        streaming = contentType.startsWith('text/event-stream');
+        // Headers go out now; the body follows as it arrives. No content-length: the response
+        // ends (its last chunk) only after the receipt is on disk.
+        res.writeHead(upstreamStatus, {
+          'content-type': contentType,
+          'cache-control': 'no-cache',
+          'x-clawgate-receipt-id': receiptId,
+        });
+        res.flushHeaders();
+        upstreamRes.on('data', (chunk: Buffer) => {
+          armTimer();
+          responseHash.update(chunk);
+          responseBytes += chunk.length;
+          if (streaming) usageScanner.push(chunk);
+          else jsonChunks.push(chunk);
+          res.write(chunk);
+        });
+        upstreamRes.once('end', () => {
+          settle(upstreamStatus >= 200 && upstreamStatus < 300 ? 'ok' : 'upstream_error', null);
+        });
+        upstreamRes.once('aborted', () =>
+          settle('upstream_failed', `upstream ${upstream.name} closed the connection mid-answer`),
+        );
+        upstreamRes.once('error', (error) =>
+          settle('upstream_failed', `upstream ${upstream.name} failed mid-answer: ${error.message}`),
+        );
+        upstreamRes.once('close', () => {
+          if (!upstreamRes.complete) {
+            settle('upstream_failed', `upstream ${upstream.name} closed the connection mid-answer`);
+          }
+        });
+      });
+      upstreamReq.end(body);
+    });
+    await finished;
+    const result = outcome ?? { status: 'upstream_failed' as const, error: 'no outcome' };
+    let usage: Usage | null = usageScanner.usage;
+    if (!usage && jsonChunks.length > 0 && result.status === 'ok') {
+      try {
+        usage = usageFrom(
+          (JSON.parse(Buffer.concat(jsonChunks).toString('utf8')) as { usage?: unknown }).usage,
+        );
+      } catch {
+        usage = null;
+      }
+    }
+    const httpStatus =
+      result.status === 'timeout'
+        ? 504
+        : result.status === 'upstream_failed' && upstreamStatus === 0
+          ? 502
+          : upstreamStatus;
+    try {
+      await persistReceipt({
+        ...(call.base() as Pick<
+          ReceiptPayload,
+          'receipt_id' | 'job' | 'token_id' | 'policy_hash' | 'model' | 'stream' | 'started_at'
+        >),
+        upstream: { name: upstream.name, url: upstream.baseUrl },
+        status: result.status,
+        http_status: httpStatus,
+        refusal: null,
+        error: result.error,
+        request_sha256: sha256(body),
+        response_sha256: responseHash.digest('hex'),
+        request_bytes: body.length,
+        response_bytes: responseBytes,
+        usage,
+        ended_at: now().toISOString(),
+      });
+    } catch (error) {
+      // Fail closed: without a durable receipt the answer does not complete.
+      const message = `the receipt could not be written: ${error instanceof Error ? error.message : String(error)}`;
+      if (!res.headersSent) sendError(res, 500, PROXY_ERRORS.receiptNotPersisted, message);
+      else res.destroy();
+      return;
+    }
+    if (result.status === 'aborted') return;
+    if (!res.headersSent) {
+      const code = result.status === 'timeout' ? PROXY_ERRORS.upstreamTimeout : PROXY_ERRORS.upstreamFailed;
+      sendError(res, httpStatus, code, result.error ?? 'upstream failure', receiptId);
+      return;
+    }
+    if (result.status === 'ok' || result.status === 'upstream_error') {
+      // For a stream, the receipt id also closes the stream, as an SSE comment clients ignore.
+      if (streaming) {
+        res.end(`: clawgate-receipt ${receiptId}\n\n`);
+      } else {
+        res.end();
+      }
+      return;
+    }
+    // The upstream failed mid-answer: say so in the stream, then cut the connection so the
+    // caller cannot mistake the partial answer for a complete one.
+    if (streaming) {
+      res.write(`: clawgate-error ${result.status} receipt ${receiptId}\n\n`);
+    }
+    res.destroy();
+  }
+
+  async function handleModels(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const token = bearer(req);
+    if (!token)
+      return sendError(
+        res,
+        401,
+        PROXY_ERRORS.tokenMissing,
+        'no capability token: send Authorization: Bearer <CST>',
+      );
+    const check = await deps.verifyToken(token);
+    if (!check.ok) return sendError(res, check.status ?? 401, check.code, check.reason);
+    const models = check.grant.models.filter((m) => upstreamByModel.has(m));
+    const body = Buffer.from(
+      JSON.stringify({
+        object: 'list',
+        data: models.map((id) => ({
+          id,
+          object: 'model',
+          owned_by: upstreamByModel.get(id)?.name ?? 'unknown',
+        })),
+      }),
+    );
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length });
+    res.end(body);
+  }
+
+  async function handleReceipts(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    const token = bearer(req);
+    if (!token)
+      return sendError(
+        res,
+        401,
+        PROXY_ERRORS.tokenMissing,
+        'no capability token: send Authorization: Bearer <CST>',
+      );
+    const check = await deps.verifyToken(token);
+    if (!check.ok) return sendError(res, check.status ?? 401, check.code, check.reason);
+    const rest = url.pathname.slice('/v1/receipts'.length);
+    let receipts;
+    if (rest === '' || rest === '/') {
+      const job = url.searchParams.get('job') ?? check.grant.workflowId;
+      if (job !== check.grant.workflowId) {
+        return sendError(
+          res,
+          403,
+          PROXY_ERRORS.receiptOtherJob,
+          `this token may read receipts of job ${check.grant.workflowId} only`,
+        );
+      }
+      receipts = store.forJob(job);
+    } else {
+      const receipt = store.get(decodeURIComponent(rest.slice(1)));
+      if (!receipt) return sendError(res, 404, PROXY_ERRORS.receiptNotFound, `no receipt ${rest.slice(1)}`);
+      if (receipt.jobId !== check.grant.workflowId) {
+        return sendError(
+          res,
+          403,
+          PROXY_ERRORS.receiptOtherJob,
+          `this token may read receipts of job ${check.grant.workflowId} only`,
+        );
+      }
+      receipts = [receipt];
+    }
+    const body = Buffer.from(
+      JSON.stringify({
+        receipts: receipts.map((r) => ({ receipt_id: r.receiptId, job_id: r.jobId, jws: r.jws })),
+      }),
+    );
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length });
+    res.end(body);
+  }
+
+  const server = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://proxy.invalid');
+    let handling: Promise<void>;
+    if (req.method === 'POST' && url.pathname === '/v1/chat/completions') handling = handleChat(req, res);
+    else if (req.method === 'GET' && url.pathname === '/v1/models') handling = handleModels(req, res);
+    else if (req.method === 'GET' && url.pathname.startsWith('/v1/receipts'))
+      handling = handleReceipts(req, res, url);
+    else if (req.method === 'GET' && url.pathname === '/healthz') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ ok: true, proxy_id: config.proxyId }));
+      return;
+    } else {
+      req.resume();
+      sendError(res, 404, PROXY_ERRORS.notFound, `no route ${req.method ?? ''} ${url.pathname}`);
+      return;
+    }
+    handling.catch((error: unknown) => {
+      sendError(
+        res,
+        500,
+        'INTERNAL',
+        `proxy error: ${error instanceof Error ? error.message : String(error)}`,
+      );
+    });
+  });
+  server.keepAliveTimeout = 65_000;
+  return new Promise((resolve) => {
+    server.listen(config.listen.port, config.listen.host, () => {
+      const { port } = server.address() as AddressInfo;
+      resolve({
+        url: `http://${config.listen.host}:${port}`,
+        server,
+        store,
+        close: async () => {
+          await new Promise<void>((r) => {
+            server.closeAllConnections();
+            server.close(() => r());
+          });
+          httpAgent.destroy();
+          httpsAgent.destroy();
+        },
+      });
+    });
+  });
+}

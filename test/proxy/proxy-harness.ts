@@ -1,0 +1,79 @@
+// A proxy under test: the real proxy server, its real receipt store in a temporary folder, a
+// receipt key, and the local demo upstream standing in for the paid provider.
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { generateKeyPairSync } from 'node:crypto';
+import { calculateJwkThumbprint, exportJWK, type JWK } from 'jose';
+import { parseProxyConfig, type ProxyConfigInput } from '../../src/proxy/config.ts';
+import {
+  startDemoUpstream,
+  type DemoUpstream,
+  type DemoUpstreamOptions,
+} from '../../src/proxy/demo-upstream.ts';
+import { ReceiptStore } from '../../src/proxy/receipt-store.ts';
+import type { ReceiptSigningKey } from '../../src/proxy/receipts.ts';
+import { startProxy, type RunningProxy, type VerifyCallToken } from '../../src/proxy/server.ts';
+
+export async function receiptKeyPair(): Promise<{ signer: ReceiptSigningKey; jwks: { keys: JWK[] } }> {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const jwk = await exportJWK(publicKey);
+  const kid = await calculateJwkThumbprint(jwk);
+  return { signer: { kid, key: privateKey }, jwks: { keys: [{ ...jwk, kid, alg: 'EdDSA', use: 'sig' }] } };
+}
+
+export interface ProxyUnderTest {
+  proxy: RunningProxy;
+  upstream: DemoUpstream;
+  jwks: { keys: JWK[] };
+  dir: string;
+  restart(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startProxyUnderTest(opts: {
+  verifyToken: VerifyCallToken;
+  upstream?: DemoUpstreamOptions;
+  config?: Partial<ProxyConfigInput>;
+}): Promise<ProxyUnderTest> {
+  const upstream = await startDemoUpstream({ apiKey: 'upstream-secret-key', ...opts.upstream });
+  const dir = mkdtempSync(join(tmpdir(), 'clawgate-proxy-'));
+  const { signer, jwks } = await receiptKeyPair();
+  const config = parseProxyConfig({
+    listen: { host: '127.0.0.1', port: 0 },
+    upstreams: [
+      {
+        name: 'demo',
+        baseUrl: `${upstream.url}/v1`,
+        apiKey: 'upstream-secret-key',
+        models: ['demo-echo', 'demo-echo-large'],
+      },
+    ],
+    receiptsPath: join(dir, 'receipts.log'),
+    ...opts.config,
+  });
+  const start = async (): Promise<RunningProxy> =>
+    startProxy({
+      config,
+      verifyToken: opts.verifyToken,
+      receiptKey: signer,
+      store: await ReceiptStore.open(config.receiptsPath),
+    });
+  const handle: ProxyUnderTest = {
+    proxy: await start(),
+    upstream,
+    jwks,
+    dir,
+    async restart() {
+      await handle.proxy.close();
+      await handle.proxy.store.close();
+      handle.proxy = await start();
+    },
+    async close() {
+      await handle.proxy.close();
+      await handle.proxy.store.close();
+      await upstream.close();
+    },
+  };
+  return handle;
+}

@@ -1,0 +1,340 @@
+// The receipting proxy, end to end over HTTP: the real proxy server and receipt store, the local
+// demo upstream in place of the paid provider.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { request } from 'node:http';
+import { after, before, describe, test } from 'node:test';
+import { RECEIPT_ERRORS, verifyReceipt, type SignedReceipt } from '../../src/proxy/receipts.ts';
+import { PROXY_ERRORS, type TokenCheck, type VerifyCallToken } from '../../src/proxy/server.ts';
+import { startProxyUnderTest, type ProxyUnderTest } from './proxy-harness.ts';
+
+const sha256 = (b: Uint8Array | string): string => createHash('sha256').update(b).digest('hex');
+
+/** Tokens of this test: a fixed table standing in for CST verification (tested in its own suite). */
+const GRANTS: Record<string, TokenCheck> = {
+  'token-job-a': {
+    ok: true,
+    grant: {
+      workflowId: 'job-a',
+      runId: 'run-a',
+      tokenId: 'jti-a',
+      policyHash: 'p'.repeat(64),
+      models: ['demo-echo'],
+    },
+  },
+  'token-job-b': {
+    ok: true,
+    grant: {
+      workflowId: 'job-b',
+      runId: 'run-b',
+      tokenId: 'jti-b',
+      policyHash: null,
+      models: ['demo-echo', 'demo-echo-large', 'model-nobody-serves'],
+    },
+  },
+  'token-revoked': { ok: false, code: 'TOKEN_REVOKED', reason: 'token jti-r was revoked', status: 401 },
+  'token-drift': {
+    ok: false,
+    code: 'POLICY_HASH_MISMATCH',
+    reason: 'the token is pinned to another policy than the active one',
+    status: 403,
+  },
+};
+const verifyToken: VerifyCallToken = (token) =>
+  Promise.resolve(
+    GRANTS[token] ?? { ok: false, code: 'TOKEN_INVALID', reason: 'not a valid capability token' },
+  );
+
+const chatBody = (model: string, text: string, stream = false): string =>
+  JSON.stringify({ model, messages: [{ role: 'user', content: text }], ...(stream ? { stream: true } : {}) });
+
+let p: ProxyUnderTest;
+before(async () => {
+  p = await startProxyUnderTest({ verifyToken });
+});
+after(async () => {
+  await p.close();
+});
+
+async function chat(token: string | undefined, body: string | Buffer, headers: Record<string, string> = {}) {
+  const response = await fetch(`${p.proxy.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/json',
+      ...(token ? { authorization: `Bearer ${token}` } : {}),
+      ...headers,
+    },
+    body,
+  });
+  return { response, bytes: Buffer.from(await response.arrayBuffer()) };
+}
+
+async function receiptsOf(token: string): Promise<SignedReceipt[]> {
+  const response = await fetch(`${p.proxy.url}/v1/receipts`, {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  assert.equal(response.status, 200);
+  const { receipts } = (await response.json()) as { receipts: Array<{ jws: string }> };
+  return await Promise.all(receipts.map((r) => verifyReceipt(r.jws, p.jwks)));
+}
+
+async function receiptById(id: string): Promise<SignedReceipt> {
+  const stored = p.proxy.store.get(id);
+  assert.ok(stored, `receipt ${id} is in the store`);
+  return await verifyReceipt(stored.jws, p.jwks);
+}
+
+describe('allowed calls', () => {
+  test('a JSON call is forwarded with the upstream key, answered, and receipted with exact hashes', async () => {
+    const body = chatBody('demo-echo', 'hello proxy');
+    const before = p.upstream.received.length;
+    const { response, bytes } = await chat('token-job-a', body);
+    assert.equal(response.status, 200);
+    const answer = JSON.parse(bytes.toString()) as {
+      choices: Array<{ message: { content: string } }>;
+      usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number };
+    };
+    assert.equal(answer.choices[0]?.message.content, 'echo: hello proxy');
+
+    // The upstream got the caller's exact bytes and the upstream key, never the CST.
+    assert.equal(p.upstream.received[before]?.toString(), body);
+    assert.equal(p.upstream.authorizations[before], 'Bearer upstream-secret-key');
+
+    const receiptId = response.headers.get('x-clawgate-receipt-id');
+    assert.ok(receiptId);
+    const receipt = await receiptById(receiptId);
+    assert.equal(receipt.payload.status, 'ok');
+    assert.deepEqual(receipt.payload.job, { workflow_id: 'job-a', run_id: 'run-a' });
+    assert.equal(receipt.payload.token_id, 'jti-a');
+    assert.equal(receipt.payload.policy_hash, 'p'.repeat(64));
+    assert.equal(receipt.payload.model, 'demo-echo');
+    assert.deepEqual(receipt.payload.upstream, { name: 'demo', url: `${p.upstream.url}/v1` });
+    assert.equal(receipt.payload.request_sha256, sha256(body));
+    assert.equal(receipt.payload.response_sha256, sha256(bytes));
+    assert.deepEqual(receipt.payload.usage, answer.usage, 'the usage the upstream reported');
+    assert.ok(receipt.payload.started_at <= receipt.payload.ended_at);
+  });
+
+  test('a stream is passed through unchanged, byte for byte, with the receipt id at its end', async () => {
+    const { response, bytes } = await chat('token-job-a', chatBody('demo-echo', 'one two three four', true));
+    assert.equal(response.status, 200);
+    assert.match(response.headers.get('content-type') ?? '', /^text\/event-stream/);
+    const receiptId = response.headers.get('x-clawgate-receipt-id');
+    assert.ok(receiptId);
+    const trailer = `: clawgate-receipt ${receiptId}\n\n`;
+    const text = bytes.toString();
+    assert.ok(text.endsWith(trailer), 'the stream ends with the receipt id');
+    const passed = bytes.subarray(0, bytes.length - Buffer.byteLength(trailer));
+    assert.deepEqual(passed, p.upstream.sent.at(-1), 'the upstream stream reached the caller unchanged');
+    const receipt = await receiptById(receiptId);
+    assert.equal(receipt.payload.stream, true);
+    assert.equal(receipt.payload.response_sha256, sha256(passed));
+    assert.equal(receipt.payload.usage?.completion_tokens, 5);
+  });
+
+  test('GET /v1/models lists only the models the token may use', async () => {
+    const response = await fetch(`${p.proxy.url}/v1/models`, {
+      headers: { authorization: 'Bearer token-job-a' },
+    });
+    const { data } = (await response.json()) as { data: Array<{ id: string }> };
+    assert.deepEqual(
+      data.map((m) => m.id),
+      ['demo-echo'],
+    );
+  });
+});
+
+describe('refusals, each with its code and a receipt', () => {
+  const cases: Array<[string, string | undefined, string, number, string]> = [
+    ['no token', undefined, chatBody('demo-echo', 'x'), 401, PROXY_ERRORS.tokenMissing],
+    ['a bad token', 'forged', chatBody('demo-echo', 'x'), 401, 'TOKEN_INVALID'],
+    ['a revoked token', 'token-revoked', chatBody('demo-echo', 'x'), 401, 'TOKEN_REVOKED'],
+    ['pinned policy drift', 'token-drift', chatBody('demo-echo', 'x'), 403, 'POLICY_HASH_MISMATCH'],
+    [
+      'a model outside the scope',
+      'token-job-a',
+      chatBody('demo-echo-large', 'x'),
+      403,
+      PROXY_ERRORS.modelNotInScope,
+    ],
+    [
+      'a model no upstream serves',
+      'token-job-b',
+      chatBody('model-nobody-serves', 'x'),
+      404,
+      PROXY_ERRORS.modelUnavailable,
+    ],
+    ['malformed JSON', 'token-job-a', '{"model": "demo-echo", ', 400, PROXY_ERRORS.malformed],
+    ['a body without messages', 'token-job-a', '{"model":"demo-echo"}', 400, PROXY_ERRORS.malformed],
+  ];
+  for (const [what, token, body, status, code] of cases) {
+    test(`${what} is refused with ${code}, and nothing reaches the upstream`, async () => {
+      const before = p.upstream.received.length;
+      const { response, bytes } = await chat(token, body);
+      assert.equal(response.status, status);
+      const error = (JSON.parse(bytes.toString()) as { error: { code: string; message: string } }).error;
+      assert.equal(error.code, code);
+      assert.ok(error.message.length > 10, 'the refusal says why');
+      assert.equal(p.upstream.received.length, before, 'nothing went upstream');
+      const receiptId = response.headers.get('x-clawgate-receipt-id');
+      assert.ok(receiptId, 'the refusal has a receipt');
+      const receipt = await receiptById(receiptId);
+      assert.equal(receipt.payload.status, 'refused');
+      assert.deepEqual(receipt.payload.refusal?.code, code);
+    });
+  }
+
+  test('a body over the size limit is refused with 413', async () => {
+    const big = chatBody('demo-echo', 'x'.repeat(1024 * 1024 + 10));
+    const { response } = await chat('token-job-a', big);
+    assert.equal(response.status, 413);
+  });
+
+  test("a token may not read another job's receipts", async () => {
+    const response = await fetch(`${p.proxy.url}/v1/receipts?job=job-a`, {
+      headers: { authorization: 'Bearer token-job-b' },
+    });
+    assert.equal(response.status, 403);
+    assert.equal(
+      ((await response.json()) as { error: { code: string } }).error.code,
+      PROXY_ERRORS.receiptOtherJob,
+    );
+  });
+});
+
+describe('receipts', () => {
+  test("a job's receipts form a chain in call order", async () => {
+    for (const text of ['first', 'second', 'third']) await chat('token-job-b', chatBody('demo-echo', text));
+    const receipts = await receiptsOf('token-job-b');
+    assert.ok(receipts.length >= 3);
+    assert.equal(receipts[0]?.payload.prev_receipt_sha256, null);
+    for (let i = 1; i < receipts.length; i++) {
+      assert.equal(receipts[i]?.payload.prev_receipt_sha256, receipts[i - 1]?.payloadSha256, `link ${i}`);
+    }
+  });
+
+  test('a receipt verifies with the public JWKS and fails after any byte changes', async () => {
+    const [receipt] = await receiptsOf('token-job-b');
+    assert.ok(receipt);
+    await verifyReceipt(receipt.jws, p.jwks);
+    for (let i = 0; i < receipt.jws.length; i++) {
+      if (receipt.jws[i] === '.') continue;
+      const replacement = receipt.jws[i] === 'A' ? 'B' : 'A';
+      const tampered = receipt.jws.slice(0, i) + replacement + receipt.jws.slice(i + 1);
+      await assert.rejects(verifyReceipt(tampered, p.jwks), `a change at byte ${i} was not detected`);
+    }
+    const otherKey = {
+      keys: p.jwks.keys.map((k) => ({ ...k, x: Buffer.alloc(32, 7).toString('base64url') })),
+    };
+    await assert.rejects(verifyReceipt(receipt.jws, otherKey), { code: RECEIPT_ERRORS.badSignature });
+  });
+
+  test('receipts survive a proxy restart, and the chain continues from them', async () => {
+    const beforeRestart = await receiptsOf('token-job-b');
+    await p.restart();
+    const afterRestart = await receiptsOf('token-job-b');
+    assert.deepEqual(
+      afterRestart.map((r) => r.jws),
+      beforeRestart.map((r) => r.jws),
+    );
+    await chat('token-job-b', chatBody('demo-echo', 'after restart'));
+    const all = await receiptsOf('token-job-b');
+    assert.equal(all.at(-1)?.payload.prev_receipt_sha256, beforeRestart.at(-1)?.payloadSha256);
+  });
+});
+
+describe('faults', () => {
+  test('an upstream error status is passed on and receipted as upstream_error', async () => {
+    p.upstream.setFault('error-500');
+    try {
+      const { response } = await chat('token-job-a', chatBody('demo-echo', 'fail'));
+      assert.equal(response.status, 500);
+      const receipt = await receiptById(response.headers.get('x-clawgate-receipt-id') ?? '');
+      assert.equal(receipt.payload.status, 'upstream_error');
+      assert.equal(receipt.payload.http_status, 500);
+    } finally {
+      p.upstream.setFault('none');
+    }
+  });
+
+  test('an upstream that dies mid-stream gives a receipt that says so, and the caller sees a broken stream', async () => {
+    p.upstream.setFault('die-mid-stream');
+    try {
+      const response = await fetch(`${p.proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: 'Bearer token-job-a' },
+        body: chatBody('demo-echo', 'a b c d', true),
+      });
+      const receiptId = response.headers.get('x-clawgate-receipt-id') ?? '';
+      await assert.rejects(response.arrayBuffer(), 'the caller must not see a complete stream');
+      const receipt = await receiptById(receiptId);
+      assert.equal(receipt.payload.status, 'upstream_failed');
+      assert.match(receipt.payload.error ?? '', /mid-answer/);
+      assert.ok(receipt.payload.response_bytes > 0, 'the partial answer is hashed');
+    } finally {
+      p.upstream.setFault('none');
+    }
+  });
+
+  test('a client that disconnects aborts the upstream call and gets an aborted receipt', async () => {
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const slow = await startProxyUnderTest({ verifyToken, upstream: { afterFirstChunk: () => held } });
+    try {
+      const receiptId = await new Promise<string>((resolve, reject) => {
+        const req = request(`${slow.proxy.url}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { authorization: 'Bearer token-job-a', 'content-type': 'application/json' },
+        });
+        req.on('response', (res) => {
+          res.once('data', () => {
+            // The first chunk arrived while the upstream is still held: pass-through, not buffered.
+            resolve(String(res.headers['x-clawgate-receipt-id']));
+            req.destroy();
+          });
+        });
+        req.on('error', () => {});
+        req.end(chatBody('demo-echo', 'never finished', true));
+        setTimeout(() => reject(new Error('no first chunk')), 5_000);
+      });
+      let receipt: SignedReceipt | undefined;
+      for (let i = 0; i < 100 && !receipt; i++) {
+        const stored = slow.proxy.store.get(receiptId);
+        if (stored) receipt = await verifyReceipt(stored.jws, slow.jwks);
+        else await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(receipt?.payload.status, 'aborted');
+      release();
+      await new Promise((r) => setTimeout(r, 50));
+      assert.equal(slow.upstream.sent.length, 0, 'the upstream never finished the aborted answer');
+    } finally {
+      release();
+      await slow.close();
+    }
+  });
+
+  test('an upstream that does not answer in time gets 504 and a timeout receipt', async () => {
+    const hung = await startProxyUnderTest({
+      verifyToken,
+      upstream: { fault: 'hang' },
+      config: { limits: { upstreamTimeoutMs: 200 } },
+    });
+    try {
+      const response = await fetch(`${hung.proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: 'Bearer token-job-a' },
+        body: chatBody('demo-echo', 'hang'),
+      });
+      assert.equal(response.status, 504);
+      assert.equal(
+        ((await response.json()) as { error: { code: string } }).error.code,
+        PROXY_ERRORS.upstreamTimeout,
+      );
+      const stored = hung.proxy.store.get(response.headers.get('x-clawgate-receipt-id') ?? '');
+      assert.ok(stored);
+      assert.equal((await verifyReceipt(stored.jws, hung.jwks)).payload.status, 'timeout');
+    } finally {
+      await hung.close();
+    }
+  });
+});
