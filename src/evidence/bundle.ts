@@ -146,7 +146,7 @@ async function verifyTokenOffline(jwt: string, jwks: Jwks): Promise<Record<strin
     typ: CST_JWT_TYPE,
     currentDate: new Date(iat * 1000),
   });
-  return payload as Record<string, unknown>;
+  return payload;
 }
 
 export async function verifyBundle(input: unknown, jwks: Jwks): Promise<BundleVerification> {

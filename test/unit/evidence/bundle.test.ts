@@ -176,7 +176,7 @@ test('changing any byte of the seal or the root fails verification', async () =>
 
 test('a bundle re-sealed by another key, an executed step not in the plan, or a broken receipt chain is refused', async () => {
   const stranger = await keyPair();
-  const resealed = sealBundle(job, bundle.entries as BundleEntry[], stranger.signer, new Date());
+  const resealed = sealBundle(job, bundle.entries, stranger.signer, new Date());
   assert.match((await verifyBundle(resealed, jwks)).problems[0]?.problem ?? '', /seal: no key/);
 
   const entries = structuredClone(bundle.entries) as BundleEntry[];
