@@ -1,0 +1,77 @@
+// What the job workflow and its callers share: the task queues, the workflow id of a job, the
+// approval signal and the status query. Imported by workflow code, so it holds only
+// deterministic definitions.
+import { defineQuery, defineSignal } from '@temporalio/workflow';
+
+/** The worker's queue: job workflows and the planning, token, tool and sealing activities. */
+export const JOB_TASK_QUEUE = 'clawgate-jobs';
+/** The gateway's queue: Matrix I/O activities, hosted by the process that holds the Matrix device. */
+export const MATRIX_TASK_QUEUE = 'clawgate-matrix';
+
+/**
+ * A job's workflow id, derived from the room and the Matrix event id of its request, so a
+ * redelivered event can never start a second job (Temporal refuses a second start of an id).
+ * Matrix event ids are unique per room version only, hence the room in the id.
+ */
+export function jobWorkflowId(roomId: string, eventId: string): string {
+  return `job:${roomId}:${eventId}`;
+}
+
+/** A request from a room: the start input of a job. */
+export interface JobRequest {
+  roomId: string;
+  /** Matrix user id of the requester (never a display name). */
+  requester: string;
+  /** Event id of the request message; the job's thread is rooted at it. */
+  eventId: string;
+  text: string;
+  /** Policy channel to resolve the active WPC in. */
+  channel: string;
+}
+
+/** One approval or denial as the gateway saw it in the room. */
+export interface ApprovalAttempt {
+  /** Matrix event id of the command; attempts are deduplicated by it. */
+  eventId: string;
+  sender: string;
+  roomId: string;
+  decision: 'approve' | 'deny';
+  /** The job id the command named, if it named one (`!approve <job>`). */
+  jobId?: string;
+  /** The plan hash the approver quoted, if any (`!approve <job> <plan hash prefix>`). */
+  planHash?: string;
+  reason?: string;
+  /** When the room is encrypted: whether the sender's device is verified by cross-signing. */
+  senderDeviceVerified?: boolean;
+  /** Server timestamp of the event, ms since the epoch. */
+  originServerTs: number;
+}
+
+export const approvalSignal = defineSignal<[ApprovalAttempt]>('approval');
+
+export const JOB_STATUSES = [
+  'planning',
+  'awaiting_approval',
+  'frozen',
+  'executing',
+  'sealing',
+  'succeeded',
+  'failed',
+  'denied',
+  'timed_out',
+  'cancelled',
+  'refused',
+] as const;
+export type JobStatus = (typeof JOB_STATUSES)[number];
+
+export interface JobStatusView {
+  status: JobStatus;
+  planHash: string | null;
+  policyHash: string | null;
+  approvals: Array<{ eventId: string; sender: string; accepted: boolean; reason: string }>;
+  stepsDone: number;
+  stepsTotal: number;
+  bundleDigest: string | null;
+}
+
+export const statusQuery = defineQuery<JobStatusView>('status');
