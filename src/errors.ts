@@ -1,0 +1,63 @@
+// clawgate's own errors. Each has a stable `code` that callers, tests and refusal evidence
+// switch on, and a message a person can act on. Anything else thrown out of clawgate's
+// parsing and verification code is a bug.
+
+export const ERROR_CODES = {
+  // Input documents
+  jsonInvalid: 'JSON_INVALID',
+  jsonDuplicateKey: 'JSON_DUPLICATE_KEY',
+  jsonNotCanonicalizable: 'JSON_NOT_CANONICALIZABLE',
+  policyInvalid: 'POLICY_INVALID',
+  // Policy signing and registry
+  policySignatureInvalid: 'POLICY_SIGNATURE_INVALID',
+  policySignerNotAllowed: 'POLICY_SIGNER_NOT_ALLOWED',
+  policyNotRegistered: 'POLICY_NOT_REGISTERED',
+  policyNoActive: 'POLICY_NO_ACTIVE',
+  policyChannelMismatch: 'POLICY_CHANNEL_MISMATCH',
+  registryCorrupt: 'REGISTRY_CORRUPT',
+  // Keys
+  keyInvalid: 'KEY_INVALID',
+  keyNotFound: 'KEY_NOT_FOUND',
+  keyFileMode: 'KEY_FILE_MODE',
+  // Tokens
+  tokenMissing: 'TOKEN_MISSING',
+  tokenMalformed: 'TOKEN_MALFORMED',
+  tokenAlgorithmNotAllowed: 'TOKEN_ALGORITHM_NOT_ALLOWED',
+  tokenTypeInvalid: 'TOKEN_TYPE_INVALID',
+  tokenUnknownKey: 'TOKEN_UNKNOWN_KEY',
+  tokenSignatureInvalid: 'TOKEN_SIGNATURE_INVALID',
+  tokenExpired: 'TOKEN_EXPIRED',
+  tokenNotYetValid: 'TOKEN_NOT_YET_VALID',
+  tokenAudienceInvalid: 'TOKEN_AUDIENCE_INVALID',
+  tokenIssuerInvalid: 'TOKEN_ISSUER_INVALID',
+  tokenClaimsInvalid: 'TOKEN_CLAIMS_INVALID',
+  tokenRevoked: 'TOKEN_REVOKED',
+  tokenJobMismatch: 'TOKEN_JOB_MISMATCH',
+  policyHashMismatch: 'POLICY_HASH_MISMATCH',
+  // Authorization
+  toolDeniedByPolicy: 'TOOL_DENIED_BY_POLICY',
+  toolNotAllowedByPolicy: 'TOOL_NOT_ALLOWED_BY_POLICY',
+  toolNotInTokenScope: 'TOOL_NOT_IN_TOKEN_SCOPE',
+  modelNotAllowedByPolicy: 'MODEL_NOT_ALLOWED_BY_POLICY',
+  modelNotInTokenScope: 'MODEL_NOT_IN_TOKEN_SCOPE',
+  planningTokenForTool: 'PLANNING_TOKEN_CANNOT_RUN_TOOLS',
+} as const;
+
+export type ErrorCode = (typeof ERROR_CODES)[keyof typeof ERROR_CODES];
+
+export class ClawgateError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = 'ClawgateError';
+  }
+}
+
+/** `execution.tools.allow[2]`: how clawgate names a place in a document. */
+export function formatPath(path: ReadonlyArray<PropertyKey>): string {
+  return path.reduce<string>((out, part) => {
+    if (typeof part === 'number') return `${out}[${part}]`;
+    return out === '' ? String(part) : `${out}.${String(part)}`;
+  }, '');
+}

@@ -1,0 +1,229 @@
+// Capability scoped tokens (CST): JWTs minted only after a valid approval (or, for planning,
+// at job start with models and no tools), bound to one job, its plan, its scope, and
+// optionally the WPC hash. Explicit type (RFC 8725), EdDSA only, short expiry, unique jti.
+//
+// Verification is explicit and complete: algorithm allowlist, type, known key, signature,
+// issuer, audience, expiry and not-before with a tolerance and an injectable clock, the claim
+// shape, revocation (of the token or of its whole job), the expected job, and the pinned
+// policy hash against the active one. The signature is checked with node:crypto's synchronous
+// Ed25519 on cached keys: jose's jwtVerify goes through WebCrypto's async API and ran at half
+// the raw verify rate here (bench/tokens.bench.ts), before any of clawgate's own checks.
+import { createPublicKey, randomUUID, verify as verifySignature, type KeyObject } from 'node:crypto';
+import { decodeProtectedHeader, SignJWT, type JWK } from 'jose';
+import { z } from 'zod';
+import { ClawgateError, ERROR_CODES, type ErrorCode } from '../errors.ts';
+import type { Signer } from '../keys/keyring.ts';
+
+export const CST_TYPE = 'clawgate-cst+jwt';
+export const CST_ISSUER = 'clawgate';
+export const CST_AUDIENCE = 'clawgate';
+export const DEFAULT_CST_TTL_SECONDS = 15 * 60;
+
+const sha256 = z.string().regex(/^[0-9a-f]{64}$/);
+
+export const cstClaimsSchema = z
+  .object({
+    iss: z.string(),
+    aud: z.union([z.string(), z.array(z.string())]),
+    sub: z.string().min(1),
+    jti: z.string().min(1),
+    iat: z.number().int(),
+    nbf: z.number().int(),
+    exp: z.number().int(),
+    purpose: z.enum(['planning', 'execution']),
+    job: z.object({ workflow_id: z.string().min(1), run_id: z.string().min(1) }).strict(),
+    room_id: z.string().min(1),
+    scope: z.object({ tools: z.array(z.string()), models: z.array(z.string()) }).strict(),
+    plan_hash: sha256.optional(),
+    approval: z
+      .object({ approvers: z.array(z.string()).min(1), event_ids: z.array(z.string()).min(1) })
+      .strict()
+      .optional(),
+    wpc_hash: sha256.optional(),
+  })
+  .strict()
+  .superRefine((claims, ctx) => {
+    if (claims.sub !== claims.job.workflow_id)
+      ctx.addIssue({ code: 'custom', path: ['sub'], message: 'sub must be the job' });
+    if (claims.purpose === 'execution' && (!claims.plan_hash || !claims.approval)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['plan_hash'],
+        message: 'an execution token needs plan_hash and approval',
+      });
+    }
+    if (claims.purpose === 'planning' && claims.scope.tools.length > 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['scope', 'tools'],
+        message: 'a planning token carries no tools',
+      });
+    }
+  });
+export type CstClaims = z.infer<typeof cstClaimsSchema>;
+
+export interface MintRequest {
+  purpose: 'planning' | 'execution';
+  job: { workflowId: string; runId: string };
+  roomId: string;
+  scope: { tools: string[]; models: string[] };
+  planHash?: string;
+  approval?: { approvers: string[]; eventIds: string[] };
+  /** Set when the policy pins its hash (tokens.cst.pin_policy_hash). */
+  wpcHash?: string;
+  ttlSeconds?: number;
+  now?: Date;
+}
+
+export async function mintCapabilityToken(
+  request: MintRequest,
+  signer: Signer,
+): Promise<{ token: string; claims: CstClaims }> {
+  const iat = Math.floor((request.now ?? new Date()).getTime() / 1000);
+  const claims: CstClaims = cstClaimsSchema.parse({
+    iss: CST_ISSUER,
+    aud: CST_AUDIENCE,
+    sub: request.job.workflowId,
+    jti: randomUUID(),
+    iat,
+    nbf: iat,
+    exp: iat + (request.ttlSeconds ?? DEFAULT_CST_TTL_SECONDS),
+    purpose: request.purpose,
+    job: { workflow_id: request.job.workflowId, run_id: request.job.runId },
+    room_id: request.roomId,
+    scope: { tools: [...request.scope.tools].sort(), models: [...request.scope.models].sort() },
+    ...(request.planHash ? { plan_hash: request.planHash } : {}),
+    ...(request.approval
+      ? { approval: { approvers: request.approval.approvers, event_ids: request.approval.eventIds } }
+      : {}),
+    ...(request.wpcHash ? { wpc_hash: request.wpcHash } : {}),
+  });
+  const token = await new SignJWT(claims)
+    .setProtectedHeader({ alg: 'EdDSA', kid: signer.kid, typ: CST_TYPE })
+    .sign(signer.key);
+  return { token, claims };
+}
+
+export interface VerifyOptions {
+  /** Public token-signing keys (current and retired-but-valid). */
+  jwks: { keys: JWK[] };
+  now?: () => Date;
+  clockToleranceSeconds?: number;
+  audience?: string;
+  /** Revocation lookup: a revoked token id, or any token of a revoked job. */
+  isRevoked?: (jti: string, workflowId: string) => boolean | Promise<boolean>;
+  /** The currently active WPC hash of the token's channel; a pinned token must match it. */
+  activePolicyHash?: () => string | null | Promise<string | null>;
+  /** When the caller knows which job the call is for. */
+  expectedJob?: { workflowId: string; runId?: string };
+}
+
+function fail(code: ErrorCode, message: string): never {
+  throw new ClawgateError(code, message);
+}
+
+const keyCache = new WeakMap<JWK, KeyObject>();
+function publicKeyOf(jwk: JWK): KeyObject {
+  let key = keyCache.get(jwk);
+  if (!key) {
+    if (jwk.kty !== 'OKP' || jwk.crv !== 'Ed25519' || typeof jwk.x !== 'string') {
+      fail(ERROR_CODES.tokenUnknownKey, `key ${String(jwk.kid)} is not an Ed25519 public key`);
+    }
+    key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: jwk.x }, format: 'jwk' });
+    keyCache.set(jwk, key);
+  }
+  return key;
+}
+
+/** Verifies a CST; returns its claims, or throws a ClawgateError with a stable code. */
+export async function verifyCapabilityToken(token: unknown, opts: VerifyOptions): Promise<CstClaims> {
+  if (typeof token !== 'string' || token === '') fail(ERROR_CODES.tokenMissing, 'no capability token');
+  const parts = token.split('.');
+  if (parts.length !== 3 || parts.some((p) => !/^[A-Za-z0-9_-]*$/.test(p))) {
+    fail(ERROR_CODES.tokenMalformed, 'not a compact JWT (three base64url parts)');
+  }
+  let header: ReturnType<typeof decodeProtectedHeader>;
+  try {
+    header = decodeProtectedHeader(token);
+  } catch {
+    fail(ERROR_CODES.tokenMalformed, 'the token header is not base64url JSON');
+  }
+  if (header.alg !== 'EdDSA') {
+    fail(ERROR_CODES.tokenAlgorithmNotAllowed, `algorithm ${String(header.alg)} is not allowed; only EdDSA`);
+  }
+  if (header.typ !== CST_TYPE)
+    fail(ERROR_CODES.tokenTypeInvalid, `token type ${String(header.typ)} is not ${CST_TYPE}`);
+  if (header.crit !== undefined)
+    fail(ERROR_CODES.tokenMalformed, 'critical header parameters are not supported');
+  const jwk = opts.jwks.keys.find((k) => k.kid === header.kid);
+  if (!jwk) fail(ERROR_CODES.tokenUnknownKey, `the token is signed by unknown key ${String(header.kid)}`);
+  const [h, p, s] = parts as [string, string, string];
+  const signature = Buffer.from(s, 'base64url');
+  if (
+    signature.length !== 64 ||
+    signature.toString('base64url') !== s ||
+    !verifySignature(null, Buffer.from(`${h}.${p}`), publicKeyOf(jwk), signature)
+  ) {
+    fail(ERROR_CODES.tokenSignatureInvalid, 'the token signature does not verify');
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(Buffer.from(p, 'base64url').toString('utf8'));
+  } catch {
+    fail(ERROR_CODES.tokenMalformed, 'the token payload is not JSON');
+  }
+  const parsed = cstClaimsSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    fail(
+      ERROR_CODES.tokenClaimsInvalid,
+      `claim ${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}`,
+    );
+  }
+  const claims = parsed.data;
+  if (claims.iss !== CST_ISSUER)
+    fail(ERROR_CODES.tokenIssuerInvalid, `issuer ${claims.iss} is not ${CST_ISSUER}`);
+  const audience = opts.audience ?? CST_AUDIENCE;
+  const audiences = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
+  if (!audiences.includes(audience))
+    fail(ERROR_CODES.tokenAudienceInvalid, `the token is not for audience ${audience}`);
+  const now = Math.floor((opts.now?.() ?? new Date()).getTime() / 1000);
+  const tolerance = opts.clockToleranceSeconds ?? 5;
+  if (now >= claims.exp + tolerance)
+    fail(ERROR_CODES.tokenExpired, `the token expired at ${new Date(claims.exp * 1000).toISOString()}`);
+  if (now + tolerance < claims.nbf)
+    fail(
+      ERROR_CODES.tokenNotYetValid,
+      `the token is not valid before ${new Date(claims.nbf * 1000).toISOString()}`,
+    );
+  if (claims.iat > now + tolerance) fail(ERROR_CODES.tokenNotYetValid, 'the token was issued in the future');
+  if (opts.expectedJob) {
+    if (claims.job.workflow_id !== opts.expectedJob.workflowId) {
+      fail(
+        ERROR_CODES.tokenJobMismatch,
+        `the token is for job ${claims.job.workflow_id}, not ${opts.expectedJob.workflowId}`,
+      );
+    }
+    if (opts.expectedJob.runId !== undefined && claims.job.run_id !== opts.expectedJob.runId) {
+      fail(
+        ERROR_CODES.tokenJobMismatch,
+        `the token is for run ${claims.job.run_id} of this job, not ${opts.expectedJob.runId}`,
+      );
+    }
+  }
+  if (opts.isRevoked && (await opts.isRevoked(claims.jti, claims.job.workflow_id))) {
+    fail(ERROR_CODES.tokenRevoked, `token ${claims.jti} (job ${claims.job.workflow_id}) is revoked`);
+  }
+  if (claims.wpc_hash !== undefined) {
+    if (!opts.activePolicyHash)
+      fail(ERROR_CODES.policyHashMismatch, 'the token is pinned to a policy and no active policy is known');
+    const active = await opts.activePolicyHash();
+    if (active !== claims.wpc_hash) {
+      fail(
+        ERROR_CODES.policyHashMismatch,
+        `the token is pinned to policy ${claims.wpc_hash.slice(0, 12)}, the active policy is ${active ? active.slice(0, 12) : 'none'}`,
+      );
+    }
+  }
+  return claims;
+}
