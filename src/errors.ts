@@ -3,6 +3,9 @@
 // parsing and verification code is a bug.
 
 export const ERROR_CODES = {
+  // Command line and files
+  usage: 'USAGE',
+  fileUnreadable: 'FILE_UNREADABLE',
   // Input documents
   jsonInvalid: 'JSON_INVALID',
   jsonDuplicateKey: 'JSON_DUPLICATE_KEY',
@@ -41,6 +44,9 @@ export const ERROR_CODES = {
   modelNotAllowedByPolicy: 'MODEL_NOT_ALLOWED_BY_POLICY',
   modelNotInTokenScope: 'MODEL_NOT_IN_TOKEN_SCOPE',
   planningTokenForTool: 'PLANNING_TOKEN_CANNOT_RUN_TOOLS',
+  // Evidence
+  receiptNotFound: 'RECEIPT_NOT_FOUND',
+  bundleInvalid: 'BUNDLE_INVALID',
 } as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[keyof typeof ERROR_CODES];

@@ -10,6 +10,7 @@
 import { createHash } from 'node:crypto';
 import { importJWK, jwtVerify, decodeProtectedHeader, type JWK } from 'jose';
 import { z } from 'zod';
+import { keysFor } from '../keys/keyring.ts';
 import { verifyReceipt } from '../proxy/receipts.ts';
 import { canonicalBytes, signCompactJws, verifyCompactJws, type Ed25519Signer, type Jwks } from './jws.ts';
 import { leafHash, merkleRoot } from './merkle.ts';
@@ -173,7 +174,7 @@ export async function verifyBundle(input: unknown, jwks: Jwks): Promise<BundleVe
   // 1. The seal: signature, and what it commits to.
   let sealed: z.infer<typeof sealPayloadSchema> | undefined;
   try {
-    const payload = await verifyCompactJws(bundle.seal, jwks, BUNDLE_SEAL_TYPE);
+    const payload = await verifyCompactJws(bundle.seal, keysFor(jwks, 'bundle'), BUNDLE_SEAL_TYPE);
     const result = sealPayloadSchema.safeParse(JSON.parse(payload.toString('utf8')));
     if (!result.success) fail(null, `seal payload is malformed: ${result.error.issues[0]?.message ?? ''}`);
     else sealed = result.data;
@@ -247,7 +248,7 @@ export async function verifyBundle(input: unknown, jwks: Jwks): Promise<BundleVe
       continue;
     }
     try {
-      const claims = await verifyTokenOffline(body.data.jwt, jwks);
+      const claims = await verifyTokenOffline(body.data.jwt, keysFor(jwks, 'token'));
       if (claims['sub'] !== bundle.job.workflow_id)
         fail(i, `token is for job ${String(claims['sub'])}, not this one`);
       if (typeof claims['jti'] === 'string') tokenIds.add(claims['jti']);
@@ -272,7 +273,7 @@ export async function verifyBundle(input: unknown, jwks: Jwks): Promise<BundleVe
       continue;
     }
     try {
-      const receipt = await verifyReceipt(body.data.jws, jwks);
+      const receipt = await verifyReceipt(body.data.jws, keysFor(jwks, 'receipt'));
       if (receipt.payload.job?.workflow_id !== bundle.job.workflow_id) fail(i, 'receipt is of another job');
       if (receipt.payload.token_id === null || !tokenIds.has(receipt.payload.token_id)) {
         fail(

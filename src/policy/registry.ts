@@ -78,11 +78,12 @@ const eventSchema = z.discriminatedUnion('op', [
     .strict(),
 ]);
 export type RegistryEvent = z.infer<typeof eventSchema>;
+export type ActivationEvent = Extract<RegistryEvent, { op: 'activate' | 'rollback' }>;
 
 export interface PolicyRegistry {
   register(signed: SignedWpc, signers: { keys: JWK[] }): Promise<{ hash: string; new: boolean }>;
-  activate(channel: string, hash: string, reason?: string): RegistryEvent;
-  rollback(channel: string, hash: string, reason?: string): RegistryEvent;
+  activate(channel: string, hash: string, reason?: string): ActivationEvent;
+  rollback(channel: string, hash: string, reason?: string): ActivationEvent;
   activeHash(channel: string): string | null;
   get(hash: string): SignedWpc;
   history(channel?: string): RegistryEvent[];
@@ -159,11 +160,11 @@ export class FilePolicyRegistry implements PolicyRegistry {
     }
   }
 
-  activate(channel: string, hash: string, reason?: string): RegistryEvent {
+  activate(channel: string, hash: string, reason?: string): ActivationEvent {
     this.checkChannel(channel);
     if (!this.has(hash))
       throw new ClawgateError(ERROR_CODES.policyNotRegistered, `policy ${hash} is not registered`);
-    const event: RegistryEvent = {
+    const event: ActivationEvent = {
       op: 'activate',
       channel,
       hash,
@@ -175,7 +176,7 @@ export class FilePolicyRegistry implements PolicyRegistry {
     return event;
   }
 
-  rollback(channel: string, hash: string, reason?: string): RegistryEvent {
+  rollback(channel: string, hash: string, reason?: string): ActivationEvent {
     this.checkChannel(channel);
     const wasActive = this.events.some(
       (e) => e.op !== 'register' && e.channel === channel && e.hash === hash,
@@ -186,7 +187,7 @@ export class FilePolicyRegistry implements PolicyRegistry {
         `policy ${hash} was never active on channel ${channel}; rollback goes back to an earlier active policy (see \`clawgate policy show --channel ${channel}\`)`,
       );
     }
-    const event: RegistryEvent = {
+    const event: ActivationEvent = {
       op: 'rollback',
       channel,
       hash,

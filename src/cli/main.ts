@@ -1,0 +1,257 @@
+// The `clawgate` command line. It only parses arguments and prints; the work is done by the
+// modules it calls. An error a person can cause prints one line saying what was wrong and
+// exits 1; anything else is a bug and exits 2.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { Command, CommanderError, Option } from 'commander';
+import type { JWK } from 'jose';
+import { ClawgateError, ERROR_CODES } from '../errors.ts';
+import { bundleSchema, verifyBundle } from '../evidence/bundle.ts';
+import {
+  generateKeyring,
+  KEY_PURPOSES,
+  keysFor,
+  loadSigner,
+  publicJwks,
+  rotateKeyring,
+  type KeyPurpose,
+} from '../keys/keyring.ts';
+import { parseStrict } from '../policy/canonical.ts';
+import { FilePolicyRegistry, signWpc, type SignedWpc } from '../policy/registry.ts';
+import { loadWpc } from '../policy/wpc.ts';
+import { verifyReceipt } from '../proxy/receipts.ts';
+import { ReceiptStore } from '../proxy/receipt-store.ts';
+
+const stateDir = (): string => resolve(process.env['CLAWGATE_STATE_DIR'] ?? 'state');
+const out = (text: string): void => void process.stdout.write(`${text}\n`);
+
+function readText(path: string, what: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new ClawgateError(
+      ERROR_CODES.fileUnreadable,
+      `cannot read ${what} ${path}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`,
+    );
+  }
+}
+
+function readJwks(
+  path: string | undefined,
+  keysDir: string,
+  purposes: readonly KeyPurpose[],
+): { keys: JWK[] } {
+  if (path) return parseStrict(readText(path, 'JWKS'), 'JWKS') as { keys: JWK[] };
+  return publicJwks(keysDir, purposes);
+}
+
+const keysOption = (): Option => new Option('--keys <dir>', 'keyring folder').default(`${stateDir()}/keys`);
+const registryOption = (): Option =>
+  new Option('--registry <dir>', 'policy registry folder').default(`${stateDir()}/policy-registry`);
+
+export function buildProgram(): Command {
+  const program = new Command('clawgate')
+    .description('Matrix rooms as an approval-gated control plane for AI agent work')
+    .showHelpAfterError()
+    .exitOverride();
+
+  const policy = program
+    .command('policy')
+    .description('work policy contracts (WPC): validate, sign, register, activate');
+  policy
+    .command('validate <file>')
+    .description('check a policy (JSON or YAML); prints its hash, or every problem with its path')
+    .action((file: string) => {
+      const { wpc, hash } = loadWpc(readText(file, 'policy'));
+      out(`ok: ${file} is a valid WPC v${wpc.wpc_version}\nhash ${hash}`);
+    });
+  policy
+    .command('hash <file>')
+    .description('print the SHA-256 of the policy in RFC 8785 canonical form')
+    .action((file: string) => out(loadWpc(readText(file, 'policy')).hash));
+  policy
+    .command('sign <file>')
+    .description('sign a policy with the active policy key')
+    .addOption(keysOption())
+    .option('--out <file>', 'where to write the signed policy (default: stdout)')
+    .action((file: string, opts: { keys: string; out?: string }) => {
+      const { wpc } = loadWpc(readText(file, 'policy'));
+      const signed = JSON.stringify(signWpc(wpc, loadSigner(opts.keys, 'policy')), null, 2);
+      if (opts.out) {
+        writeFileSync(opts.out, `${signed}\n`, { mode: 0o600 });
+        out(`signed policy written to ${opts.out}`);
+      } else out(signed);
+    });
+  policy
+    .command('register <signed-file>')
+    .description('add a signed policy to the registry (its signer must be on the allowlist)')
+    .addOption(registryOption())
+    .addOption(keysOption())
+    .option('--signers <jwks>', 'allowlist of policy signers as a JWKS file (default: the policy keyring)')
+    .action(async (file: string, opts: { registry: string; keys: string; signers?: string }) => {
+      const signed = parseStrict(readText(file, 'signed policy'), 'signed policy') as SignedWpc;
+      const result = await new FilePolicyRegistry(opts.registry).register(
+        signed,
+        readJwks(opts.signers, opts.keys, ['policy']),
+      );
+      out(`${result.new ? 'registered' : 'already registered'} ${result.hash}`);
+    });
+  for (const op of ['activate', 'rollback'] as const) {
+    policy
+      .command(`${op} <hash>`)
+      .description(
+        op === 'activate'
+          ? 'make a registered policy the active one of a channel'
+          : 'go back to a policy that was active on the channel before',
+      )
+      .requiredOption('--channel <name>', 'the policy channel (for example: matrix)')
+      .option('--reason <text>', 'why, for the history')
+      .addOption(registryOption())
+      .action((hash: string, opts: { channel: string; reason?: string; registry: string }) => {
+        const registry = new FilePolicyRegistry(opts.registry);
+        const event = registry[op](opts.channel, hash, opts.reason);
+        out(`${opts.channel}: active policy ${event.hash} (was ${event.previous ?? 'none'})`);
+      });
+  }
+  policy
+    .command('show [hash]')
+    .description('print a registered policy, or the active one and the history of a channel')
+    .option('--channel <name>', 'show the channel: its active policy and history')
+    .addOption(registryOption())
+    .action((hash: string | undefined, opts: { channel?: string; registry: string }) => {
+      const registry = new FilePolicyRegistry(opts.registry);
+      if (hash) {
+        const signed = registry.get(hash);
+        out(
+          JSON.stringify(
+            JSON.parse(Buffer.from(signed.jws.split('.')[1] ?? '', 'base64url').toString('utf8')),
+            null,
+            2,
+          ),
+        );
+        return;
+      }
+      if (!opts.channel) throw new ClawgateError(ERROR_CODES.usage, 'give a policy hash or --channel <name>');
+      out(`channel ${opts.channel}: active ${registry.activeHash(opts.channel) ?? 'none'}`);
+      for (const e of registry.history(opts.channel)) {
+        out(`${e.at}  ${e.op.padEnd(8)} ${e.hash}${'reason' in e && e.reason ? `  (${e.reason})` : ''}`);
+      }
+    });
+  policy
+    .command('list')
+    .description('list registered policies')
+    .addOption(registryOption())
+    .action((opts: { registry: string }) => {
+      for (const p of new FilePolicyRegistry(opts.registry).list())
+        out(`${p.hash}  signed by ${p.signer}  ${p.at}`);
+    });
+
+  const keys = program.command('keys').description('Ed25519 signing keys: generate, publish, rotate');
+  const purposeOption = (): Option =>
+    new Option('--purpose <purpose>', 'which keyring').choices(KEY_PURPOSES);
+  keys
+    .command('generate')
+    .description('create keyrings (all purposes unless --purpose); files 0600, kid = RFC 7638 thumbprint')
+    .addOption(purposeOption())
+    .addOption(keysOption())
+    .action(async (opts: { purpose?: KeyPurpose; keys: string }) => {
+      for (const purpose of opts.purpose ? [opts.purpose] : KEY_PURPOSES) {
+        out(`${purpose}: ${await generateKeyring(opts.keys, purpose)}`);
+      }
+    });
+  keys
+    .command('jwks')
+    .description('print the public JWKS (keys that still verify)')
+    .addOption(purposeOption())
+    .addOption(keysOption())
+    .action((opts: { purpose?: KeyPurpose; keys: string }) => {
+      out(JSON.stringify(publicJwks(opts.keys, opts.purpose ? [opts.purpose] : KEY_PURPOSES), null, 2));
+    });
+  keys
+    .command('rotate')
+    .description('make a new key active; the old one keeps verifying (token keys: until their tokens expire)')
+    .addOption(purposeOption().makeOptionMandatory())
+    .addOption(keysOption())
+    .action(async (opts: { purpose: KeyPurpose; keys: string }) => {
+      const { kid, retired } = await rotateKeyring(opts.keys, opts.purpose);
+      out(`${opts.purpose}: active ${kid}, retired ${retired}`);
+    });
+
+  const receipts = program.command('receipts').description("read the proxy's signed model-call receipts");
+  receipts
+    .command('show <receipt-id>')
+    .description('print one receipt, verified')
+    .option('--log <file>', 'receipt log', `${stateDir()}/proxy/receipts.log`)
+    .option('--jwks <file>', 'public keys (default: the receipt keyring)')
+    .addOption(keysOption())
+    .action(async (id: string, opts: { log: string; jwks?: string; keys: string }) => {
+      const store = await ReceiptStore.open(opts.log);
+      const stored = store.get(id);
+      await store.close();
+      if (!stored) throw new ClawgateError(ERROR_CODES.receiptNotFound, `no receipt ${id} in ${opts.log}`);
+      const receipt = await verifyReceipt(
+        stored.jws,
+        keysFor(readJwks(opts.jwks, opts.keys, ['receipt']), 'receipt'),
+      );
+      out(JSON.stringify(receipt.payload, null, 2));
+    });
+  receipts
+    .command('list')
+    .description("list a job's receipts in chain order, each verified")
+    .requiredOption('--job <workflow-id>', 'the job')
+    .option('--log <file>', 'receipt log', `${stateDir()}/proxy/receipts.log`)
+    .option('--jwks <file>', 'public keys (default: the receipt keyring)')
+    .addOption(keysOption())
+    .action(async (opts: { job: string; log: string; jwks?: string; keys: string }) => {
+      const store = await ReceiptStore.open(opts.log);
+      const list = store.forJob(opts.job);
+      await store.close();
+      const jwks = keysFor(readJwks(opts.jwks, opts.keys, ['receipt']), 'receipt');
+      for (const stored of list) {
+        const { payload } = await verifyReceipt(stored.jws, jwks);
+        out(
+          `${payload.started_at}  ${payload.receipt_id}  ${payload.status.padEnd(15)} ${payload.model ?? '-'}  ${payload.response_sha256 ?? '-'}`,
+        );
+      }
+    });
+
+  program
+    .command('verify <bundle>')
+    .description('verify a sealed proof bundle offline: signatures, hashes, Merkle root, bindings')
+    .option('--jwks <file>', 'public keys (default: the local keyrings)')
+    .addOption(keysOption())
+    .action(async (file: string, opts: { jwks?: string; keys: string }) => {
+      const bundle = parseStrict(readText(file, 'bundle'), 'bundle');
+      const result = await verifyBundle(bundle, readJwks(opts.jwks, opts.keys, KEY_PURPOSES));
+      if (result.ok) {
+        const entries = bundleSchema.parse(bundle).entries.length;
+        out(`ok: ${entries} entries verified; bundle digest ${result.digest ?? ''}`);
+        return;
+      }
+      for (const p of result.problems) out(`entry ${p.entry ?? '-'} (${p.type}): ${p.problem}`);
+      throw new ClawgateError(
+        ERROR_CODES.bundleInvalid,
+        `the bundle does not verify (${result.problems.length} problem(s))`,
+      );
+    });
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    await buildProgram().parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (error) {
+    if (error instanceof CommanderError) return error.exitCode;
+    if (error instanceof ClawgateError) {
+      process.stderr.write(`clawgate: ${error.message}\n`);
+      return 1;
+    }
+    process.stderr.write(
+      `clawgate: internal error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+    );
+    return 2;
+  }
+}
+
+if (import.meta.main) process.exitCode = await main(process.argv.slice(2));
