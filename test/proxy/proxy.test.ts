@@ -5,58 +5,85 @@ import { createHash } from 'node:crypto';
 import { request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { RECEIPT_ERRORS, verifyReceipt, type SignedReceipt } from '../../src/proxy/receipts.ts';
-import { PROXY_ERRORS, type TokenCheck, type VerifyCallToken } from '../../src/proxy/server.ts';
+import { PROXY_ERRORS, type VerifyCallToken } from '../../src/proxy/server.ts';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ERROR_CODES } from '../../src/errors.ts';
+import { generateKeyring, loadSigner, publicJwks } from '../../src/keys/keyring.ts';
+import { FilePolicyRegistry, signWpc } from '../../src/policy/registry.ts';
+import { parseWpc } from '../../src/policy/wpc.ts';
+import { cstVerifier, registryPolicySource } from '../../src/proxy/token-check.ts';
+import { mintCapabilityToken } from '../../src/tokens/cst.ts';
+import { FileRevocationStore } from '../../src/tokens/revocations.ts';
 import { startProxyUnderTest, type ProxyUnderTest } from './proxy-harness.ts';
 
 const sha256 = (b: Uint8Array | string): string => createHash('sha256').update(b).digest('hex');
 
-/** Tokens of this test: a fixed table standing in for CST verification (tested in its own suite). */
-const GRANTS: Record<string, TokenCheck> = {
-  'token-job-a': {
-    ok: true,
-    grant: {
-      workflowId: 'job-a',
-      runId: 'run-a',
-      tokenId: 'jti-a',
-      policyHash: 'p'.repeat(64),
-      models: ['demo-echo'],
-    },
-  },
-  'token-job-b': {
-    ok: true,
-    grant: {
-      workflowId: 'job-b',
-      runId: 'run-b',
-      tokenId: 'jti-b',
-      policyHash: null,
-      models: ['demo-echo', 'demo-echo-large', 'model-nobody-serves'],
-    },
-  },
-  'token-revoked': { ok: false, code: 'TOKEN_REVOKED', reason: 'token jti-r was revoked', status: 401 },
-  'token-drift': {
-    ok: false,
-    code: 'POLICY_HASH_MISMATCH',
-    reason: 'the token is pinned to another policy than the active one',
-    status: 403,
-  },
-};
-const verifyToken: VerifyCallToken = (token) =>
-  Promise.resolve(
-    GRANTS[token] ?? { ok: false, code: 'TOKEN_INVALID', reason: 'not a valid capability token' },
-  );
+/** Real capability tokens, minted and verified by the CST code, checked against a real registry. */
+const tokens: Record<string, string> = {};
+let verifyToken: VerifyCallToken;
+let revocations: FileRevocationStore;
+
+async function setUpTokens(): Promise<void> {
+  const state = mkdtempSync(join(tmpdir(), 'clawgate-proxy-tokens-'));
+  await generateKeyring(join(state, 'keys'), 'token');
+  await generateKeyring(join(state, 'keys'), 'policy');
+  const minter = loadSigner(join(state, 'keys'), 'token');
+  const policySigner = loadSigner(join(state, 'keys'), 'policy');
+  const example = JSON.parse(
+    readFileSync(new URL('../../examples/policy.json', import.meta.url), 'utf8'),
+  ) as Record<string, any>;
+  example['model_access'].allowed_models = ['demo-echo', 'demo-echo-large', 'model-nobody-serves'];
+  const active = parseWpc(example);
+  const other = parseWpc({ ...example, description: 'a later version' });
+  const registry = new FilePolicyRegistry(join(state, 'registry'));
+  const signers = publicJwks(join(state, 'keys'), ['policy']);
+  const { hash } = await registry.register(signWpc(active, policySigner), signers);
+  const { hash: otherHash } = await registry.register(signWpc(other, policySigner), signers);
+  registry.activate('matrix', hash);
+  revocations = new FileRevocationStore(join(state, 'revocations.log'));
+  verifyToken = cstVerifier({
+    jwks: publicJwks(join(state, 'keys'), ['token']),
+    revocations,
+    policies: registryPolicySource(registry, 'matrix'),
+  });
+  const mint = async (workflowId: string, models: string[], wpcHash?: string) =>
+    mintCapabilityToken(
+      {
+        purpose: 'planning',
+        job: { workflowId, runId: `run-${workflowId}` },
+        roomId: '!ops:localhost',
+        scope: { tools: [], models },
+        ...(wpcHash ? { wpcHash } : {}),
+      },
+      minter,
+    );
+  const a = await mint('job-a', ['demo-echo'], hash);
+  tokens['job-a'] = a.token;
+  tokens['jti-a'] = a.claims.jti;
+  tokens['job-b'] = (await mint('job-b', ['demo-echo', 'demo-echo-large', 'model-nobody-serves'])).token;
+  const revoked = await mint('job-r', ['demo-echo']);
+  revocations.revokeToken(revoked.claims.jti, 'test');
+  tokens['revoked'] = revoked.token;
+  tokens['drift'] = (await mint('job-d', ['demo-echo'], otherHash)).token;
+  tokens['policy-a'] = hash;
+}
 
 const chatBody = (model: string, text: string, stream = false): string =>
   JSON.stringify({ model, messages: [{ role: 'user', content: text }], ...(stream ? { stream: true } : {}) });
 
 let p: ProxyUnderTest;
 before(async () => {
+  await setUpTokens();
   p = await startProxyUnderTest({ verifyToken });
 });
 after(async () => {
   await p.close();
 });
 
-async function chat(token: string | undefined, body: string | Buffer, headers: Record<string, string> = {}) {
+async function chat(name: string | undefined, body: string | Buffer, headers: Record<string, string> = {}) {
+  const token = name === undefined ? undefined : (tokens[name] ?? name);
   const response = await fetch(`${p.proxy.url}/v1/chat/completions`, {
     method: 'POST',
     headers: {
@@ -69,9 +96,9 @@ async function chat(token: string | undefined, body: string | Buffer, headers: R
   return { response, bytes: Buffer.from(await response.arrayBuffer()) };
 }
 
-async function receiptsOf(token: string): Promise<SignedReceipt[]> {
+async function receiptsOf(name: string): Promise<SignedReceipt[]> {
   const response = await fetch(`${p.proxy.url}/v1/receipts`, {
-    headers: { authorization: `Bearer ${token}` },
+    headers: { authorization: `Bearer ${tokens[name] ?? name}` },
   });
   assert.equal(response.status, 200);
   const { receipts } = (await response.json()) as { receipts: Array<{ jws: string }> };
@@ -88,7 +115,7 @@ describe('allowed calls', () => {
   test('a JSON call is forwarded with the upstream key, answered, and receipted with exact hashes', async () => {
     const body = chatBody('demo-echo', 'hello proxy');
     const before = p.upstream.received.length;
-    const { response, bytes } = await chat('token-job-a', body);
+    const { response, bytes } = await chat('job-a', body);
     assert.equal(response.status, 200);
     const answer = JSON.parse(bytes.toString()) as {
       choices: Array<{ message: { content: string } }>;
@@ -104,9 +131,9 @@ describe('allowed calls', () => {
     assert.ok(receiptId);
     const receipt = await receiptById(receiptId);
     assert.equal(receipt.payload.status, 'ok');
-    assert.deepEqual(receipt.payload.job, { workflow_id: 'job-a', run_id: 'run-a' });
-    assert.equal(receipt.payload.token_id, 'jti-a');
-    assert.equal(receipt.payload.policy_hash, 'p'.repeat(64));
+    assert.deepEqual(receipt.payload.job, { workflow_id: 'job-a', run_id: 'run-job-a' });
+    assert.equal(receipt.payload.token_id, tokens['jti-a']);
+    assert.equal(receipt.payload.policy_hash, tokens['policy-a']);
     assert.equal(receipt.payload.model, 'demo-echo');
     assert.deepEqual(receipt.payload.upstream, { name: 'demo', url: `${p.upstream.url}/v1` });
     assert.equal(receipt.payload.request_sha256, sha256(body));
@@ -116,7 +143,7 @@ describe('allowed calls', () => {
   });
 
   test('a stream is passed through unchanged, byte for byte, with the receipt id at its end', async () => {
-    const { response, bytes } = await chat('token-job-a', chatBody('demo-echo', 'one two three four', true));
+    const { response, bytes } = await chat('job-a', chatBody('demo-echo', 'one two three four', true));
     assert.equal(response.status, 200);
     assert.match(response.headers.get('content-type') ?? '', /^text\/event-stream/);
     const receiptId = response.headers.get('x-clawgate-receipt-id');
@@ -134,7 +161,7 @@ describe('allowed calls', () => {
 
   test('GET /v1/models lists only the models the token may use', async () => {
     const response = await fetch(`${p.proxy.url}/v1/models`, {
-      headers: { authorization: 'Bearer token-job-a' },
+      headers: { authorization: `Bearer ${tokens['job-a']}` },
     });
     const { data } = (await response.json()) as { data: Array<{ id: string }> };
     assert.deepEqual(
@@ -147,25 +174,25 @@ describe('allowed calls', () => {
 describe('refusals, each with its code and a receipt', () => {
   const cases: Array<[string, string | undefined, string, number, string]> = [
     ['no token', undefined, chatBody('demo-echo', 'x'), 401, PROXY_ERRORS.tokenMissing],
-    ['a bad token', 'forged', chatBody('demo-echo', 'x'), 401, 'TOKEN_INVALID'],
-    ['a revoked token', 'token-revoked', chatBody('demo-echo', 'x'), 401, 'TOKEN_REVOKED'],
-    ['pinned policy drift', 'token-drift', chatBody('demo-echo', 'x'), 403, 'POLICY_HASH_MISMATCH'],
+    ['a bad token', 'forged', chatBody('demo-echo', 'x'), 401, ERROR_CODES.tokenMalformed],
+    ['a revoked token', 'revoked', chatBody('demo-echo', 'x'), 403, ERROR_CODES.tokenRevoked],
+    ['pinned policy drift', 'drift', chatBody('demo-echo', 'x'), 403, ERROR_CODES.policyHashMismatch],
     [
       'a model outside the scope',
-      'token-job-a',
+      'job-a',
       chatBody('demo-echo-large', 'x'),
       403,
       PROXY_ERRORS.modelNotInScope,
     ],
     [
       'a model no upstream serves',
-      'token-job-b',
+      'job-b',
       chatBody('model-nobody-serves', 'x'),
       404,
       PROXY_ERRORS.modelUnavailable,
     ],
-    ['malformed JSON', 'token-job-a', '{"model": "demo-echo", ', 400, PROXY_ERRORS.malformed],
-    ['a body without messages', 'token-job-a', '{"model":"demo-echo"}', 400, PROXY_ERRORS.malformed],
+    ['malformed JSON', 'job-a', '{"model": "demo-echo", ', 400, PROXY_ERRORS.malformed],
+    ['a body without messages', 'job-a', '{"model":"demo-echo"}', 400, PROXY_ERRORS.malformed],
   ];
   for (const [what, token, body, status, code] of cases) {
     test(`${what} is refused with ${code}, and nothing reaches the upstream`, async () => {
@@ -186,13 +213,13 @@ describe('refusals, each with its code and a receipt', () => {
 
   test('a body over the size limit is refused with 413', async () => {
     const big = chatBody('demo-echo', 'x'.repeat(1024 * 1024 + 10));
-    const { response } = await chat('token-job-a', big);
+    const { response } = await chat('job-a', big);
     assert.equal(response.status, 413);
   });
 
   test("a token may not read another job's receipts", async () => {
     const response = await fetch(`${p.proxy.url}/v1/receipts?job=job-a`, {
-      headers: { authorization: 'Bearer token-job-b' },
+      headers: { authorization: `Bearer ${tokens['job-b']}` },
     });
     assert.equal(response.status, 403);
     assert.equal(
@@ -204,8 +231,8 @@ describe('refusals, each with its code and a receipt', () => {
 
 describe('receipts', () => {
   test("a job's receipts form a chain in call order", async () => {
-    for (const text of ['first', 'second', 'third']) await chat('token-job-b', chatBody('demo-echo', text));
-    const receipts = await receiptsOf('token-job-b');
+    for (const text of ['first', 'second', 'third']) await chat('job-b', chatBody('demo-echo', text));
+    const receipts = await receiptsOf('job-b');
     assert.ok(receipts.length >= 3);
     assert.equal(receipts[0]?.payload.prev_receipt_sha256, null);
     for (let i = 1; i < receipts.length; i++) {
@@ -214,7 +241,7 @@ describe('receipts', () => {
   });
 
   test('a receipt verifies with the public JWKS and fails after any byte changes', async () => {
-    const [receipt] = await receiptsOf('token-job-b');
+    const [receipt] = await receiptsOf('job-b');
     assert.ok(receipt);
     await verifyReceipt(receipt.jws, p.jwks);
     for (let i = 0; i < receipt.jws.length; i++) {
@@ -230,15 +257,15 @@ describe('receipts', () => {
   });
 
   test('receipts survive a proxy restart, and the chain continues from them', async () => {
-    const beforeRestart = await receiptsOf('token-job-b');
+    const beforeRestart = await receiptsOf('job-b');
     await p.restart();
-    const afterRestart = await receiptsOf('token-job-b');
+    const afterRestart = await receiptsOf('job-b');
     assert.deepEqual(
       afterRestart.map((r) => r.jws),
       beforeRestart.map((r) => r.jws),
     );
-    await chat('token-job-b', chatBody('demo-echo', 'after restart'));
-    const all = await receiptsOf('token-job-b');
+    await chat('job-b', chatBody('demo-echo', 'after restart'));
+    const all = await receiptsOf('job-b');
     assert.equal(all.at(-1)?.payload.prev_receipt_sha256, beforeRestart.at(-1)?.payloadSha256);
   });
 });
@@ -247,7 +274,7 @@ describe('faults', () => {
   test('an upstream error status is passed on and receipted as upstream_error', async () => {
     p.upstream.setFault('error-500');
     try {
-      const { response } = await chat('token-job-a', chatBody('demo-echo', 'fail'));
+      const { response } = await chat('job-a', chatBody('demo-echo', 'fail'));
       assert.equal(response.status, 500);
       const receipt = await receiptById(response.headers.get('x-clawgate-receipt-id') ?? '');
       assert.equal(receipt.payload.status, 'upstream_error');
@@ -262,7 +289,7 @@ describe('faults', () => {
     try {
       const response = await fetch(`${p.proxy.url}/v1/chat/completions`, {
         method: 'POST',
-        headers: { authorization: 'Bearer token-job-a' },
+        headers: { authorization: `Bearer ${tokens['job-a']}` },
         body: chatBody('demo-echo', 'a b c d', true),
       });
       const receiptId = response.headers.get('x-clawgate-receipt-id') ?? '';
@@ -284,7 +311,7 @@ describe('faults', () => {
       const receiptId = await new Promise<string>((resolve, reject) => {
         const req = request(`${slow.proxy.url}/v1/chat/completions`, {
           method: 'POST',
-          headers: { authorization: 'Bearer token-job-a', 'content-type': 'application/json' },
+          headers: { authorization: `Bearer ${tokens['job-a']}`, 'content-type': 'application/json' },
         });
         req.on('response', (res) => {
           res.once('data', () => {
@@ -322,7 +349,7 @@ describe('faults', () => {
     try {
       const response = await fetch(`${hung.proxy.url}/v1/chat/completions`, {
         method: 'POST',
-        headers: { authorization: 'Bearer token-job-a' },
+        headers: { authorization: `Bearer ${tokens['job-a']}` },
         body: chatBody('demo-echo', 'hang'),
       });
       assert.equal(response.status, 504);

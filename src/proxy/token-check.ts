@@ -1,0 +1,88 @@
+// How the proxy verifies a bearer capability token: the CST code of src/tokens (signature,
+// claims, expiry, revocation, the pinned policy hash against the active one), then the job's
+// policy, whose allowed models narrow the token's scope.
+import { ClawgateError, ERROR_CODES, type ErrorCode } from '../errors.ts';
+import type { FilePolicyRegistry } from '../policy/registry.ts';
+import { parseWpc, type Wpc } from '../policy/wpc.ts';
+import { verifyCapabilityToken, type VerifyOptions } from '../tokens/cst.ts';
+import type { RevocationStore } from '../tokens/revocations.ts';
+import type { TokenCheck, VerifyCallToken } from './server.ts';
+
+/** Where the proxy reads policies: the active hash of its channel and documents by hash. */
+export interface PolicySource {
+  activeHash(): string | null;
+  policy(hash: string): Wpc;
+}
+
+/** A policy source over the registry (documents there were signature-checked when registered). */
+export function registryPolicySource(registry: FilePolicyRegistry, channel: string): PolicySource {
+  const cache = new Map<string, Wpc>();
+  return {
+    activeHash: () => registry.activeHash(channel),
+    policy(hash) {
+      let wpc = cache.get(hash);
+      if (!wpc) {
+        const payload = registry.get(hash).jws.split('.')[1] ?? '';
+        wpc = parseWpc(JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')));
+        cache.set(hash, wpc);
+      }
+      return wpc;
+    },
+  };
+}
+
+const FORBIDDEN: ReadonlySet<ErrorCode> = new Set([
+  ERROR_CODES.policyHashMismatch,
+  ERROR_CODES.tokenJobMismatch,
+  ERROR_CODES.tokenRevoked,
+]);
+
+export function cstVerifier(deps: {
+  jwks: VerifyOptions['jwks'];
+  revocations: RevocationStore;
+  policies: PolicySource;
+  now?: () => Date;
+}): VerifyCallToken {
+  return async (token) => {
+    try {
+      const claims = await verifyCapabilityToken(token, {
+        jwks: deps.jwks,
+        ...(deps.now ? { now: deps.now } : {}),
+        isRevoked: (jti, job) => deps.revocations.isRevoked(jti, job),
+        activePolicyHash: () => deps.policies.activeHash(),
+      });
+      // The job's policy: the pinned one, else the active one of the channel.
+      const hash = claims.wpc_hash ?? deps.policies.activeHash();
+      if (!hash) {
+        return {
+          ok: false,
+          code: ERROR_CODES.policyHashMismatch,
+          reason: 'no active policy: nothing may run',
+          status: 403,
+        };
+      }
+      const allowed = deps.policies.policy(hash).model_access.allowed_models;
+      const check: TokenCheck = {
+        ok: true,
+        grant: {
+          workflowId: claims.job.workflow_id,
+          runId: claims.job.run_id,
+          tokenId: claims.jti,
+          policyHash: claims.wpc_hash ?? null,
+          models: claims.scope.models.filter((m) => allowed.includes(m)),
+        },
+      };
+      return check;
+    } catch (error) {
+      if (error instanceof ClawgateError) {
+        return {
+          ok: false,
+          code: error.code,
+          reason: error.message,
+          status: FORBIDDEN.has(error.code) ? 403 : 401,
+        };
+      }
+      throw error;
+    }
+  };
+}
