@@ -94,3 +94,63 @@ test('bad input: one clear line on stderr, exit 1, no stack trace', async () => 
   assert.notEqual(usage.code, 0);
   assert.match(usage.stderr, /required option '--channel <name>'/);
 });
+
+test('receipts: list a job and show one, each verified with the receipt keyring', async () => {
+  const state = mkdtempSync(join(tmpdir(), 'clawgate-cli-'));
+  assert.equal((await run(state, 'keys', 'generate', '--purpose', 'receipt')).code, 0);
+  const { loadSigner } = await import('../../../src/keys/keyring.ts');
+  const { ReceiptStore } = await import('../../../src/proxy/receipt-store.ts');
+  const { signReceipt } = await import('../../../src/proxy/receipts.ts');
+  const signer = loadSigner(join(state, 'keys'), 'receipt');
+  const store = await ReceiptStore.open(join(state, 'proxy', 'receipts.log'));
+  let prev: string | null = null;
+  for (const id of ['r-1', 'r-2']) {
+    const signed = signReceipt(
+      {
+        v: 1,
+        receipt_id: id,
+        proxy_id: 'p',
+        job: { workflow_id: 'job-1', run_id: 'run' },
+        token_id: 't',
+        policy_hash: null,
+        model: 'demo-echo',
+        upstream: null,
+        stream: false,
+        status: 'ok',
+        http_status: 200,
+        refusal: null,
+        error: null,
+        request_sha256: null,
+        response_sha256: null,
+        request_bytes: 0,
+        response_bytes: 0,
+        usage: null,
+        started_at: '2026-01-01T00:00:00.000Z',
+        ended_at: '2026-01-01T00:00:00.000Z',
+        prev_receipt_sha256: prev,
+      },
+      signer,
+    );
+    prev = signed.payloadSha256;
+    await store.append(signed);
+  }
+  await store.close();
+  const list = await run(state, 'receipts', 'list', '--job', 'job-1');
+  assert.equal(list.code, 0, list.stderr);
+  assert.deepEqual(
+    list.stdout
+      .trim()
+      .split('\n')
+      .map((line) => line.split(/\s+/)[1]),
+    ['r-1', 'r-2'],
+  );
+  const first = JSON.parse((await run(state, 'receipts', 'show', 'r-1')).stdout) as { receipt_id: string };
+  const second = JSON.parse((await run(state, 'receipts', 'show', 'r-2')).stdout) as {
+    prev_receipt_sha256: string;
+  };
+  assert.equal(first.receipt_id, 'r-1');
+  assert.match(second.prev_receipt_sha256, /^[0-9a-f]{64}$/);
+  const missing = await run(state, 'receipts', 'show', 'r-9');
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /no receipt r-9/);
+});
