@@ -44,6 +44,11 @@ export const ERROR_CODES = {
   modelNotAllowedByPolicy: 'MODEL_NOT_ALLOWED_BY_POLICY',
   modelNotInTokenScope: 'MODEL_NOT_IN_TOKEN_SCOPE',
   planningTokenForTool: 'PLANNING_TOKEN_CANNOT_RUN_TOOLS',
+  // Sandbox and tools
+  sandboxLimitsUnavailable: 'SANDBOX_LIMITS_UNAVAILABLE',
+  toolArgumentsInvalid: 'TOOL_ARGUMENTS_INVALID',
+  toolUnknown: 'TOOL_UNKNOWN',
+  egressDenied: 'EGRESS_DENIED',
   // Evidence
   receiptNotFound: 'RECEIPT_NOT_FOUND',
   bundleInvalid: 'BUNDLE_INVALID',
