@@ -2,6 +2,8 @@
 // exec, and write_pr. Paths are relative to the workspace and may not climb out of it; and
 // since only the workspace is mounted in the sandbox, a symlink that points out of it finds
 // nothing there to read.
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { z } from 'zod';
 import { SANDBOX_WORKSPACE } from '../sandbox/bubblewrap.ts';
 import { policyLimits, type ToolContext, type ToolDefinition, type ToolOutput } from './types.ts';
@@ -109,7 +111,7 @@ export const writePrTool: ToolDefinition<typeof writePrArgs> = {
   name: 'write_pr',
   description: 'Make a branch and a commit in the git workspace and print the patch (git format-patch).',
   args: writePrArgs,
-  run: (args, ctx) => {
+  run: async (args, ctx) => {
     // The script gets its data through the environment, never through the shell text.
     const env: Record<string, string> = {
       BRANCH: args.branch,
@@ -139,6 +141,35 @@ export const writePrTool: ToolDefinition<typeof writePrArgs> = {
       'git -c safe.directory=* commit -q -m "$MESSAGE"',
       'git -c safe.directory=* format-patch -1 --stdout',
     ].join('\n');
-    return inSandbox(ctx, ['sh', '-c', script], access(ctx, 'rw'), env);
+    const result = await inSandbox(ctx, ['sh', '-c', script], access(ctx, 'rw'), env);
+    if (result.exitStatus !== 0 || !ctx.prRemote) return result;
+    // The pull request: the branch goes to the configured remote, from the worker, since the
+    // sandbox has no network. The branch name was validated; the remote comes from config.
+    try {
+      await promisify(execFile)(
+        'git',
+        [
+          '-C',
+          ctx.workspace,
+          '-c',
+          'safe.directory=*',
+          'push',
+          '--quiet',
+          ctx.prRemote,
+          `${args.branch}:${args.branch}`,
+        ],
+        {
+          env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', GIT_TERMINAL_PROMPT: '0' },
+          timeout: 60_000,
+        },
+      );
+      return { ...result, output: `${result.output}\npushed ${args.branch} to ${ctx.prRemote}\n` };
+    } catch (error) {
+      return {
+        ...result,
+        exitStatus: 1,
+        output: `${result.output}\npush to ${ctx.prRemote} failed: ${error instanceof Error ? error.message : String(error)}\n`,
+      };
+    }
   },
 };

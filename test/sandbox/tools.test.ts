@@ -92,6 +92,22 @@ test('write_pr makes a branch and a commit and returns the patch; a read-only po
     'clawgate/fix-readme',
   );
 
+  // With a remote configured, the branch is pushed there: the pull request to review.
+  const remote = mkdtempSync(join(tmpdir(), 'clawgate-remote-'));
+  execFileSync('git', ['init', '-q', '--bare', remote]);
+  const pushed = await runTool(
+    {
+      tool: 'write_pr',
+      args: { branch: 'clawgate/second', message: 'Second', files: [{ path: 'b.txt', content: 'b' }] },
+    },
+    { ...ctx, prRemote: remote },
+  );
+  assert.match(pushed.output ?? '', /pushed clawgate\/second to /);
+  assert.match(
+    execFileSync('git', ['-C', remote, 'branch', '--list'], { encoding: 'utf8' }),
+    /clawgate\/second/,
+  );
+
   const ro = await toolContext({ workspace: ctx.workspace });
   const refused = await runTool(
     { tool: 'write_pr', args: { branch: 'x', message: 'm', files: [{ path: 'a', content: 'b' }] } },
