@@ -8,7 +8,8 @@ import { z } from 'zod';
 import { ClawgateError, ERROR_CODES, formatPath } from '../errors.ts';
 import { canonicalHash, parseStrict } from './canonical.ts';
 
-const roomId = z.string().regex(/^![^:\s]+:\S+$/, 'a Matrix room id such as !abc:example.com');
+// Room version 12 ids have no server part (`!<hash of the create event>`); older ones do.
+const roomId = z.string().regex(/^![^:\s]+(:\S+)?$/, 'a Matrix room id such as !abc:example.com or !abc');
 const userId = z.string().regex(/^@[^:\s]+:\S+$/, 'a Matrix user id such as @alice:example.com');
 const toolName = z
   .string()

@@ -26,6 +26,8 @@ export interface DemoUpstreamOptions {
   fault?: DemoUpstreamFault;
   /** When set, a stream waits for this after its first chunk (to observe pass-through). */
   afterFirstChunk?: () => Promise<void>;
+  /** The answer to give, from the request's messages (default: echo the last user message). */
+  answer?: (messages: Array<{ role?: unknown; content?: unknown }>) => string;
 }
 
 export interface DemoUpstream {
@@ -126,7 +128,7 @@ export async function startDemoUpstream(opts: DemoUpstreamOptions = {}): Promise
     counter += 1;
     const id = `chatcmpl-demo-${counter}`;
     const created = Math.floor(Date.now() / 1000);
-    const answer = answerFor(request);
+    const answer = opts.answer ? opts.answer(request.messages ?? []) : answerFor(request);
     const promptTokens = countTokens(JSON.stringify(request.messages ?? []));
     const usage = {
       prompt_tokens: promptTokens,

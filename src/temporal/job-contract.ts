@@ -27,6 +27,8 @@ export interface JobRequest {
   text: string;
   /** Policy channel to resolve the active WPC in. */
   channel: string;
+  /** Task queue of the gateway account that holds this room (default MATRIX_TASK_QUEUE). */
+  matrixTaskQueue?: string;
 }
 
 /** One approval or denial as the gateway saw it in the room. */

@@ -1,3 +1,3 @@
 // The workflows a clawgate worker runs. Deterministic code only (see eslint.config.js): no
 // Node built-ins, no I/O, no clocks; activities are imported as types.
-export {};
+export { jobWorkflow } from './job.ts';

@@ -1,0 +1,294 @@
+// The worker's activities for a job: resolve and pin the policy, draft a plan through the
+// proxy with a planning-only token, mint the execution token after approval, run one approved
+// step through the tool layer, revoke, and seal the proof bundle. Built by a factory so the
+// worker passes its dependencies in (registry, keys, revocations, proxy, sandbox, stores).
+import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { ApplicationFailure } from '@temporalio/activity';
+import { z } from 'zod';
+import { bundleDigest, sealBundle } from '../evidence/bundle.ts';
+import { loadSigner, publicJwks } from '../keys/keyring.ts';
+import { canonicalHash } from '../policy/canonical.ts';
+import type { FilePolicyRegistry } from '../policy/registry.ts';
+import { parseWpc, type Wpc } from '../policy/wpc.ts';
+import type { Sandbox } from '../sandbox/bubblewrap.ts';
+import type {
+  BundleEntryInput,
+  ControlState,
+  JobRef,
+  PinnedPolicy,
+  Plan,
+  PlanDraft,
+  PlanStep,
+  StepResult,
+} from '../temporal/job-types.ts';
+import { mintCapabilityToken, verifyCapabilityToken } from '../tokens/cst.ts';
+import type { RevocationStore } from '../tokens/revocations.ts';
+import { runTool } from '../tools/runner.ts';
+
+export interface JobActivityDeps {
+  registry: FilePolicyRegistry;
+  keysDir: string;
+  revocations: RevocationStore;
+  /** Base URL of clawgate's model proxy. */
+  proxyUrl: string;
+  planningModel: string;
+  sandbox: Sandbox;
+  /** The host folder a job's tools work in. */
+  workspaceFor: (job: JobRef) => string;
+  bundleDir: string;
+  controlState?: () => ControlState;
+}
+
+export const PLANNER_PROMPT = [
+  'You plan work for an approval-gated agent. Answer with JSON only:',
+  '{"summary": "<one line>", "steps": [{"tool": "<tool>", "args": {...}}]}.',
+  'Tools: read {path}, search {query, path?}, http {method, url}, write_pr {branch, message, files}, exec {argv}.',
+  'Use only tools the policy allows. Every argument is final: nothing is decided later.',
+].join('\n');
+
+const planSchema = z
+  .object({
+    summary: z.string().min(1).max(500),
+    steps: z
+      .array(z.object({ tool: z.string().min(1).max(64), args: z.record(z.string(), z.unknown()) }).strict())
+      .min(1)
+      .max(20),
+  })
+  .strict();
+
+function nonRetryable(type: string, message: string): ApplicationFailure {
+  return ApplicationFailure.create({ type, message, nonRetryable: true });
+}
+
+export function createJobActivities(deps: JobActivityDeps) {
+  const policies = new Map<string, Wpc>();
+  function policyByHash(hash: string): Wpc {
+    let wpc = policies.get(hash);
+    if (!wpc) {
+      const payload = deps.registry.get(hash).jws.split('.')[1] ?? '';
+      wpc = parseWpc(JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')));
+      policies.set(hash, wpc);
+    }
+    return wpc;
+  }
+  const tokenJwks = (): ReturnType<typeof publicJwks> => publicJwks(deps.keysDir, ['token']);
+
+  async function callProxy(token: string, messages: Array<{ role: string; content: string }>, model: string) {
+    const response = await fetch(`${deps.proxyUrl}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model, messages }),
+    });
+    const receiptId = response.headers.get('x-clawgate-receipt-id');
+    const text = await response.text();
+    let receipt: string | null = null;
+    if (receiptId) {
+      const r = await fetch(`${deps.proxyUrl}/v1/receipts/${encodeURIComponent(receiptId)}`, {
+        headers: { authorization: `Bearer ${token}` },
+      });
+      if (r.ok) receipt = ((await r.json()) as { receipts: Array<{ jws: string }> }).receipts[0]?.jws ?? null;
+    }
+    return { status: response.status, text, receipt };
+  }
+
+  return {
+    resolvePolicy(input: { channel: string }): Promise<PinnedPolicy> {
+      const hash = deps.registry.activeHash(input.channel);
+      if (!hash) {
+        throw nonRetryable(
+          'NO_ACTIVE_POLICY',
+          `no policy is active on channel ${input.channel}: nothing may run`,
+        );
+      }
+      const wpc = policyByHash(hash);
+      return Promise.resolve({
+        hash,
+        jws: deps.registry.get(hash).jws,
+        document: wpc,
+        rules: {
+          roomsAllowlist: wpc.matrix.rooms_allowlist,
+          requestersAllowlist: wpc.matrix.requesters_allowlist,
+          approvers: wpc.matrix.approval.approver_user_ids_allowlist,
+          requesterMayApprove: wpc.matrix.approval.requester_may_approve,
+          approvalsRequired: wpc.matrix.approval.approvals_required,
+          approvalExpirySeconds: wpc.matrix.approval.expires_after_seconds,
+          requireVerifiedDevice: wpc.matrix.approval.require_verified_device,
+          pinPolicyHash: wpc.tokens.cst.pin_policy_hash,
+          tokenTtlSeconds: wpc.tokens.cst.ttl_seconds,
+          allowedModels: wpc.model_access.allowed_models,
+          allowedTools: wpc.execution.tools.allow,
+          deniedTools: wpc.execution.tools.deny,
+        },
+      });
+    },
+
+    async draftPlan(input: {
+      job: JobRef;
+      roomId: string;
+      text: string;
+      policy: PinnedPolicy;
+    }): Promise<PlanDraft> {
+      const model = deps.planningModel;
+      if (!input.policy.rules.allowedModels.includes(model)) {
+        throw nonRetryable(
+          'PLANNING_MODEL_NOT_ALLOWED',
+          `the planning model ${model} is not allowed by the policy`,
+        );
+      }
+      const { token } = await mintCapabilityToken(
+        {
+          purpose: 'planning',
+          job: input.job,
+          roomId: input.roomId,
+          scope: { tools: [], models: [model] },
+          ...(input.policy.rules.pinPolicyHash ? { wpcHash: input.policy.hash } : {}),
+          ttlSeconds: input.policy.rules.tokenTtlSeconds,
+        },
+        loadSigner(deps.keysDir, 'token'),
+      );
+      const answer = await callProxy(
+        token,
+        [
+          { role: 'system', content: PLANNER_PROMPT },
+          { role: 'user', content: input.text },
+        ],
+        model,
+      );
+      const receipts = answer.receipt ? [answer.receipt] : [];
+      if (answer.status !== 200) {
+        return {
+          ok: false,
+          reason: `the model proxy answered ${answer.status}`,
+          planningToken: token,
+          receipts,
+        };
+      }
+      let content: string;
+      try {
+        content =
+          (JSON.parse(answer.text) as { choices: Array<{ message: { content: string } }> }).choices[0]
+            ?.message.content ?? '';
+      } catch {
+        return {
+          ok: false,
+          reason: 'the model answer is not an OpenAI chat completion',
+          planningToken: token,
+          receipts,
+        };
+      }
+      const json = /```(?:json)?\s*([\s\S]*?)```/.exec(content)?.[1] ?? content;
+      let plan: Plan;
+      try {
+        plan = planSchema.parse(JSON.parse(json));
+      } catch (error) {
+        const detail = error instanceof z.ZodError ? (error.issues[0]?.message ?? '') : 'not JSON';
+        return {
+          ok: false,
+          reason: `the model did not answer with a usable plan (${detail})`,
+          planningToken: token,
+          receipts,
+        };
+      }
+      for (const [i, step] of plan.steps.entries()) {
+        if (
+          input.policy.rules.deniedTools.includes(step.tool) ||
+          !input.policy.rules.allowedTools.includes(step.tool)
+        ) {
+          return {
+            ok: false,
+            reason: `step ${i + 1} uses tool ${step.tool}, which the policy does not allow`,
+            planningToken: token,
+            receipts,
+          };
+        }
+      }
+      return { ok: true, plan, planHash: canonicalHash(plan), planningToken: token, receipts };
+    },
+
+    readControlState(): Promise<ControlState> {
+      return Promise.resolve(deps.controlState?.() ?? { readOnly: false, approvalsFrozen: false });
+    },
+
+    async mintExecutionToken(input: {
+      job: JobRef;
+      roomId: string;
+      policy: PinnedPolicy;
+      planHash: string;
+      tools: string[];
+      approvers: string[];
+      eventIds: string[];
+    }): Promise<{ token: string; jti: string }> {
+      const { token, claims } = await mintCapabilityToken(
+        {
+          purpose: 'execution',
+          job: input.job,
+          roomId: input.roomId,
+          scope: { tools: input.tools, models: input.policy.rules.allowedModels },
+          planHash: input.planHash,
+          approval: { approvers: input.approvers, eventIds: input.eventIds },
+          ...(input.policy.rules.pinPolicyHash ? { wpcHash: input.policy.hash } : {}),
+          ttlSeconds: input.policy.rules.tokenTtlSeconds,
+        },
+        loadSigner(deps.keysDir, 'token'),
+      );
+      return { token, jti: claims.jti };
+    },
+
+    async runStep(input: {
+      job: JobRef;
+      index: number;
+      step: PlanStep;
+      token: string;
+      policyHash: string;
+    }): Promise<StepResult> {
+      const wpc = policyByHash(input.policyHash);
+      let claims: Awaited<ReturnType<typeof verifyCapabilityToken>> | null;
+      try {
+        claims = await verifyCapabilityToken(input.token, {
+          jwks: tokenJwks(),
+          expectedJob: input.job,
+          isRevoked: (jti, job) => deps.revocations.isRevoked(jti, job),
+          activePolicyHash: () => input.policyHash,
+        });
+      } catch {
+        // Fail closed: the step goes on without a token, which authorize() refuses and records.
+        claims = null;
+      }
+      const workspace = deps.workspaceFor(input.job);
+      mkdirSync(workspace, { recursive: true });
+      const { record, output } = await runTool(
+        { tool: input.step.tool, args: input.step.args },
+        { workflowId: input.job.workflowId, policy: wpc, token: claims, sandbox: deps.sandbox, workspace },
+      );
+      const ok = record.denial === null && record.exit_status === 0;
+      const excerpt = output === null ? `refused: ${record.denial?.reason ?? ''}` : output.slice(0, 500);
+      return { record: { ...record, step: input.index }, excerpt, ok };
+    },
+
+    revokeJobTokens(input: { workflowId: string; reason: string }): Promise<void> {
+      if (!deps.revocations.isRevoked('', input.workflowId))
+        deps.revocations.revokeJob(input.workflowId, input.reason);
+      return Promise.resolve();
+    },
+
+    sealJobBundle(input: {
+      job: JobRef;
+      entries: BundleEntryInput[];
+    }): Promise<{ digest: string; path: string }> {
+      const bundle = sealBundle(
+        { workflow_id: input.job.workflowId, run_id: input.job.runId },
+        input.entries,
+        loadSigner(deps.keysDir, 'bundle'),
+        new Date(),
+      );
+      const digest = bundleDigest(bundle);
+      mkdirSync(deps.bundleDir, { recursive: true, mode: 0o700 });
+      const path = join(deps.bundleDir, `${digest}.json`);
+      if (!existsSync(path)) writeFileSync(path, `${JSON.stringify(bundle, null, 2)}\n`, { mode: 0o600 });
+      return Promise.resolve({ digest, path });
+    },
+  };
+}
+
+export type JobActivities = ReturnType<typeof createJobActivities>;

@@ -1,0 +1,60 @@
+// Matrix I/O activities, hosted by the gateway on its own task queue (only the process that
+// holds the Matrix device can encrypt to an encrypted room). Every message about a job goes in
+// the thread rooted at its request. Retries never post twice: the transaction id is derived
+// from the workflow and the step, and the homeserver answers a repeated transaction id with
+// the event it already made.
+import type { MatrixClient } from 'matrix-js-sdk';
+import type { PostedMessage } from '../temporal/job-types.ts';
+
+export function createMatrixActivities(client: MatrixClient) {
+  async function send(
+    roomId: string,
+    type: string,
+    content: Record<string, unknown>,
+    txnKey: string,
+  ): Promise<PostedMessage> {
+    // Transaction ids are opaque to the server; a hash keeps them short and free of odd characters.
+    const txnId = Buffer.from(txnKey).toString('base64url').slice(0, 200);
+    const { event_id: eventId } = await client.sendEvent(roomId, type as never, content as never, txnId);
+    const event = await client.fetchRoomEvent(roomId, eventId);
+    return { eventId, originServerTs: Number(event.origin_server_ts ?? 0) };
+  }
+
+  return {
+    /** Posts a notice in the job's thread. `txnKey` is unique per workflow and message. */
+    postToThread(input: {
+      roomId: string;
+      threadRoot: string;
+      body: string;
+      txnKey: string;
+    }): Promise<PostedMessage> {
+      return send(
+        input.roomId,
+        'm.room.message',
+        {
+          msgtype: 'm.notice',
+          body: input.body,
+          'm.relates_to': {
+            rel_type: 'm.thread',
+            event_id: input.threadRoot,
+            is_falling_back: true,
+            'm.in_reply_to': { event_id: input.threadRoot },
+          },
+        },
+        input.txnKey,
+      );
+    },
+
+    /** Reacts to an event (an approval accepted or refused). */
+    react(input: { roomId: string; eventId: string; key: string; txnKey: string }): Promise<PostedMessage> {
+      return send(
+        input.roomId,
+        'm.reaction',
+        { 'm.relates_to': { rel_type: 'm.annotation', event_id: input.eventId, key: input.key } },
+        input.txnKey,
+      );
+    },
+  };
+}
+
+export type MatrixActivities = ReturnType<typeof createMatrixActivities>;

@@ -1,0 +1,336 @@
+// The job workflow on the real Temporal dev server, with real Matrix users on the real Synapse,
+// the real proxy (its upstream is the local demo model, answering with a plan), real tokens,
+// the real sandbox, and a sealed bundle verified offline at the end.
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, test } from 'node:test';
+import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
+import type { Worker } from '@temporalio/worker';
+import { createJobActivities } from '../../src/activities/job-activities.ts';
+import { verifyBundle } from '../../src/evidence/bundle.ts';
+import { createMatrixActivities } from '../../src/ingress/matrix-io.ts';
+import { generateKeyring, KEY_PURPOSES, loadSigner, publicJwks } from '../../src/keys/keyring.ts';
+import { FilePolicyRegistry, signWpc } from '../../src/policy/registry.ts';
+import { parseWpc } from '../../src/policy/wpc.ts';
+import { parseProxyConfig } from '../../src/proxy/config.ts';
+import { startDemoUpstream, type DemoUpstream } from '../../src/proxy/demo-upstream.ts';
+import { ReceiptStore } from '../../src/proxy/receipt-store.ts';
+import { startProxy, type RunningProxy } from '../../src/proxy/server.ts';
+import { cstVerifier, registryPolicySource } from '../../src/proxy/token-check.ts';
+import { bubblewrapSandbox } from '../../src/sandbox/bubblewrap.ts';
+import {
+  approvalSignal,
+  jobWorkflowId,
+  statusQuery,
+  type ApprovalAttempt,
+  type JobRequest,
+} from '../../src/temporal/job-contract.ts';
+import { FileRevocationStore } from '../../src/tokens/revocations.ts';
+import type { JobResult } from '../../src/workflows/job.ts';
+import { MatrixTestUser } from '../harness/matrix-user.ts';
+import { testServers, uniqueId } from '../harness/servers.ts';
+import { bundleWorkflows, connectTemporal, type TemporalTestContext } from '../harness/temporal.ts';
+
+const PLAN = {
+  summary: 'Read the readme and find the TODOs',
+  steps: [
+    { tool: 'read', args: { path: 'README.md' } },
+    { tool: 'search', args: { query: 'TODO' } },
+  ],
+};
+
+let temporal: TemporalTestContext;
+let upstream: DemoUpstream;
+let proxy: RunningProxy;
+let bot: MatrixTestUser;
+let requester: MatrixTestUser;
+let approver: MatrixTestUser;
+let mallory: MatrixTestUser;
+let roomId: string;
+let state: string;
+let worker: Worker;
+let matrixWorker: Worker;
+let taskQueue: string;
+let matrixQueue: string;
+let running: Promise<void>;
+let policyRegistry: FilePolicyRegistry;
+let mainPolicy: string;
+let quickPolicy: string;
+
+before(async () => {
+  state = mkdtempSync(join(tmpdir(), 'clawgate-job-'));
+  const keys = join(state, 'keys');
+  for (const purpose of KEY_PURPOSES) await generateKeyring(keys, purpose);
+
+  [bot, requester, approver, mallory] = (await Promise.all(
+    ['bot', 'requester', 'approver', 'mallory'].map((n) => MatrixTestUser.create(n)),
+  )) as [MatrixTestUser, MatrixTestUser, MatrixTestUser, MatrixTestUser];
+  roomId = await bot.createRoom({ name: 'ops', invite: [requester.userId, approver.userId, mallory.userId] });
+  for (const user of [requester, approver, mallory]) {
+    await user.waitForMembership(roomId, 'invite');
+    await user.joinRoom(roomId);
+  }
+
+  const example = JSON.parse(readFileSync(new URL('../../examples/policy.json', import.meta.url), 'utf8'));
+  example.matrix.rooms_allowlist = [roomId];
+  example.matrix.requesters_allowlist = [requester.userId];
+  // The requester is an approver too, so that self-approval is refused for what it is.
+  example.matrix.approval.approver_user_ids_allowlist = [approver.userId, requester.userId];
+  example.matrix.approval.expires_after_seconds = 3600;
+  const registry = new FilePolicyRegistry(join(state, 'registry'));
+  const signed = signWpc(parseWpc(example), loadSigner(keys, 'policy'));
+  await registry.register(signed, publicJwks(keys, ['policy']));
+  registry.activate('matrix', signed.hash);
+  mainPolicy = signed.hash;
+  // A policy whose approvals expire after 10 s, activated only during the deadline test.
+  example.matrix.approval.expires_after_seconds = 10;
+  const quick = signWpc(parseWpc(example), loadSigner(keys, 'policy'));
+  await registry.register(quick, publicJwks(keys, ['policy']));
+  quickPolicy = quick.hash;
+  policyRegistry = registry;
+
+  const revocations = new FileRevocationStore(join(state, 'revocations.log'));
+  upstream = await startDemoUpstream({
+    answer: (messages) => {
+      const last = messages.at(-1)?.content;
+      const text = typeof last === 'string' ? last : '';
+      return text.includes('nonsense') ? 'I would rather not.' : JSON.stringify(PLAN);
+    },
+  });
+  const config = parseProxyConfig({
+    listen: { host: '127.0.0.1', port: 0 },
+    upstreams: [{ name: 'demo', baseUrl: `${upstream.url}/v1`, models: ['demo-echo'] }],
+    receiptsPath: join(state, 'proxy', 'receipts.log'),
+  });
+  proxy = await startProxy({
+    config,
+    store: await ReceiptStore.open(config.receiptsPath),
+    receiptKey: loadSigner(keys, 'receipt'),
+    verifyToken: cstVerifier({
+      jwks: publicJwks(keys, ['token']),
+      revocations,
+      policies: registryPolicySource(registry, 'matrix'),
+    }),
+  });
+
+  temporal = await connectTemporal();
+  const workflowBundle = await bundleWorkflows(
+    fileURLToPath(new URL('../../src/workflows/index.ts', import.meta.url)),
+  );
+  const activities = createJobActivities({
+    registry,
+    keysDir: keys,
+    revocations,
+    proxyUrl: proxy.url,
+    planningModel: 'demo-echo',
+    sandbox: bubblewrapSandbox(testServers().bwrap),
+    workspaceFor: (job) => {
+      const dir = join(state, 'workspaces', Buffer.from(job.workflowId).toString('base64url'));
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(join(dir, 'README.md'), '# demo\nTODO: write the docs\n');
+      return dir;
+    },
+    bundleDir: join(state, 'bundles'),
+  });
+  ({ worker, taskQueue } = await temporal.createWorker({ workflowBundle, activities }));
+  ({ worker: matrixWorker, taskQueue: matrixQueue } = await temporal.createWorker({
+    activities: createMatrixActivities(bot.client),
+  }));
+  running = Promise.all([worker.run(), matrixWorker.run()]).then(() => {});
+});
+
+after(async () => {
+  worker.shutdown();
+  matrixWorker.shutdown();
+  await running;
+  await temporal.close();
+  await proxy.close();
+  await proxy.store.close();
+  await upstream.close();
+  for (const user of [bot, requester, approver, mallory]) user.stop();
+});
+
+/** A request as the gateway would start it from a real room message. */
+async function request(text: string) {
+  const channel = 'matrix';
+  const eventId = await requester.sendText(roomId, text);
+  const input: JobRequest = {
+    roomId,
+    requester: requester.userId,
+    eventId,
+    text,
+    channel,
+    matrixTaskQueue: matrixQueue,
+  };
+  const workflowId = jobWorkflowId(roomId, eventId);
+  const handle = await temporal.client.workflow.start('jobWorkflow', {
+    taskQueue,
+    workflowId,
+    args: [input],
+  });
+  return { handle, eventId, workflowId };
+}
+
+async function waitForThreadNotice(root: string, pattern: RegExp, timeoutMs = 30_000) {
+  return await requester.waitForRoomEvent({
+    roomId,
+    timeoutMs,
+    message: `a notice matching ${pattern} in the thread of ${root}`,
+    filter: (e) =>
+      e.getSender() === bot.userId &&
+      e.getContent()['m.relates_to']?.event_id === root &&
+      pattern.test(String(e.getContent()['body'] ?? '')),
+  });
+}
+
+/** An approval command sent for real, then signalled as the gateway would. */
+async function sendApproval(
+  user: MatrixTestUser,
+  text: string,
+  extra: Partial<ApprovalAttempt> = {},
+  handle?: { signal: (s: typeof approvalSignal, a: ApprovalAttempt) => Promise<void> },
+) {
+  const eventId = await user.sendText(roomId, text);
+  const event = await user.client.fetchRoomEvent(roomId, eventId);
+  const attempt: ApprovalAttempt = {
+    eventId,
+    sender: user.userId,
+    roomId,
+    decision: text.startsWith('!deny') ? 'deny' : 'approve',
+    originServerTs: Number(event.origin_server_ts),
+    ...extra,
+  };
+  await handle?.signal(approvalSignal, attempt);
+  return attempt;
+}
+
+const jwksOf = () => publicJwks(join(state, 'keys'));
+const bundleOf = (digest: string | null) =>
+  JSON.parse(readFileSync(join(state, 'bundles', `${digest}.json`), 'utf8'));
+
+test('happy path: request, plan in the thread, approval, steps in the sandbox, sealed bundle that verifies', async () => {
+  const { handle, eventId } = await request('!claw summarise the readme');
+  await waitForThreadNotice(eventId, /^Plan for job/);
+  let status = (await handle.query(statusQuery)).status;
+  for (let i = 0; i < 50 && status !== 'awaiting_approval'; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    status = (await handle.query(statusQuery)).status;
+  }
+  assert.equal(status, 'awaiting_approval');
+  await sendApproval(approver, '!approve', {}, handle);
+  const result = (await handle.result()) as JobResult;
+  assert.equal(result.status, 'succeeded', result.reason);
+  assert.match(result.reason, /TODO: write the docs/);
+  await waitForThreadNotice(eventId, new RegExp(`bundle ${result.bundleDigest}`));
+  const bundle = bundleOf(result.bundleDigest);
+  const verified = await verifyBundle(bundle, jwksOf());
+  assert.deepEqual(verified.problems, []);
+  assert.equal(verified.digest, result.bundleDigest);
+  const types = bundle.entries.map((e: { type: string }) => e.type);
+  assert.deepEqual(types, [
+    'job',
+    'request',
+    'policy',
+    'token',
+    'model_receipt',
+    'plan',
+    'approval_attempt',
+    'token',
+    'tool_record',
+    'tool_record',
+    'outcome',
+  ]);
+});
+
+test('spoofed approvals are refused with reasons and kept as evidence; the genuine one counts', async () => {
+  const { handle, eventId, workflowId } = await request('!claw look at the readme');
+  await waitForThreadNotice(eventId, /^Plan for job/);
+  await sendApproval(mallory, '!approve', {}, handle);
+  await sendApproval(requester, '!approve', {}, handle);
+  await sendApproval(approver, '!approve $someotherjob', { jobId: '$someotherjob' }, handle);
+  await sendApproval(approver, '!approve 000000', { planHash: '000000' }, handle);
+  await sendApproval(approver, '!approve', { roomId: '!elsewhere:localhost' }, handle);
+  await waitForThreadNotice(eventId, /not on the approver allowlist/);
+  const genuine = await sendApproval(approver, '!approve', {}, handle);
+  await handle.signal(approvalSignal, genuine); // a redelivered signal: recorded, not counted twice
+  const result = (await handle.result()) as JobResult;
+  assert.equal(result.status, 'succeeded');
+  const attempts = bundleOf(result.bundleDigest).entries.filter(
+    (e: { type: string }) => e.type === 'approval_attempt',
+  );
+  assert.deepEqual(
+    attempts.map((a: { body: { accepted: boolean; code: string | null } }) => a.body.code ?? 'ACCEPTED'),
+    [
+      'APPROVAL_NOT_APPROVER',
+      'APPROVAL_BY_REQUESTER',
+      'APPROVAL_WRONG_JOB',
+      'APPROVAL_PLAN_MISMATCH',
+      'APPROVAL_WRONG_ROOM',
+      'ACCEPTED',
+    ],
+  );
+  assert.ok(workflowId.endsWith(eventId));
+});
+
+test('!deny ends the job as denied; nothing runs', async () => {
+  const { handle, eventId } = await request('!claw do the thing');
+  await waitForThreadNotice(eventId, /^Plan for job/);
+  await sendApproval(approver, '!deny too broad', { reason: 'too broad' }, handle);
+  const result = (await handle.result()) as JobResult;
+  assert.equal(result.status, 'denied');
+  const types = bundleOf(result.bundleDigest).entries.map((e: { type: string }) => e.type);
+  assert.ok(!types.includes('tool_record') && types.filter((t: string) => t === 'token').length === 1);
+});
+
+test('the approval deadline ends the job as timed out', async () => {
+  policyRegistry.activate('matrix', quickPolicy, 'deadline test');
+  try {
+    const { handle, eventId } = await request('!claw wait for nobody');
+    await waitForThreadNotice(eventId, /^Plan for job/);
+    const result = (await handle.result()) as JobResult;
+    assert.equal(result.status, 'timed_out');
+    await waitForThreadNotice(eventId, /timed_out\. no approval within 10 s/);
+  } finally {
+    policyRegistry.rollback('matrix', mainPolicy, 'end of the deadline test');
+  }
+});
+
+test('an unusable plan ends the job with a clear message in the thread', async () => {
+  const { handle, eventId } = await request('!claw nonsense please');
+  const result = (await handle.result()) as JobResult;
+  assert.equal(result.status, 'failed');
+  assert.match(result.reason, /no usable plan/);
+  await waitForThreadNotice(eventId, /no usable plan/);
+});
+
+test('a redelivered request never starts a second job', async () => {
+  const { handle, eventId, workflowId } = await request('!claw once only');
+  const input: JobRequest = {
+    roomId,
+    requester: requester.userId,
+    eventId,
+    text: '!claw once only',
+    channel: 'matrix',
+    matrixTaskQueue: matrixQueue,
+  };
+  await assert.rejects(
+    temporal.client.workflow.start('jobWorkflow', { taskQueue, workflowId, args: [input] }),
+    WorkflowExecutionAlreadyStartedError,
+  );
+  await handle.cancel();
+});
+
+test('cancel from the client, as the Web UI does: tokens revoked, notice posted, bundle sealed as cancelled', async () => {
+  const { handle, eventId } = await request('!claw cancel me');
+  await waitForThreadNotice(eventId, /^Plan for job/);
+  await handle.cancel();
+  const result = (await handle.result()) as JobResult;
+  assert.equal(result.status, 'cancelled');
+  await waitForThreadNotice(eventId, /cancelled by an operator/);
+  const verified = await verifyBundle(bundleOf(result.bundleDigest), jwksOf());
+  assert.deepEqual(verified.problems, []);
+  assert.ok(uniqueId('x'));
+});
