@@ -272,10 +272,7 @@ export function createJobActivities(deps: JobActivityDeps) {
       return Promise.resolve();
     },
 
-    sealJobBundle(input: {
-      job: JobRef;
-      entries: BundleEntryInput[];
-    }): Promise<{ digest: string; path: string }> {
+    sealJobBundle(input: { job: JobRef; entries: BundleEntryInput[] }): Promise<{ digest: string }> {
       const bundle = sealBundle(
         { workflow_id: input.job.workflowId, run_id: input.job.runId },
         input.entries,
@@ -286,7 +283,7 @@ export function createJobActivities(deps: JobActivityDeps) {
       mkdirSync(deps.bundleDir, { recursive: true, mode: 0o700 });
       const path = join(deps.bundleDir, `${digest}.json`);
       if (!existsSync(path)) writeFileSync(path, `${JSON.stringify(bundle, null, 2)}\n`, { mode: 0o600 });
-      return Promise.resolve({ digest, path });
+      return Promise.resolve({ digest });
     },
   };
 }

@@ -2,6 +2,9 @@
 // the real proxy (its upstream is the local demo model, answering with a plan), real tokens,
 // the real sandbox, and a sealed bundle verified offline at the end.
 import assert from 'node:assert/strict';
+import { execFile, fork, type ChildProcess } from 'node:child_process';
+import { promisify } from 'node:util';
+import { toolPaths } from '../../src/devstack/tools.ts';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -208,6 +211,29 @@ async function sendApproval(
 }
 
 const jwksOf = () => publicJwks(join(state, 'keys'));
+
+/**
+ * With CLAWGATE_RECORD_HISTORIES=1, keeps the finished job's event history under
+ * test/fixtures/histories/ for the replay test, which replays them against the current code
+ * on every run, so a change that breaks determinism fails the build.
+ */
+async function recordHistory(handle: { workflowId: string }, name: string): Promise<void> {
+  if (process.env['CLAWGATE_RECORD_HISTORIES'] !== '1') return;
+  const dir = fileURLToPath(new URL('../fixtures/histories/', import.meta.url));
+  mkdirSync(dir, { recursive: true });
+  // The Temporal CLI writes the history JSON that Web UI exports and historyFromJSON reads.
+  const { stdout } = await promisify(execFile)(toolPaths().temporal, [
+    'workflow',
+    'show',
+    '--address',
+    testServers().temporal.address,
+    '--workflow-id',
+    handle.workflowId,
+    '--output',
+    'json',
+  ]);
+  writeFileSync(join(dir, `${name}.json`), stdout);
+}
 const bundleOf = (digest: string | null) =>
   JSON.parse(readFileSync(join(state, 'bundles', `${digest}.json`), 'utf8'));
 
@@ -243,6 +269,7 @@ test('happy path: request, plan in the thread, approval, steps in the sandbox, s
     'tool_record',
     'outcome',
   ]);
+  await recordHistory(handle, 'happy-path');
 });
 
 test('spoofed approvals are refused with reasons and kept as evidence; the genuine one counts', async () => {
@@ -273,6 +300,7 @@ test('spoofed approvals are refused with reasons and kept as evidence; the genui
     ],
   );
   assert.ok(workflowId.endsWith(eventId));
+  await recordHistory(handle, 'spoofed-approvals');
 });
 
 test('!deny ends the job as denied; nothing runs', async () => {
@@ -283,6 +311,7 @@ test('!deny ends the job as denied; nothing runs', async () => {
   assert.equal(result.status, 'denied');
   const types = bundleOf(result.bundleDigest).entries.map((e: { type: string }) => e.type);
   assert.ok(!types.includes('tool_record') && types.filter((t: string) => t === 'token').length === 1);
+  await recordHistory(handle, 'denied');
 });
 
 test('the approval deadline ends the job as timed out', async () => {
@@ -293,6 +322,7 @@ test('the approval deadline ends the job as timed out', async () => {
     const result = (await handle.result()) as JobResult;
     assert.equal(result.status, 'timed_out');
     await waitForThreadNotice(eventId, /timed_out\. no approval within 10 s/);
+    await recordHistory(handle, 'timed-out');
   } finally {
     policyRegistry.rollback('matrix', mainPolicy, 'end of the deadline test');
   }
@@ -323,6 +353,58 @@ test('a redelivered request never starts a second job', async () => {
   await handle.cancel();
 });
 
+test('a worker killed while a job waits for approval: the approval sent meanwhile is acted on by another worker', async () => {
+  const queue = uniqueId('killable');
+  const spawnWorker = async (): Promise<ChildProcess> => {
+    const child = fork(fileURLToPath(new URL('./worker-process.ts', import.meta.url)), [
+      JSON.stringify({
+        address: testServers().temporal.address,
+        namespace: testServers().temporal.namespace,
+        taskQueue: queue,
+        state,
+        proxyUrl: proxy.url,
+        bwrap: testServers().bwrap,
+      }),
+    ]);
+    await new Promise<void>((resolve, reject) => {
+      child.once('message', () => resolve());
+      child.once('exit', (code) => reject(new Error(`worker exited with ${code}`)));
+    });
+    return child;
+  };
+  const first = await spawnWorker();
+  const eventId = await requester.sendText(roomId, '!claw survive a crash');
+  const workflowId = jobWorkflowId(roomId, eventId);
+  const input: JobRequest = {
+    roomId,
+    requester: requester.userId,
+    eventId,
+    text: '!claw survive a crash',
+    channel: 'matrix',
+    matrixTaskQueue: matrixQueue,
+  };
+  const handle = await temporal.client.workflow.start('jobWorkflow', {
+    taskQueue: queue,
+    workflowId,
+    args: [input],
+  });
+  await waitForThreadNotice(eventId, /^Plan for job/);
+  first.kill('SIGKILL');
+  await new Promise((resolve) => first.once('exit', resolve));
+  // No worker runs on this queue now; the server records the approval all the same.
+  await sendApproval(approver, '!approve', {}, handle);
+  const second = await spawnWorker();
+  try {
+    const result = (await handle.result()) as JobResult;
+    assert.equal(result.status, 'succeeded', result.reason);
+    const verified = await verifyBundle(bundleOf(result.bundleDigest), jwksOf());
+    assert.deepEqual(verified.problems, []);
+    await recordHistory(handle, 'worker-killed-awaiting-approval');
+  } finally {
+    second.kill('SIGKILL');
+  }
+});
+
 test('cancel from the client, as the Web UI does: tokens revoked, notice posted, bundle sealed as cancelled', async () => {
   const { handle, eventId } = await request('!claw cancel me');
   await waitForThreadNotice(eventId, /^Plan for job/);
@@ -332,5 +414,5 @@ test('cancel from the client, as the Web UI does: tokens revoked, notice posted,
   await waitForThreadNotice(eventId, /cancelled by an operator/);
   const verified = await verifyBundle(bundleOf(result.bundleDigest), jwksOf());
   assert.deepEqual(verified.problems, []);
-  assert.ok(uniqueId('x'));
+  await recordHistory(handle, 'cancelled');
 });
