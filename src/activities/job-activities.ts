@@ -37,7 +37,8 @@ export interface JobActivityDeps {
   /** The host folder a job's tools work in. */
   workspaceFor: (job: JobRef) => string;
   bundleDir: string;
-  controlState?: () => ControlState;
+  /** The operators' controls (read-only mode, approval freeze); normal when absent. */
+  controlState?: () => ControlState | Promise<ControlState>;
 }
 
 export const PLANNER_PROMPT = [
@@ -206,8 +207,8 @@ export function createJobActivities(deps: JobActivityDeps) {
       return { ok: true, plan, planHash: canonicalHash(plan), planningToken: token, receipts };
     },
 
-    readControlState(): Promise<ControlState> {
-      return Promise.resolve(deps.controlState?.() ?? { readOnly: false, approvalsFrozen: false });
+    async readControlState(): Promise<ControlState> {
+      return (await deps.controlState?.()) ?? { readOnly: false, approvalsFrozen: false };
     },
 
     async mintExecutionToken(input: {

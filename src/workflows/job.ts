@@ -55,7 +55,7 @@ export interface JobResult {
 }
 
 /** While read-only triage mode is on, a job re-checks this often. */
-const READ_ONLY_POLL = '30 seconds';
+const READ_ONLY_POLL = '5 seconds';
 
 function renderPlan(
   jobId: string,

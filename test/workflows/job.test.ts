@@ -13,6 +13,7 @@ import { after, before, test } from 'node:test';
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
 import { createJobActivities } from '../../src/activities/job-activities.ts';
+import { readControlState, setApprovalFreeze, setMode } from '../../src/activities/control-state.ts';
 import { verifyBundle } from '../../src/evidence/bundle.ts';
 import { createMatrixActivities } from '../../src/ingress/matrix-io.ts';
 import { generateKeyring, KEY_PURPOSES, loadSigner, publicJwks } from '../../src/keys/keyring.ts';
@@ -137,6 +138,7 @@ before(async () => {
       return dir;
     },
     bundleDir: join(state, 'bundles'),
+    controlState: () => readControlState(temporal.client),
   });
   ({ worker, taskQueue } = await temporal.createWorker({ workflowBundle, activities }));
   ({ worker: matrixWorker, taskQueue: matrixQueue } = await temporal.createWorker({
@@ -402,6 +404,42 @@ test('a worker killed while a job waits for approval: the approval sent meanwhil
     await recordHistory(handle, 'worker-killed-awaiting-approval');
   } finally {
     second.kill('SIGKILL');
+  }
+});
+
+test('approval freeze: an approval during the freeze is refused and recorded; after it, approval works', async () => {
+  await setApprovalFreeze(temporal.client, taskQueue, true, '@oncall:localhost', 'incident 7');
+  try {
+    const { handle, eventId } = await request('!claw during a freeze');
+    await waitForThreadNotice(eventId, /^Plan for job/);
+    await sendApproval(approver, '!approve', {}, handle);
+    await waitForThreadNotice(eventId, /approvals are frozen by an operator/);
+    await setApprovalFreeze(temporal.client, taskQueue, false, '@oncall:localhost', 'incident 7 over');
+    await sendApproval(approver, '!approve', {}, handle);
+    const result = (await handle.result()) as JobResult;
+    assert.equal(result.status, 'succeeded');
+    const codes = bundleOf(result.bundleDigest)
+      .entries.filter((e: { type: string }) => e.type === 'approval_attempt')
+      .map((e: { body: { code: string | null } }) => e.body.code);
+    assert.deepEqual(codes, ['APPROVAL_FROZEN', null]);
+  } finally {
+    await setApprovalFreeze(temporal.client, taskQueue, false, '@oncall:localhost', 'test cleanup');
+  }
+});
+
+test('read-only triage mode: an approved job mints no token and waits, and goes on when the mode ends', async () => {
+  await setMode(temporal.client, taskQueue, 'read-only', '@oncall:localhost', 'triage');
+  try {
+    const { handle, eventId } = await request('!claw during triage');
+    await waitForThreadNotice(eventId, /^Plan for job/);
+    await sendApproval(approver, '!approve', {}, handle);
+    await waitForThreadNotice(eventId, /read-only mode; it waits/);
+    assert.equal((await handle.query(statusQuery)).status, 'frozen');
+    await setMode(temporal.client, taskQueue, 'normal', '@oncall:localhost', 'triage over');
+    const result = (await handle.result()) as JobResult;
+    assert.equal(result.status, 'succeeded');
+  } finally {
+    await setMode(temporal.client, taskQueue, 'normal', '@oncall:localhost', 'test cleanup');
   }
 });
 
