@@ -117,6 +117,7 @@ export function createJobActivities(deps: JobActivityDeps) {
           requireVerifiedDevice: wpc.matrix.approval.require_verified_device,
           pinPolicyHash: wpc.tokens.cst.pin_policy_hash,
           tokenTtlSeconds: wpc.tokens.cst.ttl_seconds,
+          stepWallSeconds: wpc.execution.sandbox.limits.wall_seconds,
           allowedModels: wpc.model_access.allowed_models,
           allowedTools: wpc.execution.tools.allow,
           deniedTools: wpc.execution.tools.deny,
@@ -262,7 +263,10 @@ export function createJobActivities(deps: JobActivityDeps) {
         { tool: input.step.tool, args: input.step.args },
         { workflowId: input.job.workflowId, policy: wpc, token: claims, sandbox: deps.sandbox, workspace },
       );
-      const ok = record.denial === null && record.exit_status === 0;
+      // http reports the HTTP status; every other tool its exit status.
+      const status = record.exit_status ?? -1;
+      const ok =
+        record.denial === null && (input.step.tool === 'http' ? status >= 200 && status < 300 : status === 0);
       const excerpt = output === null ? `refused: ${record.denial?.reason ?? ''}` : output.slice(0, 500);
       return { record: { ...record, step: input.index }, excerpt, ok };
     },

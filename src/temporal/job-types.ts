@@ -32,6 +32,8 @@ export interface PinnedPolicy {
     requireVerifiedDevice: boolean;
     pinPolicyHash: boolean;
     tokenTtlSeconds: number;
+    /** The sandbox's wall-clock limit for one step. */
+    stepWallSeconds?: number;
     allowedModels: string[];
     allowedTools: string[];
     deniedTools: string[];

@@ -35,11 +35,17 @@ const acts = proxyActivities<JobActivities>({
   startToCloseTimeout: '2 minutes',
   retry: { maximumAttempts: 5, nonRetryableErrorTypes: ['NO_ACTIVE_POLICY', 'PLANNING_MODEL_NOT_ALLOWED'] },
 });
-/** A tool step is attempted once: a step that may have had effects is not silently run again. */
-const steps = proxyActivities<JobActivities>({
-  startToCloseTimeout: '15 minutes',
-  retry: { maximumAttempts: 1 },
-});
+/**
+ * A tool step is attempted once: a step that may have had effects is not silently run again,
+ * and one that was under way when its worker died ends the job, once its time limit (the
+ * sandbox's wall clock plus a margin) has passed.
+ */
+function stepActivities(wallSeconds: number): JobActivities {
+  return proxyActivities<JobActivities>({
+    startToCloseTimeout: `${wallSeconds + 20} seconds`,
+    retry: { maximumAttempts: 1 },
+  });
+}
 function matrixActivities(taskQueue: string): MatrixActivities {
   return proxyActivities<MatrixActivities>({
     taskQueue,
@@ -291,8 +297,22 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
     // 6. Execute the approved steps in order; nothing a step returns can change the next one.
     setStatus('executing');
     const excerpts: string[] = [];
+    // Jobs pinned before stepWallSeconds existed have none: the default sandbox wall clock.
+    const steps = stepActivities(policy.rules.stepWallSeconds ?? 60);
     for (const [index, step] of plan.steps.entries()) {
-      const result = await steps.runStep({ job, index, step, token, policyHash: policy.hash });
+      let result;
+      try {
+        result = await steps.runStep({ job, index, step, token, policyHash: policy.hash });
+      } catch (error) {
+        if (isCancellation(error)) throw error;
+        // The step's worker died or the step overran: it is not run again.
+        await acts.revokeJobTokens({ workflowId: job.workflowId, reason: 'job failed' });
+        const why = error instanceof Error ? error.message : String(error);
+        return await seal(
+          'failed',
+          `step ${index + 1} (${step.tool}) did not finish and is not run again (${why}).`,
+        );
+      }
       entries.push({ type: 'tool_record', body: result.record });
       view.stepsDone = index + 1;
       excerpts.push(`${index + 1}. ${step.tool}: ${result.excerpt.trim().slice(0, 200)}`);

@@ -9,6 +9,7 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createServer, type Server } from 'node:http';
 import { after, before, test } from 'node:test';
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
@@ -47,6 +48,10 @@ const PLAN = {
 };
 
 let temporal: TemporalTestContext;
+let holdServer: Server;
+let holdPort = 0;
+const hits = { count: 0, hold: 0 };
+let holdArrived: () => void = () => {};
 let upstream: DemoUpstream;
 let proxy: RunningProxy;
 let bot: MatrixTestUser;
@@ -65,6 +70,18 @@ let mainPolicy: string;
 let quickPolicy: string;
 
 before(async () => {
+  // A web server the http tool may reach: /count counts, /hold never answers.
+  holdServer = createServer((req, res) => {
+    if (req.url === '/count') {
+      hits.count += 1;
+      res.end('counted');
+    } else if (req.url === '/hold') {
+      hits.hold += 1;
+      holdArrived();
+    } else res.writeHead(404).end();
+  });
+  await new Promise<void>((resolve) => holdServer.listen(0, '127.0.0.1', resolve));
+  holdPort = (holdServer.address() as { port: number }).port;
   state = mkdtempSync(join(tmpdir(), 'clawgate-job-'));
   const keys = join(state, 'keys');
   for (const purpose of KEY_PURPOSES) await generateKeyring(keys, purpose);
@@ -84,6 +101,8 @@ before(async () => {
   // The requester is an approver too, so that self-approval is refused for what it is.
   example.matrix.approval.approver_user_ids_allowlist = [approver.userId, requester.userId];
   example.matrix.approval.expires_after_seconds = 3600;
+  example.execution.egress_allowlist = [`127.0.0.1:${holdPort}`];
+  example.execution.sandbox.limits = { wall_seconds: 2 };
   const registry = new FilePolicyRegistry(join(state, 'registry'));
   const signed = signWpc(parseWpc(example), loadSigner(keys, 'policy'));
   await registry.register(signed, publicJwks(keys, ['policy']));
@@ -101,7 +120,18 @@ before(async () => {
     answer: (messages) => {
       const last = messages.at(-1)?.content;
       const text = typeof last === 'string' ? last : '';
-      return text.includes('nonsense') ? 'I would rather not.' : JSON.stringify(PLAN);
+      if (text.includes('nonsense')) return 'I would rather not.';
+      if (text.includes('crash during the steps')) {
+        return JSON.stringify({
+          summary: 'Count, then wait on a slow server, then search',
+          steps: [
+            { tool: 'http', args: { method: 'GET', url: `http://127.0.0.1:${holdPort}/count` } },
+            { tool: 'http', args: { method: 'GET', url: `http://127.0.0.1:${holdPort}/hold` } },
+            { tool: 'search', args: { query: 'TODO' } },
+          ],
+        });
+      }
+      return JSON.stringify(PLAN);
     },
   });
   const config = parseProxyConfig({
@@ -155,6 +185,8 @@ after(async () => {
   await proxy.close();
   await proxy.store.close();
   await upstream.close();
+  holdServer.closeAllConnections();
+  holdServer.close();
   for (const user of [bot, requester, approver, mallory]) user.stop();
 });
 
@@ -355,26 +387,33 @@ test('a redelivered request never starts a second job', async () => {
   await handle.cancel();
 });
 
+/** A job worker in its own process on the given queue, ready when this resolves. */
+async function spawnWorker(queue: string): Promise<ChildProcess> {
+  const child = fork(fileURLToPath(new URL('./worker-process.ts', import.meta.url)), [
+    JSON.stringify({
+      address: testServers().temporal.address,
+      namespace: testServers().temporal.namespace,
+      taskQueue: queue,
+      state,
+      proxyUrl: proxy.url,
+      bwrap: testServers().bwrap,
+    }),
+  ]);
+  await new Promise<void>((resolve, reject) => {
+    child.once('message', () => resolve());
+    child.once('exit', (code) => reject(new Error(`worker exited with ${code}`)));
+  });
+  return child;
+}
+
+async function killWorker(child: ChildProcess): Promise<void> {
+  child.kill('SIGKILL');
+  await new Promise((resolve) => child.once('exit', resolve));
+}
+
 test('a worker killed while a job waits for approval: the approval sent meanwhile is acted on by another worker', async () => {
   const queue = uniqueId('killable');
-  const spawnWorker = async (): Promise<ChildProcess> => {
-    const child = fork(fileURLToPath(new URL('./worker-process.ts', import.meta.url)), [
-      JSON.stringify({
-        address: testServers().temporal.address,
-        namespace: testServers().temporal.namespace,
-        taskQueue: queue,
-        state,
-        proxyUrl: proxy.url,
-        bwrap: testServers().bwrap,
-      }),
-    ]);
-    await new Promise<void>((resolve, reject) => {
-      child.once('message', () => resolve());
-      child.once('exit', (code) => reject(new Error(`worker exited with ${code}`)));
-    });
-    return child;
-  };
-  const first = await spawnWorker();
+  const first = await spawnWorker(queue);
   const eventId = await requester.sendText(roomId, '!claw survive a crash');
   const workflowId = jobWorkflowId(roomId, eventId);
   const input: JobRequest = {
@@ -391,11 +430,10 @@ test('a worker killed while a job waits for approval: the approval sent meanwhil
     args: [input],
   });
   await waitForThreadNotice(eventId, /^Plan for job/);
-  first.kill('SIGKILL');
-  await new Promise((resolve) => first.once('exit', resolve));
+  await killWorker(first);
   // No worker runs on this queue now; the server records the approval all the same.
   await sendApproval(approver, '!approve', {}, handle);
-  const second = await spawnWorker();
+  const second = await spawnWorker(queue);
   try {
     const result = (await handle.result()) as JobResult;
     assert.equal(result.status, 'succeeded', result.reason);
@@ -404,6 +442,50 @@ test('a worker killed while a job waits for approval: the approval sent meanwhil
     await recordHistory(handle, 'worker-killed-awaiting-approval');
   } finally {
     second.kill('SIGKILL');
+  }
+});
+
+test('a worker killed during execution: the completed step does not run again, the interrupted one is not retried', async () => {
+  const queue = uniqueId('killable');
+  const first = await spawnWorker(queue);
+  const text = '!claw crash during the steps';
+  const eventId = await requester.sendText(roomId, text);
+  const input: JobRequest = {
+    roomId,
+    requester: requester.userId,
+    eventId,
+    text,
+    channel: 'matrix',
+    matrixTaskQueue: matrixQueue,
+  };
+  const handle = await temporal.client.workflow.start('jobWorkflow', {
+    taskQueue: queue,
+    workflowId: jobWorkflowId(roomId, eventId),
+    args: [input],
+  });
+  await waitForThreadNotice(eventId, /^Plan for job/);
+  const arrived = new Promise<void>((resolve) => (holdArrived = resolve));
+  await sendApproval(approver, '!approve', {}, handle);
+  await arrived; // step 2 is under way on the first worker
+  assert.equal(hits.count, 1);
+  await killWorker(first);
+  const second = await spawnWorker(queue);
+  try {
+    const result = (await handle.result()) as JobResult;
+    assert.equal(result.status, 'failed');
+    assert.match(result.reason, /step 2 \(http\) did not finish and is not run again/);
+    assert.equal(hits.count, 1, 'the completed step 1 did not run again');
+    assert.equal(hits.hold, 1, 'the interrupted step 2 was not retried');
+    const records = bundleOf(result.bundleDigest).entries.filter(
+      (e: { type: string }) => e.type === 'tool_record',
+    );
+    assert.deepEqual(
+      records.map((r: { body: { step: number } }) => r.body.step),
+      [0],
+    );
+    assert.deepEqual((await verifyBundle(bundleOf(result.bundleDigest), jwksOf())).problems, []);
+  } finally {
+    await killWorker(second);
   }
 });
 
