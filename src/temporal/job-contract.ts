@@ -17,6 +17,15 @@ export function jobWorkflowId(roomId: string, eventId: string): string {
   return `job:${roomId}:${eventId}`;
 }
 
+/** What the Temporal Web UI shows for a job from its start: a one-line summary and details. */
+export function jobStaticSummary(request: JobRequest): { staticSummary: string; staticDetails: string } {
+  const text = request.text.length > 120 ? `${request.text.slice(0, 117)}...` : request.text;
+  return {
+    staticSummary: `clawgate job: ${text}`,
+    staticDetails: `Requested by ${request.requester} in ${request.roomId} (event ${request.eventId}), policy channel ${request.channel}.`,
+  };
+}
+
 /** A request from a room: the start input of a job. */
 export interface JobRequest {
   roomId: string;

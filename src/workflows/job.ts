@@ -5,6 +5,7 @@ import {
   condition,
   isCancellation,
   proxyActivities,
+  setCurrentDetails,
   setHandler,
   sleep,
   upsertSearchAttributes,
@@ -116,6 +117,19 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
   const setStatus = (status: JobStatus): void => {
     view.status = status;
     upsertSearchAttributes([{ key: JOB_STATUS, value: status }]);
+    // What the Temporal Web UI shows as the job's current details.
+    setCurrentDetails(
+      [
+        `**${status}** · room ${request.roomId} · requested by ${request.requester}`,
+        view.planHash
+          ? `plan ${view.planHash.slice(0, 12)} · steps ${view.stepsDone}/${view.stepsTotal}`
+          : '',
+        view.policyHash ? `policy ${view.policyHash.slice(0, 12)}` : '',
+        view.bundleDigest ? `bundle ${view.bundleDigest}` : '',
+      ]
+        .filter(Boolean)
+        .join('\n'),
+    );
   };
   const say = (key: string, body: string) =>
     matrix.postToThread({
@@ -129,8 +143,7 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
     entries.push({ type: 'outcome', body: { status, reason } });
     const { digest } = await acts.sealJobBundle({ job, entries });
     view.bundleDigest = digest;
-    view.status = status;
-    upsertSearchAttributes([{ key: JOB_STATUS, value: status }]);
+    setStatus(status);
     await say(
       'result',
       `Job ${shortId}: ${status}. ${reason}\npolicy ${view.policyHash?.slice(0, 12) ?? '-'} · bundle ${digest}`,

@@ -28,6 +28,7 @@ import { cstVerifier, registryPolicySource } from '../../src/proxy/token-check.t
 import { bubblewrapSandbox } from '../../src/sandbox/bubblewrap.ts';
 import {
   approvalSignal,
+  jobStaticSummary,
   jobWorkflowId,
   statusQuery,
   type ApprovalAttempt,
@@ -207,6 +208,7 @@ async function request(text: string) {
     taskQueue,
     workflowId,
     args: [input],
+    ...jobStaticSummary(input),
   });
   return { handle, eventId, workflowId };
 }
@@ -303,6 +305,12 @@ test('happy path: request, plan in the thread, approval, steps in the sandbox, s
     'tool_record',
     'outcome',
   ]);
+  // What an operator sees in the Web UI: the static summary, and details updated at each stage.
+  const description = await handle.describe();
+  assert.match((await description.staticSummary()) ?? '', /^clawgate job: !claw summarise the readme/);
+  const metadata = (await handle.query('__temporal_workflow_metadata')) as { currentDetails?: string };
+  assert.match(metadata.currentDetails ?? '', /\*\*succeeded\*\* · room .* · requested by /);
+  assert.match(metadata.currentDetails ?? '', new RegExp(`bundle ${result.bundleDigest}`));
   await recordHistory(handle, 'happy-path');
 });
 
