@@ -308,7 +308,7 @@ test('happy path: request, plan in the thread, approval, steps in the sandbox, s
   // What an operator sees in the Web UI: the static summary, and details updated at each stage.
   const description = await handle.describe();
   assert.match((await description.staticSummary()) ?? '', /^clawgate job: !claw summarise the readme/);
-  const metadata = (await handle.query('__temporal_workflow_metadata')) as { currentDetails?: string };
+  const metadata = await handle.query<{ currentDetails?: string }>('__temporal_workflow_metadata');
   assert.match(metadata.currentDetails ?? '', /\*\*succeeded\*\* · room .* · requested by /);
   assert.match(metadata.currentDetails ?? '', new RegExp(`bundle ${result.bundleDigest}`));
   await recordHistory(handle, 'happy-path');
