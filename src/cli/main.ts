@@ -234,6 +234,51 @@ export function buildProgram(): Command {
         `the bundle does not verify (${result.problems.length} problem(s))`,
       );
     });
+  program
+    .command('replay <workflow-id>')
+    .description(
+      "replay a job's history against the current code and check it against its bundle, entry by entry",
+    )
+    .option(
+      '--address <host:port>',
+      'Temporal frontend',
+      process.env['CLAWGATE_TEMPORAL_ADDRESS'] ?? '127.0.0.1:7233',
+    )
+    .option(
+      '--namespace <name>',
+      'Temporal namespace',
+      process.env['CLAWGATE_TEMPORAL_NAMESPACE'] ?? 'default',
+    )
+    .option('--bundles <dir>', 'sealed bundles', `${stateDir()}/bundles`)
+    .option('--jwks <file>', 'public keys (default: the local keyrings)')
+    .addOption(keysOption())
+    .action(
+      async (
+        workflowId: string,
+        opts: { address: string; namespace: string; bundles: string; jwks?: string; keys: string },
+      ) => {
+        const { Client, Connection } = await import('@temporalio/client');
+        const { replayJob } = await import('../evidence/replay.ts');
+        const connection = await Connection.connect({ address: opts.address });
+        try {
+          const report = await replayJob(new Client({ connection, namespace: opts.namespace }), workflowId, {
+            bundleDir: opts.bundles,
+            jwks: readJwks(opts.jwks, opts.keys, KEY_PURPOSES),
+          });
+          out(
+            `replay: ${report.replayed ? 'the current code reproduces the history' : `FAILED: ${report.replayError ?? ''}`}`,
+          );
+          out(`bundle: ${report.bundleDigest ?? 'none'}`);
+          for (const m of report.mismatches) out(`entry ${m.entry}: ${m.problem}`);
+          for (const p of report.bundleProblems) out(`entry ${p.entry ?? '-'} (${p.type}): ${p.problem}`);
+          if (!report.ok)
+            throw new ClawgateError(ERROR_CODES.bundleInvalid, `job ${workflowId} does not check out`);
+          out('ok: history and bundle agree');
+        } finally {
+          await connection.close();
+        }
+      },
+    );
   return program;
 }
 

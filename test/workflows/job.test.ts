@@ -15,7 +15,8 @@ import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
 import { createJobActivities } from '../../src/activities/job-activities.ts';
 import { readControlState, setApprovalFreeze, setMode } from '../../src/activities/control-state.ts';
-import { verifyBundle } from '../../src/evidence/bundle.ts';
+import { sealBundle, verifyBundle } from '../../src/evidence/bundle.ts';
+import { replayJob } from '../../src/evidence/replay.ts';
 import { createMatrixActivities } from '../../src/ingress/matrix-io.ts';
 import { generateKeyring, KEY_PURPOSES, loadSigner, publicJwks } from '../../src/keys/keyring.ts';
 import { FilePolicyRegistry, signWpc } from '../../src/policy/registry.ts';
@@ -312,6 +313,33 @@ test('happy path: request, plan in the thread, approval, steps in the sandbox, s
   assert.match(metadata.currentDetails ?? '', /\*\*succeeded\*\* · room .* · requested by /);
   assert.match(metadata.currentDetails ?? '', new RegExp(`bundle ${result.bundleDigest}`));
   await recordHistory(handle, 'happy-path');
+
+  // An incident responder's replay: the history replays and agrees with the bundle entry by entry.
+  const report = await replayJob(temporal.client, handle.workflowId, {
+    bundleDir: join(state, 'bundles'),
+    jwks: jwksOf(),
+  });
+  assert.deepEqual(report.mismatches, []);
+  assert.ok(report.ok && report.replayed);
+  // A bundle changed after sealing (and re-sealed with the real key) no longer matches its history.
+  const tampered = structuredClone(bundle);
+  tampered.entries[8].body.exit_status = 0;
+  tampered.entries[8].body.output_sha256 = 'f'.repeat(64);
+  const resealed = sealBundle(
+    tampered.job,
+    tampered.entries,
+    loadSigner(join(state, 'keys'), 'bundle'),
+    new Date(),
+  );
+  const otherDir = mkdtempSync(join(tmpdir(), 'clawgate-bundles-'));
+  writeFileSync(join(otherDir, `${result.bundleDigest}.json`), JSON.stringify(resealed));
+  const caught = await replayJob(temporal.client, handle.workflowId, { bundleDir: otherDir, jwks: jwksOf() });
+  assert.equal(caught.ok, false);
+  assert.ok(
+    caught.mismatches.some(
+      (m) => m.entry === 8 && /differs between the history and the bundle/.test(m.problem),
+    ),
+  );
 });
 
 test('spoofed approvals are refused with reasons and kept as evidence; the genuine one counts', async () => {
