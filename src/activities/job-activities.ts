@@ -6,6 +6,7 @@ import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { z } from 'zod';
+import { ClawgateError } from '../errors.ts';
 import { bundleDigest, sealBundle } from '../evidence/bundle.ts';
 import { loadSigner, publicJwks } from '../keys/keyring.ts';
 import { canonicalHash } from '../policy/canonical.ts';
@@ -243,25 +244,38 @@ export function createJobActivities(deps: JobActivityDeps) {
       step: PlanStep;
       token: string;
       policyHash: string;
+      /** The policy channel: a token pinned to a policy no longer active there is refused. */
+      channel?: string;
     }): Promise<StepResult> {
       const wpc = policyByHash(input.policyHash);
       let claims: Awaited<ReturnType<typeof verifyCapabilityToken>> | null;
+      let tokenError: { code: string; reason: string } | undefined;
       try {
         claims = await verifyCapabilityToken(input.token, {
           jwks: tokenJwks(),
           expectedJob: input.job,
           isRevoked: (jti, job) => deps.revocations.isRevoked(jti, job),
-          activePolicyHash: () => input.policyHash,
+          // Drift fails closed: a rollback or a new activation reaches running jobs here.
+          activePolicyHash: () =>
+            input.channel ? deps.registry.activeHash(input.channel) : input.policyHash,
         });
-      } catch {
-        // Fail closed: the step goes on without a token, which authorize() refuses and records.
+      } catch (error) {
+        // Fail closed: the step goes on without a token, refused and recorded with the reason.
         claims = null;
+        if (error instanceof ClawgateError) tokenError = { code: error.code, reason: error.message };
       }
       const workspace = deps.workspaceFor(input.job);
       mkdirSync(workspace, { recursive: true });
       const { record, output } = await runTool(
         { tool: input.step.tool, args: input.step.args },
-        { workflowId: input.job.workflowId, policy: wpc, token: claims, sandbox: deps.sandbox, workspace },
+        {
+          workflowId: input.job.workflowId,
+          policy: wpc,
+          token: claims,
+          sandbox: deps.sandbox,
+          workspace,
+          ...(tokenError ? { tokenError } : {}),
+        },
       );
       // http reports the HTTP status; every other tool its exit status.
       const status = record.exit_status ?? -1;

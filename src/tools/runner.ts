@@ -74,6 +74,7 @@ export async function runTool(
     output: null,
   });
 
+  if (!ctx.token && ctx.tokenError) return refused(ctx.tokenError.code, ctx.tokenError.reason);
   const decision = authorize(
     { kind: 'tool', tool: call.tool, workflowId: ctx.workflowId },
     ctx.policy,

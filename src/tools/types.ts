@@ -15,6 +15,8 @@ export interface ToolContext {
   workspace: string;
   /** Resolver for the http tool (tests inject one to play DNS rebinding). */
   lookup?: (host: string) => Promise<Array<{ address: string; family: number }>>;
+  /** Why the token is null, when its verification failed: the refusal records this reason. */
+  tokenError?: { code: string; reason: string };
   /** Where write_pr pushes its branch (a local bare repository or a configured remote URL). */
   prRemote?: string;
 }

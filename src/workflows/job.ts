@@ -315,7 +315,14 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
     for (const [index, step] of plan.steps.entries()) {
       let result;
       try {
-        result = await steps.runStep({ job, index, step, token, policyHash: policy.hash });
+        result = await steps.runStep({
+          job,
+          index,
+          step,
+          token,
+          policyHash: policy.hash,
+          channel: request.channel,
+        });
       } catch (error) {
         if (isCancellation(error)) throw error;
         // The step's worker died or the step overran: it is not run again.

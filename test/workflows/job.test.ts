@@ -525,6 +525,28 @@ test('a worker killed during execution: the completed step does not run again, t
   }
 });
 
+test('a policy change reaches a running job: its pinned token fails closed and no step runs', async () => {
+  const { handle, eventId } = await request('!claw before a policy change');
+  await waitForThreadNotice(eventId, /^Plan for job/);
+  policyRegistry.activate('matrix', quickPolicy, 'policy change during a job');
+  try {
+    await sendApproval(approver, '!approve', {}, handle);
+    const result = (await handle.result()) as JobResult;
+    assert.equal(result.status, 'failed');
+    const record = bundleOf(result.bundleDigest).entries.find(
+      (e: { type: string }) => e.type === 'tool_record',
+    );
+    assert.equal(
+      record.body.denial.code,
+      'POLICY_HASH_MISMATCH',
+      'the drifted token did not verify, so nothing ran',
+    );
+    assert.equal(record.body.exit_status, null);
+  } finally {
+    policyRegistry.rollback('matrix', mainPolicy, 'end of the policy change test');
+  }
+});
+
 test('approval freeze: an approval during the freeze is refused and recorded; after it, approval works', async () => {
   await setApprovalFreeze(temporal.client, taskQueue, true, '@oncall:localhost', 'incident 7');
   try {
