@@ -9,7 +9,7 @@ import { z } from 'zod';
 import { ClawgateError } from '../errors.ts';
 import { bundleDigest, sealBundle } from '../evidence/bundle.ts';
 import { loadSigner, publicJwks } from '../keys/keyring.ts';
-import { canonicalHash } from '../policy/canonical.ts';
+import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
 import type { FilePolicyRegistry } from '../policy/registry.ts';
 import { parseWpc, type Wpc } from '../policy/wpc.ts';
 import type { Sandbox } from '../sandbox/bubblewrap.ts';
@@ -59,6 +59,10 @@ const planSchema = z
   })
   .strict();
 
+/** A plan step that is a model call through the proxy rather than a tool. */
+export const MODEL_STEP = 'model';
+const modelStepArgs = z.object({ model: z.string().min(1), prompt: z.string().min(1).max(100_000) }).strict();
+
 function nonRetryable(type: string, message: string): ApplicationFailure {
   return ApplicationFailure.create({ type, message, nonRetryable: true });
 }
@@ -92,6 +96,73 @@ export function createJobActivities(deps: JobActivityDeps) {
       if (r.ok) receipt = ((await r.json()) as { receipts: Array<{ jws: string }> }).receipts[0]?.jws ?? null;
     }
     return { status: response.status, text, receipt };
+  }
+
+  /** A model-call step: the approved prompt to the approved model, through the proxy, receipted. */
+  async function modelStep(
+    input: { job: JobRef; index: number; step: PlanStep; token: string },
+    claims: unknown,
+    tokenError: { code: string; reason: string } | undefined,
+  ): Promise<StepResult> {
+    const startedAt = new Date().toISOString();
+    const started = performance.now();
+    const base = {
+      step: input.index,
+      tool: MODEL_STEP,
+      args_sha256: canonicalHash(input.step.args),
+      started_at: startedAt,
+    };
+    const args = modelStepArgs.safeParse(input.step.args);
+    if (!claims || !args.success) {
+      const denial = tokenError ?? {
+        code: 'TOOL_ARGUMENTS_INVALID',
+        reason: 'a model step needs { model, prompt }',
+      };
+      return {
+        record: {
+          ...base,
+          output_sha256: null,
+          exit_status: null,
+          signal: null,
+          timed_out: false,
+          output_truncated: false,
+          duration_ms: performance.now() - started,
+          sandbox_profile: null,
+          denial,
+        },
+        excerpt: `refused: ${denial.reason}`,
+        ok: false,
+      };
+    }
+    const answer = await callProxy(
+      input.token,
+      [{ role: 'user', content: args.data.prompt }],
+      args.data.model,
+    );
+    let content = answer.text;
+    try {
+      content =
+        (JSON.parse(answer.text) as { choices: Array<{ message: { content: string } }> }).choices[0]?.message
+          .content ?? '';
+    } catch {
+      // not a completion: the raw answer is the output
+    }
+    return {
+      record: {
+        ...base,
+        output_sha256: sha256Hex(content),
+        exit_status: answer.status,
+        signal: null,
+        timed_out: false,
+        output_truncated: false,
+        duration_ms: performance.now() - started,
+        sandbox_profile: 'model call through the receipting proxy',
+        denial: null,
+      },
+      excerpt: content.slice(0, 500),
+      ok: answer.status === 200,
+      receipts: answer.receipt ? [answer.receipt] : [],
+    };
   }
 
   return {
@@ -194,6 +265,18 @@ export function createJobActivities(deps: JobActivityDeps) {
         };
       }
       for (const [i, step] of plan.steps.entries()) {
+        if (step.tool === MODEL_STEP) {
+          const args = modelStepArgs.safeParse(step.args);
+          if (!args.success || !input.policy.rules.allowedModels.includes(args.data.model)) {
+            return {
+              ok: false,
+              reason: `step ${i + 1} calls a model the policy does not allow, or without { model, prompt }`,
+              planningToken: token,
+              receipts,
+            };
+          }
+          continue;
+        }
         if (
           input.policy.rules.deniedTools.includes(step.tool) ||
           !input.policy.rules.allowedTools.includes(step.tool)
@@ -264,6 +347,7 @@ export function createJobActivities(deps: JobActivityDeps) {
         claims = null;
         if (error instanceof ClawgateError) tokenError = { code: error.code, reason: error.message };
       }
+      if (input.step.tool === MODEL_STEP) return await modelStep(input, claims, tokenError);
       const workspace = deps.workspaceFor(input.job);
       mkdirSync(workspace, { recursive: true });
       const { record, output } = await runTool(

@@ -6,7 +6,10 @@ export interface JobRef {
   runId: string;
 }
 
-/** One step of an approved plan: a tool and its exact arguments. */
+/**
+ * One step of an approved plan: a tool and its exact arguments, or a model call
+ * (`tool: "model"`, `args: { model, prompt }`) through the proxy with the execution token.
+ */
 export interface PlanStep {
   tool: string;
   args: Record<string, unknown>;
@@ -49,6 +52,8 @@ export interface StepResult {
   /** The step's output, shortened for the room (the full output's hash is in the record). */
   excerpt: string;
   ok: boolean;
+  /** Receipts of model calls the step made (a `model` step), as the proxy signed them. */
+  receipts?: string[];
 }
 
 export interface ControlState {

@@ -295,7 +295,7 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
     }
 
     // 5. Mint the execution token: this job, this plan, the tools it needs, the pinned policy.
-    const tools = [...new Set(plan.steps.map((s) => s.tool))];
+    const tools = [...new Set(plan.steps.map((s) => s.tool).filter((t) => t !== 'model'))];
     const { token } = await acts.mintExecutionToken({
       job,
       roomId: request.roomId,
@@ -334,6 +334,7 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
         );
       }
       entries.push({ type: 'tool_record', body: result.record });
+      for (const jws of result.receipts ?? []) entries.push({ type: 'model_receipt', body: { jws } });
       view.stepsDone = index + 1;
       excerpts.push(`${index + 1}. ${step.tool}: ${result.excerpt.trim().slice(0, 200)}`);
       if (!result.ok) {

@@ -46,6 +46,7 @@ const PLAN = {
   steps: [
     { tool: 'read', args: { path: 'README.md' } },
     { tool: 'search', args: { query: 'TODO' } },
+    { tool: 'model', args: { model: 'demo-echo', prompt: 'Summarise: TODO write the docs' } },
   ],
 };
 
@@ -304,6 +305,8 @@ test('happy path: request, plan in the thread, approval, steps in the sandbox, s
     'token',
     'tool_record',
     'tool_record',
+    'tool_record',
+    'model_receipt',
     'outcome',
   ]);
   // What an operator sees in the Web UI: the static summary, and details updated at each stage.
