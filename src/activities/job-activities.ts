@@ -11,7 +11,7 @@ import { bundleDigest, sealBundle } from '../evidence/bundle.ts';
 import { loadSigner, publicJwks } from '../keys/keyring.ts';
 import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
 import type { FilePolicyRegistry } from '../policy/registry.ts';
-import { parseWpc, type Wpc } from '../policy/wpc.ts';
+import { registryPolicyReader } from '../proxy/token-check.ts';
 import type { Sandbox } from '../sandbox/bubblewrap.ts';
 import type {
   BundleEntryInput,
@@ -68,16 +68,7 @@ function nonRetryable(type: string, message: string): ApplicationFailure {
 }
 
 export function createJobActivities(deps: JobActivityDeps) {
-  const policies = new Map<string, Wpc>();
-  function policyByHash(hash: string): Wpc {
-    let wpc = policies.get(hash);
-    if (!wpc) {
-      const payload = deps.registry.get(hash).jws.split('.')[1] ?? '';
-      wpc = parseWpc(JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')));
-      policies.set(hash, wpc);
-    }
-    return wpc;
-  }
+  const policyByHash = registryPolicyReader(deps.registry);
   const tokenJwks = (): ReturnType<typeof publicJwks> => publicJwks(deps.keysDir, ['token']);
 
   async function callProxy(token: string, messages: Array<{ role: string; content: string }>, model: string) {

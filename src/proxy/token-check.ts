@@ -14,21 +14,26 @@ export interface PolicySource {
   policy(hash: string): Wpc;
 }
 
-/** A policy source over the registry (documents there were signature-checked when registered). */
-export function registryPolicySource(registry: FilePolicyRegistry, channel: string): PolicySource {
+/**
+ * Reads registered policies by hash, parsed once each. Documents in the registry were
+ * signature-checked when they were registered.
+ */
+export function registryPolicyReader(registry: FilePolicyRegistry): (hash: string) => Wpc {
   const cache = new Map<string, Wpc>();
-  return {
-    activeHash: () => registry.activeHash(channel),
-    policy(hash) {
-      let wpc = cache.get(hash);
-      if (!wpc) {
-        const payload = registry.get(hash).jws.split('.')[1] ?? '';
-        wpc = parseWpc(JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')));
-        cache.set(hash, wpc);
-      }
-      return wpc;
-    },
+  return (hash) => {
+    let wpc = cache.get(hash);
+    if (!wpc) {
+      const payload = registry.get(hash).jws.split('.')[1] ?? '';
+      wpc = parseWpc(JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')));
+      cache.set(hash, wpc);
+    }
+    return wpc;
   };
+}
+
+/** A policy source over the registry: the channel's active hash and documents by hash. */
+export function registryPolicySource(registry: FilePolicyRegistry, channel: string): PolicySource {
+  return { activeHash: () => registry.activeHash(channel), policy: registryPolicyReader(registry) };
 }
 
 const FORBIDDEN: ReadonlySet<ErrorCode> = new Set([
