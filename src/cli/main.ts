@@ -3,7 +3,11 @@
 // exits 1; anything else is a bug and exits 2.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { Client, Connection } from '@temporalio/client';
 import { Command, CommanderError, Option } from 'commander';
+import { setApprovalFreeze, setMode } from '../activities/control-state.ts';
+import { JOB_TASK_QUEUE } from '../temporal/job-contract.ts';
+import { FileRevocationStore } from '../tokens/revocations.ts';
 import type { JWK } from 'jose';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { bundleSchema, verifyBundle } from '../evidence/bundle.ts';
@@ -234,6 +238,75 @@ export function buildProgram(): Command {
         `the bundle does not verify (${result.problems.length} problem(s))`,
       );
     });
+  const temporalOptions = (command: Command): Command =>
+    command
+      .option(
+        '--address <host:port>',
+        'Temporal frontend',
+        process.env['CLAWGATE_TEMPORAL_ADDRESS'] ?? '127.0.0.1:7233',
+      )
+      .option(
+        '--namespace <name>',
+        'Temporal namespace',
+        process.env['CLAWGATE_TEMPORAL_NAMESPACE'] ?? 'default',
+      )
+      .option('--task-queue <name>', "the workers' job task queue", JOB_TASK_QUEUE)
+      .option('--by <who>', 'who makes the change, for the audit trail', process.env['USER'] ?? 'operator')
+      .requiredOption('--reason <text>', 'why, for the audit trail');
+  async function withClient<T>(
+    opts: { address: string; namespace: string },
+    fn: (client: Client) => Promise<T>,
+  ): Promise<T> {
+    const connection = await Connection.connect({ address: opts.address });
+    try {
+      return await fn(new Client({ connection, namespace: opts.namespace }));
+    } finally {
+      await connection.close();
+    }
+  }
+  type ControlOpts = { address: string; namespace: string; taskQueue: string; by: string; reason: string };
+  temporalOptions(
+    program
+      .command('mode <mode>')
+      .description('read-only triage mode (no job mints a token) or normal, for every process and job'),
+  ).action(async (mode: string, opts: ControlOpts) => {
+    if (mode !== 'read-only' && mode !== 'normal') {
+      throw new ClawgateError(ERROR_CODES.usage, `mode must be read-only or normal, not ${mode}`);
+    }
+    await withClient(opts, (client) => setMode(client, opts.taskQueue, mode, opts.by, opts.reason));
+    out(`mode ${mode} (by ${opts.by}: ${opts.reason})`);
+  });
+  for (const [name, frozen] of [
+    ['freeze', true],
+    ['unfreeze', false],
+  ] as const) {
+    temporalOptions(
+      program
+        .command(name)
+        .description(frozen ? 'refuse every approval until unfreeze' : 'accept approvals again'),
+    ).action(async (opts: ControlOpts) => {
+      await withClient(opts, (client) =>
+        setApprovalFreeze(client, opts.taskQueue, frozen, opts.by, opts.reason),
+      );
+      out(`approvals ${frozen ? 'frozen' : 'unfrozen'} (by ${opts.by}: ${opts.reason})`);
+    });
+  }
+  program
+    .command('revoke')
+    .description('revoke one capability token, or every token of a job (durable; checked on every call)')
+    .option('--token <jti>', 'the token id')
+    .option('--job <workflow-id>', 'the job')
+    .requiredOption('--reason <text>', 'why, for the record')
+    .option('--revocations <file>', 'revocation log', `${stateDir()}/revocations.log`)
+    .action((opts: { token?: string; job?: string; reason: string; revocations: string }) => {
+      if (!opts.token === !opts.job)
+        throw new ClawgateError(ERROR_CODES.usage, 'give exactly one of --token or --job');
+      const store = new FileRevocationStore(opts.revocations);
+      if (opts.token) store.revokeToken(opts.token, opts.reason);
+      if (opts.job) store.revokeJob(opts.job, opts.reason);
+      out(`revoked ${opts.token ? `token ${opts.token}` : `every token of job ${opts.job ?? ''}`}`);
+    });
+
   program
     .command('replay <workflow-id>')
     .description(
@@ -257,7 +330,6 @@ export function buildProgram(): Command {
         workflowId: string,
         opts: { address: string; namespace: string; bundles: string; jwks?: string; keys: string },
       ) => {
-        const { Client, Connection } = await import('@temporalio/client');
         const { replayJob } = await import('../evidence/replay.ts');
         const connection = await Connection.connect({ address: opts.address });
         try {

@@ -14,7 +14,12 @@ import { after, before, test } from 'node:test';
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
 import { createJobActivities } from '../../src/activities/job-activities.ts';
-import { readControlState, setApprovalFreeze, setMode } from '../../src/activities/control-state.ts';
+import {
+  controlSnapshot,
+  readControlState,
+  setApprovalFreeze,
+  setMode,
+} from '../../src/activities/control-state.ts';
 import { sealBundle, verifyBundle } from '../../src/evidence/bundle.ts';
 import { replayJob } from '../../src/evidence/replay.ts';
 import { createMatrixActivities } from '../../src/ingress/matrix-io.ts';
@@ -588,6 +593,40 @@ test('read-only triage mode: an approved job mints no token and waits, and goes 
   } finally {
     await setMode(temporal.client, taskQueue, 'normal', '@oncall:localhost', 'test cleanup');
   }
+});
+
+test('operators change the controls from the command line, with who and why kept', async () => {
+  const cli = (...args: string[]) =>
+    promisify(execFile)(
+      fileURLToPath(new URL('../../bin/clawgate', import.meta.url)),
+      [
+        ...args,
+        '--address',
+        testServers().temporal.address,
+        '--task-queue',
+        taskQueue,
+        '--by',
+        '@oncall:localhost',
+      ],
+      { encoding: 'utf8' },
+    );
+  assert.match((await cli('freeze', '--reason', 'incident 9')).stdout, /approvals frozen/);
+  assert.equal((await readControlState(temporal.client)).approvalsFrozen, true);
+  assert.match((await cli('unfreeze', '--reason', 'incident 9 over')).stdout, /approvals unfrozen/);
+  assert.match((await cli('mode', 'read-only', '--reason', 'triage')).stdout, /mode read-only/);
+  assert.equal((await readControlState(temporal.client)).readOnly, true);
+  await cli('mode', 'normal', '--reason', 'triage over');
+  const snapshot = await controlSnapshot(temporal.client);
+  assert.deepEqual(
+    snapshot?.changes.slice(-4).map((c) => `${c.what} by ${c.by}: ${c.reason}`),
+    [
+      'approvals frozen by @oncall:localhost: incident 9',
+      'approvals unfrozen by @oncall:localhost: incident 9 over',
+      'mode read-only by @oncall:localhost: triage',
+      'mode normal by @oncall:localhost: triage over',
+    ],
+  );
+  await assert.rejects(cli('mode', 'sideways', '--reason', 'x'), /mode must be read-only or normal/);
 });
 
 test('cancel from the client, as the Web UI does: tokens revoked, notice posted, bundle sealed as cancelled', async () => {

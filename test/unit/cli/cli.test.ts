@@ -154,3 +154,21 @@ test('receipts: list a job and show one, each verified with the receipt keyring'
   assert.equal(missing.code, 1);
   assert.match(missing.stderr, /no receipt r-9/);
 });
+
+test('revoke: a token or a whole job, durable, with a reason; one of the two is required', async () => {
+  const state = mkdtempSync(join(tmpdir(), 'clawgate-cli-'));
+  assert.match(
+    (await run(state, 'revoke', '--job', 'job:1', '--reason', 'incident')).stdout,
+    /every token of job job:1/,
+  );
+  assert.match(
+    (await run(state, 'revoke', '--token', 'jti-1', '--reason', 'leaked')).stdout,
+    /revoked token jti-1/,
+  );
+  const { FileRevocationStore } = await import('../../../src/tokens/revocations.ts');
+  const store = new FileRevocationStore(join(state, 'revocations.log'));
+  assert.ok(store.isRevoked('any', 'job:1') && store.isRevoked('jti-1', 'job:2'));
+  const both = await run(state, 'revoke', '--reason', 'x');
+  assert.equal(both.code, 1);
+  assert.match(both.stderr, /give exactly one of --token or --job/);
+});
