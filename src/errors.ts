@@ -18,11 +18,13 @@ export const ERROR_CODES = {
   policyNoActive: 'POLICY_NO_ACTIVE',
   policyChannelMismatch: 'POLICY_CHANNEL_MISMATCH',
   registryCorrupt: 'REGISTRY_CORRUPT',
+  policyHashInvalid: 'POLICY_HASH_INVALID',
   // Keys
   keyInvalid: 'KEY_INVALID',
   keyNotFound: 'KEY_NOT_FOUND',
   keyFileMode: 'KEY_FILE_MODE',
   // Tokens
+  tokenRequestInvalid: 'TOKEN_REQUEST_INVALID',
   tokenMissing: 'TOKEN_MISSING',
   tokenMalformed: 'TOKEN_MALFORMED',
   tokenAlgorithmNotAllowed: 'TOKEN_ALGORITHM_NOT_ALLOWED',
@@ -36,7 +38,13 @@ export const ERROR_CODES = {
   tokenClaimsInvalid: 'TOKEN_CLAIMS_INVALID',
   tokenRevoked: 'TOKEN_REVOKED',
   tokenJobMismatch: 'TOKEN_JOB_MISMATCH',
+  tokenRoomNotAllowed: 'TOKEN_ROOM_NOT_ALLOWED',
+  tokenNotPinned: 'TOKEN_NOT_PINNED',
   policyHashMismatch: 'POLICY_HASH_MISMATCH',
+  // Revocations
+  revocationInvalid: 'REVOCATION_INVALID',
+  revocationsCorrupt: 'REVOCATIONS_CORRUPT',
+  revocationCheckFailed: 'REVOCATION_CHECK_FAILED',
   // Authorization
   toolDeniedByPolicy: 'TOOL_DENIED_BY_POLICY',
   toolNotAllowedByPolicy: 'TOOL_NOT_ALLOWED_BY_POLICY',

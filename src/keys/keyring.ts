@@ -5,29 +5,29 @@
 // makes a new key active; the old one still verifies: token keys until every token they signed
 // has expired, evidence keys (receipts, bundles, policies) for ever, since evidence is checked
 // offline long after it was made.
-import { createPrivateKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
-import {
-  chmodSync,
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  renameSync,
-  statSync,
-  writeFileSync,
-  openSync,
-  fsyncSync,
-  closeSync,
-} from 'node:fs';
+import { createHash, createPrivateKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, type JWK } from 'jose';
 import { z } from 'zod';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
+import { ensurePrivateDir, writeFileAtomic } from '../storage/files.ts';
 
 export const KEY_PURPOSES = ['token', 'receipt', 'policy', 'bundle'] as const;
 export type KeyPurpose = (typeof KEY_PURPOSES)[number];
 
 /** The longest a CST may live (tokens.cst.ttl_seconds max); a retired token key verifies this long. */
 export const MAX_TOKEN_TTL_SECONDS = 3600;
+/** Extra time a retired token key verifies, beyond the longest token, for the verifiers' clock tolerance. */
+export const RETIRED_TOKEN_KEY_GRACE_SECONDS = 60;
+
+/** RFC 7638 thumbprint (SHA-256, base64url) of an Ed25519 public key given by its `x`. */
+export function ed25519Thumbprint(x: string): string {
+  // Required members only, in lexicographic order, no whitespace (RFC 7638 section 3.2).
+  return createHash('sha256')
+    .update(JSON.stringify({ crv: 'Ed25519', kty: 'OKP', x }))
+    .digest('base64url');
+}
 
 const keyringSchema = z
   .object({
@@ -53,17 +53,6 @@ export interface Signer {
   key: KeyObject;
 }
 
-/** Writes a file atomically with the given mode: temp file, fsync, rename. */
-export function writeFileAtomic(path: string, data: string, mode: number): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, data, { mode });
-  chmodSync(tmp, mode);
-  const fd = openSync(tmp, 'r');
-  fsyncSync(fd);
-  closeSync(fd);
-  renameSync(tmp, path);
-}
-
 function keyringDir(dir: string, purpose: KeyPurpose): string {
   return join(dir, purpose);
 }
@@ -76,15 +65,52 @@ function readKeyring(dir: string, purpose: KeyPurpose): KeyringFile {
       `no ${purpose} keyring in ${dir}: run \`clawgate keys generate --purpose ${purpose}\``,
     );
   }
-  const parsed = keyringSchema.safeParse(JSON.parse(readFileSync(path, 'utf8')));
-  if (!parsed.success) throw new ClawgateError(ERROR_CODES.keyInvalid, `${path} is not a valid keyring`);
+  let parsed;
+  try {
+    parsed = keyringSchema.safeParse(JSON.parse(readFileSync(path, 'utf8')));
+  } catch (error) {
+    throw new ClawgateError(ERROR_CODES.keyInvalid, `${path} cannot be read as JSON`, { cause: error });
+  }
+  if (!parsed.success || parsed.data.purpose !== purpose) {
+    throw new ClawgateError(ERROR_CODES.keyInvalid, `${path} is not a valid ${purpose} keyring`);
+  }
   return parsed.data;
 }
 
+/**
+ * Reads a key file: an Ed25519 private JWK whose thumbprint is its file name. A file edited or
+ * swapped by hand is refused rather than signing under a `kid` that is not its own.
+ */
+function readPrivateJwk(dir: string, purpose: KeyPurpose, kid: string): JWK & { x: string; d: string } {
+  const path = join(keyringDir(dir, purpose), `${kid}.jwk.json`);
+  if (!existsSync(path)) throw new ClawgateError(ERROR_CODES.keyNotFound, `key file ${path} is missing`);
+  let jwk: Partial<JWK>;
+  try {
+    jwk = JSON.parse(readFileSync(path, 'utf8')) as Partial<JWK>;
+  } catch (error) {
+    throw new ClawgateError(ERROR_CODES.keyInvalid, `${path} cannot be read as JSON`, { cause: error });
+  }
+  if (
+    typeof jwk !== 'object' ||
+    jwk === null ||
+    jwk.kty !== 'OKP' ||
+    jwk.crv !== 'Ed25519' ||
+    typeof jwk.x !== 'string' ||
+    typeof jwk.d !== 'string'
+  ) {
+    throw new ClawgateError(ERROR_CODES.keyInvalid, `${path} is not an Ed25519 private JWK`);
+  }
+  if (ed25519Thumbprint(jwk.x) !== kid) {
+    throw new ClawgateError(ERROR_CODES.keyInvalid, `${path} holds a key whose thumbprint is not ${kid}`);
+  }
+  return jwk as JWK & { x: string; d: string };
+}
+
 async function newKey(dir: string, purpose: KeyPurpose): Promise<string> {
-  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-  const kid = await calculateJwkThumbprint(publicKey.export({ format: 'jwk' }));
-  const jwk = { ...(privateKey.export({ format: 'jwk' }) as JWK), kid, alg: 'EdDSA', use: 'sig' };
+  const { privateKey } = generateKeyPairSync('ed25519');
+  const exported = privateKey.export({ format: 'jwk' }) as JWK & { x: string };
+  const kid = await calculateJwkThumbprint(exported, 'sha256');
+  const jwk = { ...exported, kid, alg: 'EdDSA', use: 'sig' };
   writeFileAtomic(
     join(keyringDir(dir, purpose), `${kid}.jwk.json`),
     `${JSON.stringify(jwk, null, 2)}\n`,
@@ -108,9 +134,8 @@ export async function generateKeyring(dir: string, purpose: KeyPurpose, now = ne
       `a ${purpose} keyring already exists in ${dir}; use \`clawgate keys rotate --purpose ${purpose}\` to replace its key`,
     );
   }
-  mkdirSync(keyringDir(dir, purpose), { recursive: true, mode: 0o700 });
-  chmodSync(dir, 0o700);
-  chmodSync(keyringDir(dir, purpose), 0o700);
+  ensurePrivateDir(dir);
+  ensurePrivateDir(keyringDir(dir, purpose));
   const kid = await newKey(dir, purpose);
   saveKeyring(dir, {
     purpose,
@@ -129,7 +154,11 @@ export async function rotateKeyring(
   const kid = await newKey(dir, purpose);
   const retired = keyring.active;
   const verifyUntil =
-    purpose === 'token' ? new Date(now.getTime() + MAX_TOKEN_TTL_SECONDS * 1000).toISOString() : null;
+    purpose === 'token'
+      ? new Date(
+          now.getTime() + (MAX_TOKEN_TTL_SECONDS + RETIRED_TOKEN_KEY_GRACE_SECONDS) * 1000,
+        ).toISOString()
+      : null;
   saveKeyring(dir, {
     purpose,
     active: kid,
@@ -152,11 +181,11 @@ export function loadSigner(dir: string, purpose: KeyPurpose): Signer {
   if ((mode & 0o077) !== 0) {
     throw new ClawgateError(
       ERROR_CODES.keyFileMode,
-      `${path} has mode ${mode.toString(8)}; a private key must be 600 (chmod 600, or \`clawgate security audit --fix\`)`,
+      `${path} has mode ${mode.toString(8)}; a private key must be readable by its owner only (chmod 600 ${path})`,
     );
   }
+  const jwk = readPrivateJwk(dir, purpose, keyring.active);
   try {
-    const jwk = JSON.parse(readFileSync(path, 'utf8')) as JWK;
     return { kid: keyring.active, key: createPrivateKey({ key: jwk, format: 'jwk' }) };
   } catch (error) {
     throw new ClawgateError(ERROR_CODES.keyInvalid, `${path} is not an Ed25519 private JWK`, {
@@ -188,9 +217,7 @@ export function publicJwks(
     const keyring = readKeyring(dir, purpose);
     for (const entry of keyring.keys) {
       if (entry.verify_until !== null && new Date(entry.verify_until) < now) continue;
-      const jwk = JSON.parse(
-        readFileSync(join(keyringDir(dir, purpose), `${entry.kid}.jwk.json`), 'utf8'),
-      ) as JWK;
+      const jwk = readPrivateJwk(dir, purpose, entry.kid);
       // `purpose` (a private JWK member) lets a verifier given one combined JWKS accept each
       // key only for what it signs: a receipt key must never verify a token.
       keys.push({

@@ -5,19 +5,30 @@
 // Verification is explicit and complete: algorithm allowlist, type, known key, signature,
 // issuer, audience, expiry and not-before with a tolerance and an injectable clock, the claim
 // shape, revocation (of the token or of its whole job), the expected job, and the pinned
-// policy hash against the active one. The signature is checked with node:crypto's synchronous
-// Ed25519 on cached keys: jose's jwtVerify goes through WebCrypto's async API and ran at half
-// the raw verify rate here (bench/tokens.bench.ts), before any of clawgate's own checks.
-import { createPublicKey, randomUUID, verify as verifySignature, type KeyObject } from 'node:crypto';
-import { decodeProtectedHeader, SignJWT, type JWK } from 'jose';
+// policy hash against the active one. Signing and verifying use node:crypto's synchronous
+// Ed25519 (verification on cached keys): jose's SignJWT and jwtVerify go through WebCrypto's
+// async API and ran at a fifth of the raw sign rate and half the raw verify rate here
+// (bench/tokens.bench.ts). The tests check that jose accepts what this code mints.
+import {
+  createPublicKey,
+  randomUUID,
+  sign as signBytes,
+  verify as verifySignature,
+  type KeyObject,
+} from 'node:crypto';
+import { decodeProtectedHeader, type JWK } from 'jose';
 import { z } from 'zod';
-import { ClawgateError, ERROR_CODES, type ErrorCode } from '../errors.ts';
-import type { Signer } from '../keys/keyring.ts';
+import { ClawgateError, ERROR_CODES, formatPath, type ErrorCode } from '../errors.ts';
+import { MAX_TOKEN_TTL_SECONDS, type Signer } from '../keys/keyring.ts';
 
 export const CST_TYPE = 'clawgate-cst+jwt';
 export const CST_ISSUER = 'clawgate';
 export const CST_AUDIENCE = 'clawgate';
 export const DEFAULT_CST_TTL_SECONDS = 15 * 60;
+export const MIN_CST_TTL_SECONDS = 30;
+export const DEFAULT_CLOCK_TOLERANCE_SECONDS = 5;
+export const MAX_CLOCK_TOLERANCE_SECONDS = 300;
+export { MAX_TOKEN_TTL_SECONDS };
 
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/);
 
@@ -43,6 +54,16 @@ export const cstClaimsSchema = z
   })
   .strict()
   .superRefine((claims, ctx) => {
+    if (claims.exp <= claims.iat || claims.exp - claims.iat > MAX_TOKEN_TTL_SECONDS) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['exp'],
+        message: `a token lives more than 0 and at most ${MAX_TOKEN_TTL_SECONDS} seconds after iat`,
+      });
+    }
+    if (claims.nbf < claims.iat || claims.nbf >= claims.exp) {
+      ctx.addIssue({ code: 'custom', path: ['nbf'], message: 'nbf lies between iat and exp' });
+    }
     if (claims.sub !== claims.job.workflow_id)
       ctx.addIssue({ code: 'custom', path: ['sub'], message: 'sub must be the job' });
     if (claims.purpose === 'execution' && (!claims.plan_hash || !claims.approval)) {
@@ -71,37 +92,79 @@ export interface MintRequest {
   approval?: { approvers: string[]; eventIds: string[] };
   /** Set when the policy pins its hash (tokens.cst.pin_policy_hash). */
   wpcHash?: string;
+  /** From the policy (tokens.cst.ttl_seconds); default 15 minutes. */
   ttlSeconds?: number;
   now?: Date;
 }
 
-export async function mintCapabilityToken(
+const mintRequestSchema = z.object({
+  ttlSeconds: z.number().int().min(MIN_CST_TTL_SECONDS).max(MAX_TOKEN_TTL_SECONDS).optional(),
+  now: z
+    .date()
+    .refine((d) => Number.isFinite(d.getTime()), 'a valid date')
+    .optional(),
+});
+
+const base64url = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString('base64url');
+
+/**
+ * Mints a CST. Called only after the decision it carries was taken (the approval, checked
+ * against the pinned policy, for an execution token); refuses a request that would make a
+ * token the verifier refuses.
+ */
+export function mintCapabilityToken(
   request: MintRequest,
   signer: Signer,
 ): Promise<{ token: string; claims: CstClaims }> {
+  try {
+    return Promise.resolve(mintSync(request, signer));
+  } catch (error) {
+    return Promise.reject(error instanceof Error ? error : new Error(String(error)));
+  }
+}
+
+function mintSync(request: MintRequest, signer: Signer): { token: string; claims: CstClaims } {
+  const options = mintRequestSchema.safeParse({ ttlSeconds: request.ttlSeconds, now: request.now });
+  if (!options.success) {
+    const issue = options.error.issues[0];
+    throw new ClawgateError(
+      ERROR_CODES.tokenRequestInvalid,
+      `cannot mint a token: ${formatPath(issue?.path ?? [])}: ${issue?.message ?? 'invalid'}`,
+    );
+  }
   const iat = Math.floor((request.now ?? new Date()).getTime() / 1000);
-  const claims: CstClaims = cstClaimsSchema.parse({
+  const parsed = cstClaimsSchema.safeParse({
     iss: CST_ISSUER,
     aud: CST_AUDIENCE,
-    sub: request.job.workflowId,
+    sub: request.job?.workflowId,
     jti: randomUUID(),
     iat,
     nbf: iat,
     exp: iat + (request.ttlSeconds ?? DEFAULT_CST_TTL_SECONDS),
     purpose: request.purpose,
-    job: { workflow_id: request.job.workflowId, run_id: request.job.runId },
+    job: { workflow_id: request.job?.workflowId, run_id: request.job?.runId },
     room_id: request.roomId,
-    scope: { tools: [...request.scope.tools].sort(), models: [...request.scope.models].sort() },
-    ...(request.planHash ? { plan_hash: request.planHash } : {}),
-    ...(request.approval
+    scope: {
+      tools: Array.isArray(request.scope?.tools) ? [...new Set(request.scope.tools)].sort() : undefined,
+      models: Array.isArray(request.scope?.models) ? [...new Set(request.scope.models)].sort() : undefined,
+    },
+    ...(request.planHash !== undefined ? { plan_hash: request.planHash } : {}),
+    ...(request.approval !== undefined
       ? { approval: { approvers: request.approval.approvers, event_ids: request.approval.eventIds } }
       : {}),
-    ...(request.wpcHash ? { wpc_hash: request.wpcHash } : {}),
+    ...(request.wpcHash !== undefined ? { wpc_hash: request.wpcHash } : {}),
   });
-  const token = await new SignJWT(claims)
-    .setProtectedHeader({ alg: 'EdDSA', kid: signer.kid, typ: CST_TYPE })
-    .sign(signer.key);
-  return { token, claims };
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new ClawgateError(
+      ERROR_CODES.tokenRequestInvalid,
+      `cannot mint a token: ${formatPath(issue?.path ?? []) || 'claims'}: ${issue?.message ?? 'invalid'}`,
+    );
+  }
+  const claims = parsed.data;
+  const signingInput = `${base64url({ alg: 'EdDSA', kid: signer.kid, typ: CST_TYPE })}.${base64url(claims)}`;
+  const signature = signBytes(null, Buffer.from(signingInput), signer.key).toString('base64url');
+  return { token: `${signingInput}.${signature}`, claims };
 }
 
 export interface VerifyOptions {
@@ -122,6 +185,18 @@ function fail(code: ErrorCode, message: string): never {
   throw new ClawgateError(code, message);
 }
 
+/** Runs a lookup the verdict depends on; when it fails, the token is refused (fail closed). */
+async function lookup<T>(code: ErrorCode, what: string, fn: () => T | Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (error) {
+    if (error instanceof ClawgateError) throw error;
+    throw new ClawgateError(code, `${what}: ${error instanceof Error ? error.message : String(error)}`, {
+      cause: error,
+    });
+  }
+}
+
 const keyCache = new WeakMap<JWK, KeyObject>();
 function publicKeyOf(jwk: JWK): KeyObject {
   let key = keyCache.get(jwk);
@@ -129,10 +204,30 @@ function publicKeyOf(jwk: JWK): KeyObject {
     if (jwk.kty !== 'OKP' || jwk.crv !== 'Ed25519' || typeof jwk.x !== 'string') {
       fail(ERROR_CODES.tokenUnknownKey, `key ${String(jwk.kid)} is not an Ed25519 public key`);
     }
-    key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: jwk.x }, format: 'jwk' });
+    try {
+      key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: jwk.x }, format: 'jwk' });
+    } catch {
+      fail(ERROR_CODES.tokenUnknownKey, `key ${String(jwk.kid)} is not a usable Ed25519 public key`);
+    }
     keyCache.set(jwk, key);
   }
   return key;
+}
+
+/**
+ * The JWKS entry that may verify a token with this `kid`: a signing key for EdDSA, and not one
+ * marked for another purpose (a receipt or policy key in a combined JWKS never verifies a token).
+ */
+function tokenKey(jwks: { keys: JWK[] }, kid: unknown): JWK | undefined {
+  if (typeof kid !== 'string' || !Array.isArray(jwks?.keys)) return undefined;
+  return jwks.keys.find(
+    (k) =>
+      k.kid === kid &&
+      (k.alg === undefined || k.alg === 'EdDSA' || k.alg === 'Ed25519') &&
+      (k.use === undefined || k.use === 'sig') &&
+      ((k as { purpose?: unknown }).purpose === undefined ||
+        (k as { purpose?: unknown }).purpose === 'token'),
+  );
 }
 
 /** Verifies a CST; returns its claims, or throws a ClawgateError with a stable code. */
@@ -155,7 +250,7 @@ export async function verifyCapabilityToken(token: unknown, opts: VerifyOptions)
     fail(ERROR_CODES.tokenTypeInvalid, `token type ${String(header.typ)} is not ${CST_TYPE}`);
   if (header.crit !== undefined)
     fail(ERROR_CODES.tokenMalformed, 'critical header parameters are not supported');
-  const jwk = opts.jwks.keys.find((k) => k.kid === header.kid);
+  const jwk = tokenKey(opts.jwks, header.kid);
   if (!jwk) fail(ERROR_CODES.tokenUnknownKey, `the token is signed by unknown key ${String(header.kid)}`);
   const [h, p, s] = parts as [string, string, string];
   const signature = Buffer.from(s, 'base64url');
@@ -177,7 +272,7 @@ export async function verifyCapabilityToken(token: unknown, opts: VerifyOptions)
     const issue = parsed.error.issues[0];
     fail(
       ERROR_CODES.tokenClaimsInvalid,
-      `claim ${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}`,
+      `claim ${formatPath(issue?.path ?? [])}: ${issue?.message ?? 'invalid'}`,
     );
   }
   const claims = parsed.data;
@@ -188,7 +283,15 @@ export async function verifyCapabilityToken(token: unknown, opts: VerifyOptions)
   if (!audiences.includes(audience))
     fail(ERROR_CODES.tokenAudienceInvalid, `the token is not for audience ${audience}`);
   const now = Math.floor((opts.now?.() ?? new Date()).getTime() / 1000);
-  const tolerance = opts.clockToleranceSeconds ?? 5;
+  const tolerance = opts.clockToleranceSeconds ?? DEFAULT_CLOCK_TOLERANCE_SECONDS;
+  // A verifier without a usable clock cannot tell a live token from an expired one.
+  if (!Number.isFinite(now)) fail(ERROR_CODES.tokenExpired, 'the verifier has no valid clock');
+  if (!Number.isFinite(tolerance) || tolerance < 0 || tolerance > MAX_CLOCK_TOLERANCE_SECONDS) {
+    fail(
+      ERROR_CODES.tokenExpired,
+      `clock tolerance ${tolerance} s is outside 0 to ${MAX_CLOCK_TOLERANCE_SECONDS} s`,
+    );
+  }
   if (now >= claims.exp + tolerance)
     fail(ERROR_CODES.tokenExpired, `the token expired at ${new Date(claims.exp * 1000).toISOString()}`);
   if (now + tolerance < claims.nbf)
@@ -211,13 +314,23 @@ export async function verifyCapabilityToken(token: unknown, opts: VerifyOptions)
       );
     }
   }
-  if (opts.isRevoked && (await opts.isRevoked(claims.jti, claims.job.workflow_id))) {
-    fail(ERROR_CODES.tokenRevoked, `token ${claims.jti} (job ${claims.job.workflow_id}) is revoked`);
+  if (opts.isRevoked) {
+    const isRevoked = opts.isRevoked;
+    const revoked = await lookup(ERROR_CODES.revocationCheckFailed, 'the revocation check failed', () =>
+      isRevoked(claims.jti, claims.job.workflow_id),
+    );
+    if (revoked) {
+      fail(ERROR_CODES.tokenRevoked, `token ${claims.jti} (job ${claims.job.workflow_id}) is revoked`);
+    }
   }
   if (claims.wpc_hash !== undefined) {
     if (!opts.activePolicyHash)
       fail(ERROR_CODES.policyHashMismatch, 'the token is pinned to a policy and no active policy is known');
-    const active = await opts.activePolicyHash();
+    const active = await lookup(
+      ERROR_CODES.policyHashMismatch,
+      'the active policy cannot be read',
+      opts.activePolicyHash,
+    );
     if (active !== claims.wpc_hash) {
       fail(
         ERROR_CODES.policyHashMismatch,

@@ -1,72 +1,98 @@
-// Token revocations: of one token (by jti) or of every token of a job. Durable across
-// restarts: an append-only log, each line fsync'ed before `revoke` returns, read back on open.
-// Behind an interface so the control workflow (shared control state) can hold the same thing.
-import { appendFileSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync } from 'node:fs';
-import { dirname } from 'node:path';
+// Token revocations: of one token (by jti) or of every token of a job. Durable across restarts
+// and shared between processes: an append-only log (src/storage/append-log.ts), each record
+// fsync'ed before `revoke*` returns, read back on open, and re-read by every lookup when another
+// process (`clawgate revoke`) has appended since. A damaged log makes every lookup fail, which
+// refuses every token: fail closed. Behind an interface so the control workflow (shared control
+// state) can hold the same thing.
+import { z } from 'zod';
+import { ClawgateError, ERROR_CODES } from '../errors.ts';
+import { AppendLog } from '../storage/append-log.ts';
 
 export interface RevocationStore {
+  /** True when the token, or any token of its job, is revoked. Throws (fail closed) when unsure. */
   isRevoked(jti: string, workflowId: string): boolean;
-  revokeToken(jti: string, reason: string): void;
-  revokeJob(workflowId: string, reason: string): void;
+  revokeToken(jti: string, reason: string, by?: string): void;
+  revokeJob(workflowId: string, reason: string, by?: string): void;
   list(): RevocationRecord[];
 }
 
-export interface RevocationRecord {
-  kind: 'token' | 'job';
-  id: string;
-  reason: string;
-  at: string;
-}
+const idSchema = z.string().min(1).max(512);
+
+export const revocationRecordSchema = z
+  .object({
+    kind: z.enum(['token', 'job']),
+    id: idSchema,
+    reason: z.string().min(1).max(2000),
+    at: z.iso.datetime(),
+    by: z.string().min(1).max(500).optional(),
+  })
+  .strict();
+export type RevocationRecord = z.infer<typeof revocationRecordSchema>;
 
 export class FileRevocationStore implements RevocationStore {
   private readonly tokens = new Set<string>();
   private readonly jobs = new Set<string>();
-  private readonly records: RevocationRecord[] = [];
-  private readonly path: string;
+  private readonly log: AppendLog<RevocationRecord>;
   private readonly now: () => Date;
+  private indexed = 0;
 
   constructor(path: string, now: () => Date = () => new Date()) {
-    this.path = path;
     this.now = now;
-    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    if (existsSync(path)) {
-      for (const line of readFileSync(path, 'utf8').split('\n')) {
-        if (line.trim() === '') continue;
-        try {
-          this.index(JSON.parse(line) as RevocationRecord);
-        } catch {
-          // A torn last line from a crash mid-append: its revoke() never returned.
-        }
-      }
+    this.log = new AppendLog(path, {
+      what: 'revocation log',
+      schema: revocationRecordSchema,
+      corruptCode: ERROR_CODES.revocationsCorrupt,
+    });
+    this.sync();
+  }
+
+  get path(): string {
+    return this.log.path;
+  }
+
+  /** Indexes what this or another process appended since the last look. */
+  private sync(): void {
+    const all = this.log.records();
+    for (; this.indexed < all.length; this.indexed++) {
+      const record = all[this.indexed] as RevocationRecord;
+      (record.kind === 'token' ? this.tokens : this.jobs).add(record.id);
     }
   }
 
-  private index(record: RevocationRecord): void {
-    (record.kind === 'token' ? this.tokens : this.jobs).add(record.id);
-    this.records.push(record);
-  }
-
-  private append(record: RevocationRecord): void {
-    appendFileSync(this.path, `${JSON.stringify(record)}\n`, { mode: 0o600 });
-    const fd = openSync(this.path, 'r');
-    fsyncSync(fd);
-    closeSync(fd);
-    this.index(record);
-  }
-
   isRevoked(jti: string, workflowId: string): boolean {
+    this.sync();
     return this.tokens.has(jti) || this.jobs.has(workflowId);
   }
 
-  revokeToken(jti: string, reason: string): void {
-    this.append({ kind: 'token', id: jti, reason, at: this.now().toISOString() });
+  private revoke(kind: 'token' | 'job', id: string, reason: string, by?: string): void {
+    const record = revocationRecordSchema.safeParse({
+      kind,
+      id,
+      reason,
+      at: this.now().toISOString(),
+      ...(by === undefined ? {} : { by }),
+    });
+    if (!record.success) {
+      const issue = record.error.issues[0];
+      const field = issue?.path[0] === 'id' ? `${kind} id` : String(issue?.path[0] ?? 'revocation');
+      throw new ClawgateError(
+        ERROR_CODES.revocationInvalid,
+        `cannot revoke: ${field}: ${issue?.message ?? 'invalid'}`,
+      );
+    }
+    this.log.append(record.data);
+    this.sync();
   }
 
-  revokeJob(workflowId: string, reason: string): void {
-    this.append({ kind: 'job', id: workflowId, reason, at: this.now().toISOString() });
+  revokeToken(jti: string, reason: string, by?: string): void {
+    this.revoke('token', jti, reason, by);
+  }
+
+  revokeJob(workflowId: string, reason: string, by?: string): void {
+    this.revoke('job', workflowId, reason, by);
   }
 
   list(): RevocationRecord[] {
-    return [...this.records];
+    return [...this.log.records()];
   }
 }

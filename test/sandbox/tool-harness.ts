@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, exportJWK } from 'jose';
-import { parseWpc, type Wpc } from '../../src/policy/wpc.ts';
+import { parseWpc, wpcHash, type Wpc } from '../../src/policy/wpc.ts';
 import { bubblewrapSandbox } from '../../src/sandbox/bubblewrap.ts';
 import { mintCapabilityToken, verifyCapabilityToken } from '../../src/tokens/cst.ts';
 import type { ToolContext } from '../../src/tools/types.ts';
@@ -33,10 +33,14 @@ export async function toolContext(
       scope: { tools: opts.tools ?? policy.execution.tools.allow, models: [] },
       planHash: 'a'.repeat(64),
       approval: { approvers: ['@approver:localhost'], eventIds: ['$approve'] },
+      ...(policy.tokens.cst.pin_policy_hash ? { wpcHash: wpcHash(policy) } : {}),
     },
     { kid, key: privateKey },
   );
-  const claims = await verifyCapabilityToken(token, { jwks: { keys: [{ ...jwk, kid }] } });
+  const claims = await verifyCapabilityToken(token, {
+    jwks: { keys: [{ ...jwk, kid }] },
+    activePolicyHash: () => wpcHash(policy),
+  });
   return {
     workflowId,
     policy,

@@ -1,18 +1,27 @@
-// Capability token verification against a table of attacks, each refused with its code; and
-// the property that malformed tokens never make verification throw anything but clawgate's
-// own error.
+// Capability token minting and verification: the attacks on the token itself, each refused
+// with its code (the whole decision, with the policy, is in test/unit/policy/authorize.test.ts);
+// interoperability with jose; and the property that malformed tokens never make verification
+// throw anything but clawgate's own error.
 import assert from 'node:assert/strict';
 import { createHmac, generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, test } from 'node:test';
 import fc from 'fast-check';
-import { calculateJwkThumbprint, exportJWK, SignJWT, UnsecuredJWT, type JWK } from 'jose';
-import { ClawgateError, ERROR_CODES, type ErrorCode } from '../../../src/errors.ts';
-import { authorize } from '../../../src/policy/authorize.ts';
-import { parseWpc } from '../../../src/policy/wpc.ts';
 import {
+  calculateJwkThumbprint,
+  createLocalJWKSet,
+  exportJWK,
+  jwtVerify,
+  SignJWT,
+  UnsecuredJWT,
+  type JWK,
+} from 'jose';
+import { ClawgateError, ERROR_CODES, type ErrorCode } from '../../../src/errors.ts';
+import {
+  CST_AUDIENCE,
+  CST_ISSUER,
   CST_TYPE,
   mintCapabilityToken,
   verifyCapabilityToken,
@@ -21,7 +30,6 @@ import {
   type VerifyOptions,
 } from '../../../src/tokens/cst.ts';
 import { FileRevocationStore } from '../../../src/tokens/revocations.ts';
-import { readFileSync } from 'node:fs';
 
 const PLAN = 'a'.repeat(64);
 const POLICY = 'b'.repeat(64);
@@ -185,9 +193,9 @@ test('attack: a revoked token, and any token of a revoked job, also after a rest
   await expectRefused(one.token, ERROR_CODES.tokenRevoked);
   revocations.revokeJob('job:!ops:x:$9', 'test');
   await expectRefused(other.token, ERROR_CODES.tokenRevoked);
-  const reopened = new FileRevocationStore(join(tmpdir(), 'unused'));
-  assert.equal(reopened.isRevoked(one.claims.jti, 'x'), false);
-  const path = (revocations as unknown as { path: string }).path;
+  const elsewhere = new FileRevocationStore(join(mkdtempSync(join(tmpdir(), 'clawgate-other-')), 'r.log'));
+  assert.equal(elsewhere.isRevoked(one.claims.jti, 'x'), false);
+  const path = revocations.path;
   const restarted = new FileRevocationStore(path);
   assert.ok(restarted.isRevoked(one.claims.jti, 'any'));
   assert.ok(restarted.isRevoked('any', 'job:!ops:x:$9'));
@@ -213,41 +221,97 @@ test('attack: claims of the wrong shape are refused even when signed', async () 
   await expectRefused(bad, ERROR_CODES.tokenClaimsInvalid);
 });
 
-test('authorize: tool outside the scope, on the deny list and the allow list at once, model outside the scope', async () => {
-  const policy = parseWpc(
-    JSON.parse(readFileSync(new URL('../../../examples/policy.json', import.meta.url), 'utf8')),
-  );
-  const { token } = await mintCapabilityToken(request, signer);
-  const claims = await verifyCapabilityToken(token, options());
-  const job = request.job.workflowId;
-  assert.deepEqual(authorize({ kind: 'tool', tool: 'read', workflowId: job }, policy, claims), {
-    allow: true,
+test('jose, an independent implementation, accepts a minted token with the same type, audience and issuer', async () => {
+  const { token, claims } = await mintCapabilityToken(request, signer);
+  const { payload, protectedHeader } = await jwtVerify(token, createLocalJWKSet(jwks), {
+    algorithms: ['EdDSA'],
+    typ: CST_TYPE,
+    audience: CST_AUDIENCE,
+    issuer: CST_ISSUER,
+    currentDate: NOW,
+    requiredClaims: ['jti', 'sub', 'iat', 'nbf', 'exp'],
   });
-  const code = (
-    call: Parameters<typeof authorize>[0],
-    p = policy,
-    c: CstClaims | null = claims,
-  ): string | undefined => {
-    const result = authorize(call, p, c);
-    return result.allow ? undefined : result.code;
-  };
-  assert.equal(code({ kind: 'tool', tool: 'http', workflowId: job }), ERROR_CODES.toolNotInTokenScope);
-  const both = structuredClone(policy);
-  both.execution.tools.allow.push('exec');
-  const execClaims = { ...claims, scope: { ...claims.scope, tools: [...claims.scope.tools, 'exec'] } };
-  assert.equal(
-    code({ kind: 'tool', tool: 'exec', workflowId: job }, both, execClaims),
-    ERROR_CODES.toolDeniedByPolicy,
+  assert.equal(protectedHeader.kid, signer.kid);
+  assert.deepEqual(payload, claims);
+});
+
+test('every token gets a unique jti', async () => {
+  const ids = new Set<string>();
+  for (let i = 0; i < 200; i++) ids.add((await mintCapabilityToken(request, signer)).claims.jti);
+  assert.equal(ids.size, 200);
+});
+
+test('the lifetime comes from the request (the policy), within 30 s to 1 h', async () => {
+  const { claims } = await mintCapabilityToken({ ...request, ttlSeconds: 120 }, signer);
+  assert.equal(claims.exp - claims.iat, 120);
+  for (const ttlSeconds of [0, 29, 3601, 1.5, NaN, Infinity]) {
+    await assert.rejects(mintCapabilityToken({ ...request, ttlSeconds }, signer), {
+      code: ERROR_CODES.tokenRequestInvalid,
+      message: /ttlSeconds/,
+    });
+  }
+});
+
+test('a mint request that would make a token the verifier refuses is refused, naming the field', async () => {
+  const bad: Array<[Partial<MintRequest>, RegExp]> = [
+    [{ planHash: undefined }, /plan_hash: an execution token needs plan_hash and approval/],
+    [{ approval: undefined }, /an execution token needs plan_hash and approval/],
+    [{ approval: { approvers: [], eventIds: ['$e'] } }, /approval\.approvers/],
+    [{ planHash: 'not-a-hash' }, /plan_hash/],
+    [{ wpcHash: 'B'.repeat(64) }, /wpc_hash/],
+    [
+      { purpose: 'planning', planHash: undefined, approval: undefined },
+      /scope\.tools: a planning token carries no tools/,
+    ],
+    [{ job: { workflowId: '', runId: 'r' } }, /sub|job\.workflow_id/],
+    [{ now: new Date(NaN) }, /now/],
+  ];
+  for (const [change, message] of bad) {
+    await assert.rejects(
+      mintCapabilityToken({ ...request, ...change }, signer),
+      (error: unknown) => {
+        assert.ok(error instanceof ClawgateError, String(error));
+        assert.equal(error.code, ERROR_CODES.tokenRequestInvalid);
+        assert.match(error.message, message);
+        return true;
+      },
+      JSON.stringify(change),
+    );
+  }
+});
+
+test('a verifier without a usable clock or with an absurd tolerance refuses every token', async () => {
+  const { token } = await mintCapabilityToken(request, signer);
+  await expectRefused(token, ERROR_CODES.tokenExpired, options({ now: () => new Date(NaN) }));
+  await expectRefused(token, ERROR_CODES.tokenExpired, options({ clockToleranceSeconds: 86_400 }));
+  await expectRefused(token, ERROR_CODES.tokenExpired, options({ clockToleranceSeconds: -1 }));
+});
+
+test('a failing lookup refuses the token: revocation check and active policy', async () => {
+  const { token } = await mintCapabilityToken(request, signer);
+  await expectRefused(
+    token,
+    ERROR_CODES.revocationCheckFailed,
+    options({ isRevoked: () => Promise.reject(new Error('unreachable')) }),
   );
-  assert.equal(code({ kind: 'tool', tool: 'browser', workflowId: job }), ERROR_CODES.toolNotAllowedByPolicy);
-  assert.equal(code({ kind: 'tool', tool: 'read', workflowId: 'job:other' }), ERROR_CODES.tokenJobMismatch);
-  assert.equal(code({ kind: 'tool', tool: 'read', workflowId: job }, policy, null), ERROR_CODES.tokenMissing);
-  assert.equal(code({ kind: 'model', model: 'gpt-x', workflowId: job }), ERROR_CODES.modelNotAllowedByPolicy);
-  const planning = { ...claims, purpose: 'planning' as const };
-  assert.equal(
-    code({ kind: 'tool', tool: 'read', workflowId: job }, policy, planning),
-    ERROR_CODES.planningTokenForTool,
+  await expectRefused(
+    token,
+    ERROR_CODES.policyHashMismatch,
+    options({
+      activePolicyHash: () => {
+        throw new TypeError('registry gone');
+      },
+    }),
   );
+});
+
+test('a retired token key verifies only while the JWKS still lists it; a JWKS entry of the wrong kind is unusable', async () => {
+  const { token } = await mintCapabilityToken(request, signer);
+  await expectRefused(token, ERROR_CODES.tokenUnknownKey, options({ jwks: { keys: [] } }));
+  const asEncryptionKey = { keys: jwks.keys.map((k) => ({ ...k, use: 'enc' })) };
+  await expectRefused(token, ERROR_CODES.tokenUnknownKey, options({ jwks: asEncryptionKey }));
+  const broken = { keys: jwks.keys.map((k) => ({ ...k, x: 'AAAA' })) };
+  await expectRefused(token, ERROR_CODES.tokenUnknownKey, options({ jwks: broken }));
 });
 
 test('property: malformed tokens are refused with clawgate errors only', async () => {
