@@ -1,12 +1,10 @@
 // The `clawgate` command line. It only parses arguments and prints; the work is done by the
 // modules it calls. An error a person can cause prints one line saying what was wrong and
 // exits 1; anything else is a bug and exits 2.
-import { readFileSync, writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { Client, Connection } from '@temporalio/client';
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import type { Client } from '@temporalio/client';
 import { Command, CommanderError, Option } from 'commander';
-import { setApprovalFreeze, setMode } from '../activities/control-state.ts';
-import { JOB_TASK_QUEUE } from '../temporal/job-contract.ts';
 import { FileRevocationStore } from '../tokens/revocations.ts';
 import type { JWK } from 'jose';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
@@ -20,8 +18,9 @@ import {
   rotateKeyring,
   type KeyPurpose,
 } from '../keys/keyring.ts';
-import { parseStrict } from '../policy/canonical.ts';
-import { FilePolicyRegistry, signWpc, type SignedWpc } from '../policy/registry.ts';
+import { canonicalJson, parseStrict } from '../policy/canonical.ts';
+import { FilePolicyRegistry, signWpc } from '../policy/registry.ts';
+import { writeFileAtomic } from '../storage/files.ts';
 import { loadWpc } from '../policy/wpc.ts';
 import { verifyReceipt } from '../proxy/receipts.ts';
 import { ReceiptStore } from '../proxy/receipt-store.ts';
@@ -68,6 +67,8 @@ export function buildProgram(): Command {
     .action((file: string) => {
       const { wpc, hash } = loadWpc(readText(file, 'policy'));
       out(`ok: ${file} is a valid WPC v${wpc.wpc_version}\nhash ${hash}`);
+      const both = wpc.execution.tools.allow.filter((t) => wpc.execution.tools.deny.includes(t));
+      if (both.length > 0) out(`note: ${both.join(', ')} on both the allow and the deny list: deny wins`);
     });
   policy
     .command('hash <file>')
@@ -82,7 +83,7 @@ export function buildProgram(): Command {
       const { wpc } = loadWpc(readText(file, 'policy'));
       const signed = JSON.stringify(signWpc(wpc, loadSigner(opts.keys, 'policy')), null, 2);
       if (opts.out) {
-        writeFileSync(opts.out, `${signed}\n`, { mode: 0o600 });
+        writeFileAtomic(opts.out, `${signed}\n`);
         out(`signed policy written to ${opts.out}`);
       } else out(signed);
     });
@@ -93,7 +94,7 @@ export function buildProgram(): Command {
     .addOption(keysOption())
     .option('--signers <jwks>', 'allowlist of policy signers as a JWKS file (default: the policy keyring)')
     .action(async (file: string, opts: { registry: string; keys: string; signers?: string }) => {
-      const signed = parseStrict(readText(file, 'signed policy'), 'signed policy') as SignedWpc;
+      const signed = parseStrict(readText(file, 'signed policy'), 'signed policy');
       const result = await new FilePolicyRegistry(opts.registry).register(
         signed,
         readJwks(opts.signers, opts.keys, ['policy']),
@@ -110,10 +111,14 @@ export function buildProgram(): Command {
       )
       .requiredOption('--channel <name>', 'the policy channel (for example: matrix)')
       .option('--reason <text>', 'why, for the history')
+      .option('--by <who>', 'who makes the change, for the history', process.env['USER'])
       .addOption(registryOption())
-      .action((hash: string, opts: { channel: string; reason?: string; registry: string }) => {
+      .action((hash: string, opts: { channel: string; reason?: string; by?: string; registry: string }) => {
         const registry = new FilePolicyRegistry(opts.registry);
-        const event = registry[op](opts.channel, hash, opts.reason);
+        const event = registry[op](opts.channel, hash, {
+          ...(opts.reason ? { reason: opts.reason } : {}),
+          ...(opts.by ? { by: opts.by } : {}),
+        });
         out(`${opts.channel}: active policy ${event.hash} (was ${event.previous ?? 'none'})`);
       });
   }
@@ -125,20 +130,15 @@ export function buildProgram(): Command {
     .action((hash: string | undefined, opts: { channel?: string; registry: string }) => {
       const registry = new FilePolicyRegistry(opts.registry);
       if (hash) {
-        const signed = registry.get(hash);
-        out(
-          JSON.stringify(
-            JSON.parse(Buffer.from(signed.jws.split('.')[1] ?? '', 'base64url').toString('utf8')),
-            null,
-            2,
-          ),
-        );
+        out(JSON.stringify(JSON.parse(canonicalJson(registry.policy(hash))), null, 2));
         return;
       }
       if (!opts.channel) throw new ClawgateError(ERROR_CODES.usage, 'give a policy hash or --channel <name>');
       out(`channel ${opts.channel}: active ${registry.activeHash(opts.channel) ?? 'none'}`);
       for (const e of registry.history(opts.channel)) {
-        out(`${e.at}  ${e.op.padEnd(8)} ${e.hash}${'reason' in e && e.reason ? `  (${e.reason})` : ''}`);
+        if (e.op === 'register') continue;
+        const note = [e.by ? `by ${e.by}` : '', e.reason ?? ''].filter(Boolean).join(': ');
+        out(`${e.at}  ${e.op.padEnd(8)} ${e.hash}${note ? `  (${note})` : ''}`);
       }
     });
   policy
@@ -146,8 +146,14 @@ export function buildProgram(): Command {
     .description('list registered policies')
     .addOption(registryOption())
     .action((opts: { registry: string }) => {
-      for (const p of new FilePolicyRegistry(opts.registry).list())
-        out(`${p.hash}  signed by ${p.signer}  ${p.at}`);
+      const registry = new FilePolicyRegistry(opts.registry);
+      const channels = registry.channels();
+      for (const p of registry.list()) {
+        const active = channels.filter((c) => c.hash === p.hash).map((c) => c.channel);
+        out(
+          `${p.hash}  signed by ${p.signer}  ${p.at}${active.length ? `  active on ${active.join(', ')}` : ''}`,
+        );
+      }
     });
 
   const keys = program.command('keys').description('Ed25519 signing keys: generate, publish, rotate');
@@ -155,12 +161,19 @@ export function buildProgram(): Command {
     new Option('--purpose <purpose>', 'which keyring').choices(KEY_PURPOSES);
   keys
     .command('generate')
-    .description('create keyrings (all purposes unless --purpose); files 0600, kid = RFC 7638 thumbprint')
+    .description(
+      'create keyrings: the one of --purpose, or every missing one; files 0600, kid = RFC 7638 thumbprint',
+    )
     .addOption(purposeOption())
     .addOption(keysOption())
     .action(async (opts: { purpose?: KeyPurpose; keys: string }) => {
-      for (const purpose of opts.purpose ? [opts.purpose] : KEY_PURPOSES) {
-        out(`${purpose}: ${await generateKeyring(opts.keys, purpose)}`);
+      if (opts.purpose) {
+        out(`${opts.purpose}: ${await generateKeyring(opts.keys, opts.purpose)}`);
+        return;
+      }
+      for (const purpose of KEY_PURPOSES) {
+        if (existsSync(join(opts.keys, purpose, 'keyring.json'))) out(`${purpose}: exists, left as it is`);
+        else out(`${purpose}: ${await generateKeyring(opts.keys, purpose)}`);
       }
     });
   keys
@@ -250,13 +263,16 @@ export function buildProgram(): Command {
         'Temporal namespace',
         process.env['CLAWGATE_TEMPORAL_NAMESPACE'] ?? 'default',
       )
-      .option('--task-queue <name>', "the workers' job task queue", JOB_TASK_QUEUE)
+      .option('--task-queue <name>', "the workers' job task queue (default: clawgate's job queue)")
       .option('--by <who>', 'who makes the change, for the audit trail', process.env['USER'] ?? 'operator')
       .requiredOption('--reason <text>', 'why, for the audit trail');
+  // Temporal's client is loaded by the commands that talk to Temporal only: it takes longer to
+  // load than everything else the command line needs.
   async function withClient<T>(
     opts: { address: string; namespace: string },
     fn: (client: Client) => Promise<T>,
   ): Promise<T> {
+    const { Client, Connection } = await import('@temporalio/client');
     const connection = await Connection.connect({ address: opts.address });
     try {
       return await fn(new Client({ connection, namespace: opts.namespace }));
@@ -264,7 +280,11 @@ export function buildProgram(): Command {
       await connection.close();
     }
   }
-  type ControlOpts = { address: string; namespace: string; taskQueue: string; by: string; reason: string };
+  type ControlOpts = { address: string; namespace: string; taskQueue?: string; by: string; reason: string };
+  const control = async () => ({
+    ...(await import('../activities/control-state.ts')),
+    JOB_TASK_QUEUE: (await import('../temporal/job-contract.ts')).JOB_TASK_QUEUE,
+  });
   temporalOptions(
     program
       .command('mode <mode>')
@@ -273,7 +293,10 @@ export function buildProgram(): Command {
     if (mode !== 'read-only' && mode !== 'normal') {
       throw new ClawgateError(ERROR_CODES.usage, `mode must be read-only or normal, not ${mode}`);
     }
-    await withClient(opts, (client) => setMode(client, opts.taskQueue, mode, opts.by, opts.reason));
+    const { setMode, JOB_TASK_QUEUE } = await control();
+    await withClient(opts, (client) =>
+      setMode(client, opts.taskQueue ?? JOB_TASK_QUEUE, mode, opts.by, opts.reason),
+    );
     out(`mode ${mode} (by ${opts.by}: ${opts.reason})`);
   });
   for (const [name, frozen] of [
@@ -285,8 +308,9 @@ export function buildProgram(): Command {
         .command(name)
         .description(frozen ? 'refuse every approval until unfreeze' : 'accept approvals again'),
     ).action(async (opts: ControlOpts) => {
+      const { setApprovalFreeze, JOB_TASK_QUEUE } = await control();
       await withClient(opts, (client) =>
-        setApprovalFreeze(client, opts.taskQueue, frozen, opts.by, opts.reason),
+        setApprovalFreeze(client, opts.taskQueue ?? JOB_TASK_QUEUE, frozen, opts.by, opts.reason),
       );
       out(`approvals ${frozen ? 'frozen' : 'unfrozen'} (by ${opts.by}: ${opts.reason})`);
     });
@@ -297,13 +321,14 @@ export function buildProgram(): Command {
     .option('--token <jti>', 'the token id')
     .option('--job <workflow-id>', 'the job')
     .requiredOption('--reason <text>', 'why, for the record')
+    .option('--by <who>', 'who revokes, for the record', process.env['USER'])
     .option('--revocations <file>', 'revocation log', `${stateDir()}/revocations.log`)
-    .action((opts: { token?: string; job?: string; reason: string; revocations: string }) => {
+    .action((opts: { token?: string; job?: string; reason: string; by?: string; revocations: string }) => {
       if (!opts.token === !opts.job)
         throw new ClawgateError(ERROR_CODES.usage, 'give exactly one of --token or --job');
       const store = new FileRevocationStore(opts.revocations);
-      if (opts.token) store.revokeToken(opts.token, opts.reason);
-      if (opts.job) store.revokeJob(opts.job, opts.reason);
+      if (opts.token) store.revokeToken(opts.token, opts.reason, opts.by || undefined);
+      if (opts.job) store.revokeJob(opts.job, opts.reason, opts.by || undefined);
       out(`revoked ${opts.token ? `token ${opts.token}` : `every token of job ${opts.job ?? ''}`}`);
     });
 
@@ -331,9 +356,8 @@ export function buildProgram(): Command {
         opts: { address: string; namespace: string; bundles: string; jwks?: string; keys: string },
       ) => {
         const { replayJob } = await import('../evidence/replay.ts');
-        const connection = await Connection.connect({ address: opts.address });
-        try {
-          const report = await replayJob(new Client({ connection, namespace: opts.namespace }), workflowId, {
+        await withClient(opts, async (client) => {
+          const report = await replayJob(client, workflowId, {
             bundleDir: opts.bundles,
             jwks: readJwks(opts.jwks, opts.keys, KEY_PURPOSES),
           });
@@ -346,9 +370,7 @@ export function buildProgram(): Command {
           if (!report.ok)
             throw new ClawgateError(ERROR_CODES.bundleInvalid, `job ${workflowId} does not check out`);
           out('ok: history and bundle agree');
-        } finally {
-          await connection.close();
-        }
+        });
       },
     );
   return program;

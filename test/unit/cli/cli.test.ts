@@ -2,7 +2,7 @@
 // was wrong (never a stack trace), and the policy and key workflow end to end.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -171,4 +171,125 @@ test('revoke: a token or a whole job, durable, with a reason; one of the two is 
   const both = await run(state, 'revoke', '--reason', 'x');
   assert.equal(both.code, 1);
   assert.match(both.stderr, /give exactly one of --token or --job/);
+});
+
+test('--help works on every command and subcommand, and says what the command does', async () => {
+  const { buildProgram, main } = await import('../../../src/cli/main.ts');
+  const paths: string[][] = [];
+  const walk = (command: ReturnType<typeof buildProgram>, path: string[]): void => {
+    for (const sub of command.commands) {
+      paths.push([...path, sub.name()]);
+      walk(sub, [...path, sub.name()]);
+    }
+  };
+  walk(buildProgram(), []);
+  assert.ok(paths.length >= 15, `${paths.length} commands`);
+  for (const expected of ['validate', 'hash', 'sign', 'register', 'activate', 'rollback', 'show', 'list']) {
+    assert.ok(
+      paths.some((p) => p.join(' ') === `policy ${expected}`),
+      `policy ${expected}`,
+    );
+  }
+  for (const expected of ['generate', 'jwks', 'rotate']) {
+    assert.ok(
+      paths.some((p) => p.join(' ') === `keys ${expected}`),
+      `keys ${expected}`,
+    );
+  }
+  const write = process.stdout.write.bind(process.stdout);
+  for (const path of paths) {
+    let printed = '';
+    process.stdout.write = (chunk: string | Uint8Array) => {
+      printed += String(chunk);
+      return true;
+    };
+    let code: number;
+    try {
+      code = await main([...path, '--help']);
+    } finally {
+      process.stdout.write = write;
+    }
+    assert.equal(code, 0, path.join(' '));
+    assert.match(printed, new RegExp(`^Usage: clawgate ${path.join(' ')}`), path.join(' '));
+    assert.match(printed, /Options:/);
+  }
+});
+
+test('a revocation and a rollback made on the command line reach a verifier that is already running', async () => {
+  const state = mkdtempSync(join(tmpdir(), 'clawgate-cli-'));
+  const { FileRevocationStore } = await import('../../../src/tokens/revocations.ts');
+  const { FilePolicyRegistry } = await import('../../../src/policy/registry.ts');
+  const running = new FileRevocationStore(join(state, 'revocations.log'));
+  const registry = new FilePolicyRegistry(join(state, 'policy-registry'));
+  assert.equal(running.isRevoked('jti-7', 'job-7'), false);
+  assert.equal((await run(state, 'revoke', '--token', 'jti-7', '--reason', 'leaked', '--by', 'bob')).code, 0);
+  assert.equal(running.isRevoked('jti-7', 'job-7'), true);
+  assert.equal(running.list()[0]?.by, 'bob');
+
+  assert.equal((await run(state, 'keys', 'generate', '--purpose', 'policy')).code, 0);
+  const v2 = join(state, 'v2.json');
+  writeFileSync(
+    v2,
+    JSON.stringify({
+      ...JSON.parse(readFileSync(join(root, 'examples/policy.json'), 'utf8')),
+      description: 'v2',
+    }),
+  );
+  const hashes: string[] = [];
+  for (const file of ['examples/policy.json', v2]) {
+    const signed = join(state, `${hashes.length}.signed.json`);
+    assert.equal((await run(state, 'policy', 'sign', file, '--out', signed)).code, 0);
+    hashes.push((await run(state, 'policy', 'register', signed)).stdout.trim().split(' ').at(-1) ?? '');
+  }
+  const [first, second] = hashes as [string, string];
+  assert.equal((await run(state, 'policy', 'activate', first, '--channel', 'matrix')).code, 0);
+  assert.equal(registry.activeHash('matrix'), first);
+  assert.equal((await run(state, 'policy', 'activate', second, '--channel', 'matrix')).code, 0);
+  assert.equal(registry.activeHash('matrix'), second);
+  assert.equal(
+    (await run(state, 'policy', 'rollback', first, '--channel', 'matrix', '--reason', 'regression')).code,
+    0,
+  );
+  assert.equal(registry.activeHash('matrix'), first);
+  const list = (await run(state, 'policy', 'list')).stdout;
+  assert.match(list, new RegExp(`${first} .* active on matrix`));
+  assert.doesNotMatch(list, new RegExp(`${second} .* active on`));
+});
+
+test('damaged or forged input on the command line: one line naming the problem, exit 1, never a stack trace', async () => {
+  const state = mkdtempSync(join(tmpdir(), 'clawgate-cli-'));
+  assert.equal((await run(state, 'keys', 'generate')).code, 0);
+  const again = await run(state, 'keys', 'generate');
+  assert.equal(again.code, 0, 'generating every missing keyring again is a no-op');
+  assert.match(again.stdout, /token: exists, left as it is/);
+  const forged = join(state, 'forged.json');
+  writeFileSync(forged, JSON.stringify({ hash: 'a'.repeat(64), jws: 'e30.e30.AAAA' }));
+  const garbage = join(state, 'garbage.json');
+  writeFileSync(garbage, '[1, 2, 3]');
+  const policyWithBoth = join(state, 'both.json');
+  const example = JSON.parse(readFileSync(join(root, 'examples/policy.json'), 'utf8'));
+  example.execution.tools.allow.push('exec');
+  writeFileSync(policyWithBoth, JSON.stringify(example));
+  const cases: Array<[string[], RegExp]> = [
+    [['policy', 'register', forged], /clawgate: the policy signature does not verify/],
+    [['policy', 'register', garbage], /clawgate: not a signed policy/],
+    [['policy', 'show', '../../etc/passwd'], /is not a policy hash/],
+    [['policy', 'rollback', 'b'.repeat(64), '--channel', 'matrix'], /was never active on channel matrix/],
+    [['policy', 'activate', 'c'.repeat(64), '--channel', 'Not A Channel'], /channel "Not A Channel"/],
+    [['revoke', '--job', 'job-1', '--reason', ''], /cannot revoke: reason/],
+    [['keys', 'generate', '--purpose', 'token'], /a token keyring already exists/],
+  ];
+  for (const [args, message] of cases) {
+    const result = await run(state, ...args);
+    assert.equal(result.code, 1, `${args.join(' ')}: ${result.stderr}`);
+    assert.match(result.stderr, message, args.join(' '));
+    assert.doesNotMatch(result.stderr, /\n\s+at /, 'no stack trace');
+  }
+  const both = await run(state, 'policy', 'validate', policyWithBoth);
+  assert.equal(both.code, 0);
+  assert.match(both.stdout, /note: exec on both the allow and the deny list: deny wins/);
+  writeFileSync(join(state, 'keys', 'token', 'keyring.json'), '{');
+  const damaged = await run(state, 'keys', 'jwks');
+  assert.equal(damaged.code, 1);
+  assert.match(damaged.stderr, /token\/keyring\.json cannot be read as JSON/);
 });
