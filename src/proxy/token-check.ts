@@ -3,7 +3,7 @@
 // policy, whose allowed models narrow the token's scope.
 import { ClawgateError, ERROR_CODES, type ErrorCode } from '../errors.ts';
 import type { FilePolicyRegistry } from '../policy/registry.ts';
-import { parseWpc, type Wpc } from '../policy/wpc.ts';
+import type { Wpc } from '../policy/wpc.ts';
 import { verifyCapabilityToken, type VerifyOptions } from '../tokens/cst.ts';
 import type { RevocationStore } from '../tokens/revocations.ts';
 import type { TokenCheck, VerifyCallToken } from './server.ts';
@@ -14,21 +14,9 @@ export interface PolicySource {
   policy(hash: string): Wpc;
 }
 
-/**
- * Reads registered policies by hash, parsed once each. Documents in the registry were
- * signature-checked when they were registered.
- */
+/** Reads registered policies by hash (the registry parses each once and checks its hash). */
 export function registryPolicyReader(registry: FilePolicyRegistry): (hash: string) => Wpc {
-  const cache = new Map<string, Wpc>();
-  return (hash) => {
-    let wpc = cache.get(hash);
-    if (!wpc) {
-      const payload = registry.get(hash).jws.split('.')[1] ?? '';
-      wpc = parseWpc(JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')));
-      cache.set(hash, wpc);
-    }
-    return wpc;
-  };
+  return (hash) => registry.policy(hash);
 }
 
 /** A policy source over the registry: the channel's active hash and documents by hash. */
