@@ -57,6 +57,10 @@ export const ERROR_CODES = {
   toolArgumentsInvalid: 'TOOL_ARGUMENTS_INVALID',
   toolUnknown: 'TOOL_UNKNOWN',
   egressDenied: 'EGRESS_DENIED',
+  // Gateway
+  configInvalid: 'CONFIG_INVALID',
+  stateLocked: 'STATE_LOCKED',
+  stateCorrupt: 'STATE_CORRUPT',
   // Evidence
   receiptNotFound: 'RECEIPT_NOT_FOUND',
   bundleInvalid: 'BUNDLE_INVALID',

@@ -373,6 +373,17 @@ export function buildProgram(): Command {
         });
       },
     );
+  program
+    .command('gateway')
+    .description(
+      'run the Matrix gateway: bot accounts that start jobs and carry approvals (stops on SIGTERM)',
+    )
+    .requiredOption('--config <file>', 'gateway config (JSON or YAML)')
+    .option('--log-level <level>', 'pino log level', process.env['CLAWGATE_LOG_LEVEL'] ?? 'info')
+    .action(async (opts: { config: string; logLevel: string }) => {
+      const { runGateway } = await import('../ingress/main.ts');
+      await runGateway(opts);
+    });
   return program;
 }
 

@@ -26,6 +26,7 @@ export const ENTRY_TYPES = [
   'policy',
   'plan',
   'approval_attempt',
+  'cancel_request',
   'token',
   'tool_record',
   'model_receipt',

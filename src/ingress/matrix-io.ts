@@ -45,6 +45,29 @@ export function createMatrixActivities(client: MatrixClient) {
       );
     },
 
+    /**
+     * Replaces the text of a message the bot posted (the plan's status line), as an edit
+     * (`m.replace`): clients show the new text in place, and the history keeps every version.
+     */
+    editMessage(input: {
+      roomId: string;
+      eventId: string;
+      body: string;
+      txnKey: string;
+    }): Promise<PostedMessage> {
+      return send(
+        input.roomId,
+        'm.room.message',
+        {
+          msgtype: 'm.notice',
+          body: `* ${input.body}`,
+          'm.new_content': { msgtype: 'm.notice', body: input.body },
+          'm.relates_to': { rel_type: 'm.replace', event_id: input.eventId },
+        },
+        input.txnKey,
+      );
+    },
+
     /** Reacts to an event (an approval accepted or refused). */
     react(input: { roomId: string; eventId: string; key: string; txnKey: string }): Promise<PostedMessage> {
       return send(

@@ -38,7 +38,19 @@ export interface JobRequest {
   channel: string;
   /** Task queue of the gateway account that holds this room (default MATRIX_TASK_QUEUE). */
   matrixTaskQueue?: string;
+  /** The short job id people type (`!approve j4k2...`); see shortJobId. Absent in older jobs. */
+  jobId?: string;
 }
+
+/** A `!cancel` from the room; the workflow decides whether the sender may cancel. */
+export interface CancelRequest {
+  eventId: string;
+  sender: string;
+  roomId: string;
+  originServerTs: number;
+}
+
+export const cancelSignal = defineSignal<[CancelRequest]>('cancel');
 
 /** One approval or denial as the gateway saw it in the room. */
 export interface ApprovalAttempt {

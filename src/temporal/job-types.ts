@@ -68,6 +68,7 @@ export interface BundleEntryInput {
     | 'policy'
     | 'plan'
     | 'approval_attempt'
+    | 'cancel_request'
     | 'token'
     | 'tool_record'
     | 'model_receipt'

@@ -9,6 +9,8 @@ export const JOB_ROOM = defineSearchAttributeKey('ClawgateRoom', SearchAttribute
 export const JOB_REQUESTER = defineSearchAttributeKey('ClawgateRequester', SearchAttributeType.KEYWORD);
 export const JOB_APPROVERS = defineSearchAttributeKey('ClawgateApprovers', SearchAttributeType.KEYWORD_LIST);
 export const JOB_POLICY_HASH = defineSearchAttributeKey('ClawgatePolicyHash', SearchAttributeType.KEYWORD);
+/** The short job id people type in the room (set by the gateway when it starts the job). */
+export const JOB_ID = defineSearchAttributeKey('ClawgateJobId', SearchAttributeType.KEYWORD);
 
 export const CLAWGATE_SEARCH_ATTRIBUTES = [
   JOB_STATUS,
@@ -16,6 +18,7 @@ export const CLAWGATE_SEARCH_ATTRIBUTES = [
   JOB_REQUESTER,
   JOB_APPROVERS,
   JOB_POLICY_HASH,
+  JOB_ID,
 ] as const;
 
 /** The Temporal CLI's name for each search attribute type (`--search-attribute Name=Type`). */

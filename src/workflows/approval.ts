@@ -16,6 +16,8 @@ export interface ApprovalRules {
 
 export interface ApprovalContext {
   workflowId: string;
+  /** The short job id shown in the room (`j` and nine letters or digits), when the job has one. */
+  jobId?: string;
   roomId: string;
   requester: string;
   planHash: string;
@@ -46,9 +48,12 @@ export type ApprovalDecision =
   | { accepted: true; effect: 'approval' | 'denial'; reason: string }
   | { accepted: false; code: ApprovalRefusalCode; reason: string };
 
-/** The job id a person types: the workflow id's last part is the request event id. */
-export function jobMatches(named: string, workflowId: string): boolean {
-  return named === workflowId || workflowId.endsWith(`:${named}`);
+/**
+ * The job id a person types: the short id shown in the room, the request event id (the workflow
+ * id's last part) or the whole workflow id.
+ */
+export function jobMatches(named: string, workflowId: string, jobId?: string): boolean {
+  return named === jobId || named === workflowId || workflowId.endsWith(`:${named}`);
 }
 
 export function decideApproval(
@@ -71,7 +76,7 @@ export function decideApproval(
       `this job belongs to room ${ctx.roomId}, not ${attempt.roomId}`,
     );
   }
-  if (attempt.jobId !== undefined && !jobMatches(attempt.jobId, ctx.workflowId)) {
+  if (attempt.jobId !== undefined && !jobMatches(attempt.jobId, ctx.workflowId, ctx.jobId)) {
     return refuse(APPROVAL_REFUSALS.wrongJob, `the ${verb} names job ${attempt.jobId}, not this job`);
   }
   const isApprover = rules.approvers.includes(attempt.sender);

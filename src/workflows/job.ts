@@ -4,6 +4,7 @@ import {
   CancellationScope,
   condition,
   isCancellation,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -15,9 +16,11 @@ import type { JobActivities } from '../activities/job-activities.ts';
 import type { MatrixActivities } from '../ingress/matrix-io.ts';
 import {
   approvalSignal,
+  cancelSignal,
   MATRIX_TASK_QUEUE,
   statusQuery,
   type ApprovalAttempt,
+  type CancelRequest,
   type JobRequest,
   type JobStatus,
   type JobStatusView,
@@ -82,11 +85,35 @@ function renderPlan(
   ].join('\n');
 }
 
+/**
+ * Changes that alter what a job does, introduced after jobs were recorded; `patched` keeps
+ * older histories replaying as they ran.
+ */
+const PATCHES = {
+  /** An attempt from another room is kept as evidence but not answered in this job's room. */
+  foreignRoomQuiet: 'foreign-room-quiet-v1',
+  /** The plan message carries a status line, edited in place as the job moves on. */
+  statusLine: 'status-line-v1',
+} as const;
+
+const STATUS_LINES: Partial<Record<JobStatus, string>> = {
+  awaiting_approval: 'waiting for approval',
+  frozen: 'approved; waiting for read-only mode to end',
+  executing: 'approved; running',
+  sealing: 'sealing the proof bundle',
+  succeeded: 'succeeded',
+  failed: 'failed',
+  denied: 'denied',
+  timed_out: 'timed out',
+  cancelled: 'cancelled',
+  refused: 'refused',
+};
+
 export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
   const info = workflowInfo();
   const matrix = matrixActivities(request.matrixTaskQueue ?? MATRIX_TASK_QUEUE);
   const job = { workflowId: info.workflowId, runId: info.runId };
-  const shortId = request.eventId;
+  const shortId = request.jobId ?? request.eventId;
   const entries: BundleEntryInput[] = [
     { type: 'job', body: { workflow_id: job.workflowId, run_id: job.runId } },
     {
@@ -113,6 +140,44 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
     attempts.push(attempt);
   });
   setHandler(statusQuery, () => view);
+  // `!cancel` from the room: decided once the policy is pinned (requester or an approver, same
+  // room); an accepted one cancels the job's work, which then ends as an operator cancel does.
+  const cancels: CancelRequest[] = [];
+  setHandler(cancelSignal, (req) => {
+    cancels.push(req);
+  });
+  const work = new CancellationScope();
+  let cancelledBy: string | null = null;
+  let pinned: PinnedPolicy | null = null;
+  const seenCancels = new Set<string>();
+  let cancelsDone = 0;
+  let finished = false;
+  const cancelLoop = async (): Promise<void> => {
+    for (;;) {
+      await condition(() => finished || (pinned !== null && cancels.length > cancelsDone));
+      if (finished || !pinned) return;
+      const req = cancels[cancelsDone++] as CancelRequest;
+      if (seenCancels.has(req.eventId)) continue;
+      seenCancels.add(req.eventId);
+      let refusal: string | null = null;
+      if (req.roomId !== request.roomId) refusal = `this job belongs to room ${request.roomId}`;
+      else if (req.sender !== request.requester && !pinned.rules.approvers.includes(req.sender)) {
+        refusal = `${req.sender} is neither the requester nor an approver of this job`;
+      } else if (cancelledBy !== null) refusal = `already cancelled by ${cancelledBy}`;
+      entries.push({
+        type: 'cancel_request',
+        body: { ...req, accepted: refusal === null, reason: refusal ?? 'cancelled' },
+      });
+      if (refusal !== null) {
+        if (req.roomId === request.roomId) {
+          await say(`cancel-refusal/${req.eventId}`, `${req.sender}: !cancel not accepted. ${refusal}.`);
+        }
+        continue;
+      }
+      cancelledBy = req.sender;
+      work.cancel();
+    }
+  };
 
   const setStatus = (status: JobStatus): void => {
     view.status = status;
@@ -138,12 +203,34 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
       body,
       txnKey: `${job.workflowId}/${job.runId}/${key}`,
     });
+  // The status line under the plan, edited in place; edits go out one after another, off the
+  // job's own path, and a failed edit is not worth failing the job for.
+  let planMessage: { eventId: string; body: string } | null = null;
+  let statusEdits: Promise<void> = Promise.resolve();
+  let editCount = 0;
+  const editStatusLine = (status: JobStatus): void => {
+    const line = STATUS_LINES[status];
+    if (!planMessage || !line) return;
+    const extra = status === 'executing' ? ` (step ${view.stepsDone + 1} of ${view.stepsTotal})` : '';
+    const body = `${planMessage.body}\nStatus: ${line}${extra}`;
+    const eventId = planMessage.eventId;
+    const key = `${job.workflowId}/${job.runId}/status/${++editCount}`;
+    statusEdits = statusEdits
+      .then(() => matrix.editMessage({ roomId: request.roomId, eventId, body, txnKey: key }))
+      .then(
+        () => {},
+        () => {},
+      );
+  };
   const seal = async (status: JobStatus, reason: string): Promise<JobResult> => {
+    finished = true;
     setStatus('sealing');
     entries.push({ type: 'outcome', body: { status, reason } });
     const { digest } = await acts.sealJobBundle({ job, entries });
     view.bundleDigest = digest;
     setStatus(status);
+    editStatusLine(status);
+    await statusEdits;
     await say(
       'result',
       `Job ${shortId}: ${status}. ${reason}\npolicy ${view.policyHash?.slice(0, 12) ?? '-'} · bundle ${digest}`,
@@ -157,9 +244,29 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
     { key: JOB_STATUS, value: 'planning' },
   ]);
 
+  // The loop outlives an operator's cancel (it ends when the job is sealed); a notice it could
+  // not post is not worth failing the job for.
+  void CancellationScope.nonCancellable(cancelLoop).catch(() => {});
   try {
+    return await work.run(() => runJob());
+  } catch (error) {
+    if (isCancellation(error)) {
+      // Cancelled (from the Temporal Web UI, or by `!cancel` in the room): revoke, say so, seal.
+      return await CancellationScope.nonCancellable(async () => {
+        await acts.revokeJobTokens({ workflowId: job.workflowId, reason: 'cancelled' });
+        return await seal(
+          'cancelled',
+          cancelledBy ? `cancelled by ${cancelledBy} in the room` : 'cancelled by an operator',
+        );
+      });
+    }
+    throw error;
+  }
+
+  async function runJob(): Promise<JobResult> {
     // 1. Pin the active policy.
     const policy = await acts.resolvePolicy({ channel: request.channel });
+    pinned = policy;
     view.policyHash = policy.hash;
     upsertSearchAttributes([{ key: JOB_POLICY_HASH, value: policy.hash }]);
     entries.push({ type: 'policy', body: { document: policy.document, hash: policy.hash, jws: policy.jws } });
@@ -181,10 +288,13 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
     entries.push({ type: 'plan', body: plan });
 
     // 3. Post it in the request's thread.
+    const planText = renderPlan(shortId, plan, planHash, policy, policy.rules.approvalExpirySeconds);
+    const statusLine = patched(PATCHES.statusLine);
     const posted = await say(
       'plan',
-      renderPlan(shortId, plan, planHash, policy, policy.rules.approvalExpirySeconds),
+      statusLine ? `${planText}\nStatus: ${STATUS_LINES.awaiting_approval}` : planText,
     );
+    if (statusLine) planMessage = { eventId: posted.eventId, body: planText };
 
     // 4. Wait for approval, each attempt decided against the pinned policy.
     setStatus('awaiting_approval');
@@ -220,6 +330,7 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
           },
           {
             workflowId: job.workflowId,
+            jobId: request.jobId,
             roomId: request.roomId,
             requester: request.requester,
             planHash,
@@ -247,6 +358,8 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
           reason,
         });
         if (duplicate) continue; // a redelivered event: kept as evidence, answered once
+        // An attempt from another room is answered there, by the gateway, not in this job's room.
+        if (attempt.roomId !== request.roomId && patched(PATCHES.foreignRoomQuiet)) continue;
         if (!verdict.accepted) {
           await matrix.react({
             roomId: request.roomId,
@@ -285,6 +398,7 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
     while ((await acts.readControlState()).readOnly) {
       if (!announced) {
         setStatus('frozen');
+        editStatusLine('frozen');
         await say(
           'read-only',
           `Job ${shortId} is approved, but clawgate is in read-only mode; it waits until that ends.`,
@@ -309,6 +423,7 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
 
     // 6. Execute the approved steps in order; nothing a step returns can change the next one.
     setStatus('executing');
+    editStatusLine('executing');
     const excerpts: string[] = [];
     // Jobs pinned before stepWallSeconds existed have none: the default sandbox wall clock.
     const steps = stepActivities(policy.rules.stepWallSeconds ?? 60);
@@ -336,6 +451,7 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
       entries.push({ type: 'tool_record', body: result.record });
       for (const jws of result.receipts ?? []) entries.push({ type: 'model_receipt', body: { jws } });
       view.stepsDone = index + 1;
+      if (index + 1 < plan.steps.length) editStatusLine('executing');
       excerpts.push(`${index + 1}. ${step.tool}: ${result.excerpt.trim().slice(0, 200)}`);
       if (!result.ok) {
         await acts.revokeJobTokens({ workflowId: job.workflowId, reason: 'job failed' });
@@ -346,14 +462,5 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
 
     // 7. Seal and report.
     return await seal('succeeded', `${plan.steps.length} step(s) done.\n${excerpts.join('\n')}`);
-  } catch (error) {
-    if (isCancellation(error)) {
-      // Cancelled (for example from the Temporal Web UI): revoke, say so, seal.
-      return await CancellationScope.nonCancellable(async () => {
-        await acts.revokeJobTokens({ workflowId: job.workflowId, reason: 'cancelled' });
-        return await seal('cancelled', 'cancelled by an operator');
-      });
-    }
-    throw error;
   }
 }

@@ -1,0 +1,960 @@
+// The Matrix gateway: bot accounts that sync their rooms, read commands, start jobs and signal
+// approvals in Temporal, and host the Matrix I/O activities the job workflows call.
+//
+// At least once, never twice: the sync token of an account is saved only after every event of
+// the batch before it was handled (a job start or a signal accepted by Temporal), so a crash
+// between the two loses nothing; the next start syncs from the saved token and the same events
+// come again. Temporal makes the repeat harmless: a job's workflow id is derived from its
+// request event (a second start is refused) and approvals are deduplicated by event id.
+import { createServer, type Server } from 'node:http';
+import {
+  Client,
+  Connection,
+  isGrpcServiceError,
+  ServiceError,
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowNotFoundError,
+} from '@temporalio/client';
+import { WorkflowIdReusePolicy } from '@temporalio/common';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import {
+  ClientEvent,
+  createClient,
+  Filter,
+  MatrixError,
+  MemoryStore,
+  Method,
+  SyncState,
+  type IRoomEvent,
+  type ISyncResponse,
+  type MatrixClient,
+} from 'matrix-js-sdk';
+import type { Logger as SdkLogger } from 'matrix-js-sdk/lib/logger.js';
+import type { Logger } from 'pino';
+import { ClawgateError, ERROR_CODES } from '../errors.ts';
+import { FilePolicyRegistry } from '../policy/registry.ts';
+import type { Wpc } from '../policy/wpc.ts';
+import {
+  approvalSignal,
+  cancelSignal,
+  jobStaticSummary,
+  jobWorkflowId,
+  statusQuery,
+  type ApprovalAttempt,
+  type JobRequest,
+} from '../temporal/job-contract.ts';
+import { JOB_ID, JOB_REQUESTER, JOB_ROOM, JOB_STATUS } from '../temporal/search-attributes.ts';
+import { AccountState, type Credentials } from './account-state.ts';
+import {
+  DEFAULT_COMMAND_WORDS,
+  parseCommand,
+  readMessage,
+  renderHelp,
+  type Command,
+  type CommandWords,
+} from './commands.ts';
+import { matrixTaskQueueOf, type AccountConfig, type GatewayConfig } from './config.ts';
+import { shortJobId, SHORT_JOB_ID } from './job-ids.ts';
+import { createMatrixActivities } from './matrix-io.ts';
+
+/**
+ * Faults a test can inject through CLAWGATE_GATEWAY_FAULT, to crash at the exact point the
+ * at-least-once design is about.
+ */
+export const GATEWAY_FAULTS = {
+  /** Die (SIGKILL) after a batch started a job or sent a signal, before its sync token is saved. */
+  crashBeforeSyncToken: 'crash-before-sync-token',
+} as const;
+
+/** Timeline events per room and sync; a longer gap is read back with /messages. */
+const TIMELINE_LIMIT = 50;
+/** Pages of 100 events read back over one gap at most. */
+const GAP_PAGES = 20;
+const LATENCY_SAMPLES = 1000;
+
+export interface AccountHealth {
+  id: string;
+  userId: string;
+  state: 'starting' | 'syncing' | 'catching-up' | 'error' | 'stopped' | 'failed';
+  syncState: string | null;
+  /** When the last batch was fully handled and its token saved. */
+  lastSyncAt: string | null;
+  /** Milliseconds since then. */
+  syncLagMs: number | null;
+  /** Server time of the last event handled to the moment it was handled. */
+  eventLagMs: number | null;
+  handledEvents: number;
+  startedJobs: number;
+  signals: number;
+  refusedEvents: number;
+  /** A transient failure (Temporal or the homeserver unreachable) holding the sync back. */
+  blocked: { since: string; reason: string } | null;
+  error: string | null;
+  /** Event reaching the gateway to job start accepted by Temporal, over the last starts. */
+  startLatencyMs: { count: number; p50: number | null; p99: number | null };
+}
+
+export interface GatewayOptions {
+  logger: Logger;
+  fault?: string;
+}
+
+interface EventContext {
+  roomId: string;
+  eventId: string;
+  sender: string;
+  originServerTs: number;
+  threadRoot?: string;
+  receivedAt: number;
+}
+
+interface JobTarget {
+  workflowId: string;
+  jobId: string;
+  /** The job's room, when known before asking the job. */
+  roomId: string | null;
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Failures worth waiting out: the service is down or busy, not the request wrong. */
+export function isTransient(error: unknown): boolean {
+  const grpc = error instanceof ServiceError ? error.cause : error;
+  if (isGrpcServiceError(grpc)) {
+    // UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE
+    return [2, 4, 8, 10, 13, 14].includes(grpc.code);
+  }
+  if (error instanceof ServiceError) return true;
+  if (error instanceof MatrixError) return error.httpStatus === 429 || (error.httpStatus ?? 500) >= 500;
+  const name = (error as { name?: string } | null)?.name;
+  return name === 'ConnectionError' || name === 'TimeoutError' || name === 'AbortError';
+}
+
+function percentile(sorted: number[], p: number): number | null {
+  if (sorted.length === 0) return null;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number;
+}
+
+/** matrix-js-sdk's logger, through pino; the SDK's warnings are routine, so they go to debug. */
+function sdkLogger(log: Logger): SdkLogger {
+  const text = (msg: unknown[]) => msg.map((m) => (m instanceof Error ? m.message : String(m))).join(' ');
+  const logger: SdkLogger = {
+    trace: () => {},
+    debug: () => {},
+    info: () => {},
+    warn: (...msg) => log.debug({ sdk: true }, text(msg)),
+    error: (...msg) => log.warn({ sdk: true }, text(msg)),
+    getChild: () => logger,
+  };
+  return logger;
+}
+
+/** A Temporal visibility query literal; refuses what it cannot quote safely. */
+function literal(value: string): string {
+  if (/['"\\\n]/.test(value)) {
+    throw new ClawgateError(ERROR_CODES.usage, `cannot look up ${JSON.stringify(value)}: it holds a quote`);
+  }
+  return `'${value}'`;
+}
+
+/** A store that keeps nothing but the sync token, saved once the batch before it was handled. */
+class HandledSyncStore extends MemoryStore {
+  private readonly account: GatewayAccount;
+  constructor(account: GatewayAccount) {
+    super();
+    this.account = account;
+  }
+  override getSavedSyncToken(): Promise<string | null> {
+    return Promise.resolve(this.account.savedSyncToken());
+  }
+  override async setSyncData(data: ISyncResponse): Promise<void> {
+    await this.account.onBatch(data);
+  }
+}
+
+export class GatewayAccount {
+  readonly config: AccountConfig;
+  readonly rooms: ReadonlySet<string>;
+  readonly matrixTaskQueue: string;
+  private readonly gateway: Gateway;
+  private readonly log: Logger;
+  private readonly state: AccountState;
+  private client: MatrixClient | null = null;
+  private worker: Worker | null = null;
+  private workerRun: Promise<void> | null = null;
+  private stopping = false;
+  private lastToken: string | null = null;
+  private readonly latencies: number[] = [];
+  private readonly stats = {
+    state: 'starting' as AccountHealth['state'],
+    syncState: null as string | null,
+    lastSyncAt: null as number | null,
+    eventLagMs: null as number | null,
+    handledEvents: 0,
+    startedJobs: 0,
+    signals: 0,
+    refusedEvents: 0,
+    blocked: null as { since: string; reason: string } | null,
+    error: null as string | null,
+  };
+
+  constructor(config: AccountConfig, gateway: Gateway) {
+    this.config = config;
+    this.gateway = gateway;
+    this.rooms = new Set(config.rooms);
+    this.matrixTaskQueue = matrixTaskQueueOf(config);
+    this.log = gateway.log.child({ account: config.id });
+    this.state = new AccountState(gateway.config.stateDir, config.id);
+  }
+
+  get userId(): string {
+    return this.config.userId;
+  }
+
+  get channel(): string {
+    return this.config.channel ?? this.gateway.config.policy.channel;
+  }
+
+  /** The Matrix client, once started (tests and benchmarks read it). */
+  get matrix(): MatrixClient {
+    if (!this.client) throw new Error(`account ${this.config.id} is not started`);
+    return this.client;
+  }
+
+  savedSyncToken(): string | null {
+    return this.lastToken;
+  }
+
+  async start(): Promise<void> {
+    this.state.lock();
+    try {
+      const credentials = await this.login();
+      this.lastToken = this.state.syncToken();
+      const client = createClient({
+        baseUrl: credentials.homeserverUrl,
+        userId: credentials.userId,
+        deviceId: credentials.deviceId,
+        accessToken: credentials.accessToken,
+        store: new HandledSyncStore(this),
+        logger: sdkLogger(this.log),
+      });
+      this.client = client;
+      client.on(ClientEvent.Sync, (syncState: SyncState) => {
+        this.stats.syncState = syncState;
+        if (syncState === SyncState.Error || syncState === SyncState.Reconnecting) {
+          this.log.warn({ syncState }, 'sync failing; retrying');
+        }
+      });
+      this.worker = await Worker.create({
+        connection: this.gateway.workerConnection,
+        namespace: this.gateway.config.temporal.namespace,
+        taskQueue: this.matrixTaskQueue,
+        activities: createMatrixActivities(client),
+      });
+      this.workerRun = this.worker.run().catch((error: unknown) => {
+        this.stats.state = 'failed';
+        this.stats.error = `Matrix I/O worker stopped: ${(error as Error).message}`;
+        this.log.error({ err: error }, 'the Matrix I/O worker stopped');
+      });
+      const filter = new Filter(credentials.userId);
+      filter.setDefinition({
+        room: { timeline: { limit: TIMELINE_LIMIT }, state: { lazy_load_members: true } },
+      });
+      await client.startClient({ filter, initialSyncLimit: 1, lazyLoadMembers: true });
+      this.log.info(
+        { userId: credentials.userId, deviceId: credentials.deviceId, rooms: this.config.rooms },
+        this.lastToken ? 'resuming from the saved sync position' : 'first start of this state folder',
+      );
+    } catch (error) {
+      this.stats.state = 'failed';
+      this.stats.error = (error as Error).message;
+      await this.stop();
+      throw error;
+    }
+  }
+
+  private async login(): Promise<Credentials> {
+    const { config } = this;
+    const saved = this.state.credentials();
+    const matches =
+      saved?.userId === config.userId &&
+      saved.homeserverUrl === config.homeserverUrl &&
+      (config.accessToken === undefined || config.accessToken === saved.accessToken);
+    if (saved && matches) return saved;
+    let credentials: Credentials;
+    if (config.accessToken) {
+      const probe = createClient({ baseUrl: config.homeserverUrl, accessToken: config.accessToken });
+      const who = await probe.whoami();
+      if (who.user_id !== config.userId) {
+        throw new ClawgateError(
+          ERROR_CODES.configInvalid,
+          `account ${config.id}: the access token belongs to ${who.user_id}, not ${config.userId}`,
+        );
+      }
+      if (!who.device_id) {
+        throw new ClawgateError(
+          ERROR_CODES.configInvalid,
+          `account ${config.id}: the access token has no device; log in with a password instead`,
+        );
+      }
+      credentials = {
+        homeserverUrl: config.homeserverUrl,
+        userId: who.user_id,
+        deviceId: who.device_id,
+        accessToken: config.accessToken,
+      };
+    } else {
+      const probe = createClient({ baseUrl: config.homeserverUrl });
+      const res = await probe.loginRequest({
+        type: 'm.login.password',
+        identifier: { type: 'm.id.user', user: config.userId },
+        password: config.password,
+        initial_device_display_name: `clawgate gateway (${config.id})`,
+      });
+      credentials = {
+        homeserverUrl: config.homeserverUrl,
+        userId: res.user_id,
+        deviceId: res.device_id,
+        accessToken: res.access_token,
+      };
+      this.log.info({ deviceId: res.device_id }, 'logged in with the password; the token is kept');
+    }
+    this.state.saveCredentials(credentials);
+    return credentials;
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.client?.stopClient();
+    if (this.worker && this.worker.getState() === 'RUNNING') this.worker.shutdown();
+    await this.workerRun;
+    if (this.stats.state !== 'failed') this.stats.state = 'stopped';
+    this.state.unlock();
+  }
+
+  health(now = Date.now()): AccountHealth {
+    const sorted = [...this.latencies].sort((a, b) => a - b);
+    let state = this.stats.state;
+    if (state !== 'failed' && state !== 'stopped') {
+      if (this.stats.syncState === SyncState.Error || this.stats.syncState === SyncState.Reconnecting) {
+        state = 'error';
+      } else if (this.stats.blocked) state = 'catching-up';
+      else if (this.stats.lastSyncAt !== null) state = 'syncing';
+    }
+    return {
+      id: this.config.id,
+      userId: this.config.userId,
+      state,
+      syncState: this.stats.syncState,
+      lastSyncAt: this.stats.lastSyncAt === null ? null : new Date(this.stats.lastSyncAt).toISOString(),
+      syncLagMs: this.stats.lastSyncAt === null ? null : now - this.stats.lastSyncAt,
+      eventLagMs: this.stats.eventLagMs,
+      handledEvents: this.stats.handledEvents,
+      startedJobs: this.stats.startedJobs,
+      signals: this.stats.signals,
+      refusedEvents: this.stats.refusedEvents,
+      blocked: this.stats.blocked,
+      error: this.stats.error,
+      startLatencyMs: { count: sorted.length, p50: percentile(sorted, 50), p99: percentile(sorted, 99) },
+    };
+  }
+
+  /** The latencies behind `health().startLatencyMs`, for benchmarks. */
+  startLatencies(): readonly number[] {
+    return this.latencies;
+  }
+
+  /** Handles one sync batch; its token is saved only when every event before it is handled. */
+  async onBatch(data: ISyncResponse): Promise<void> {
+    const since = this.lastToken;
+    const receivedAt = Date.now();
+    let acted = false;
+    for (const roomId of Object.keys(data.rooms?.invite ?? {})) {
+      if (this.stopping) return;
+      await this.onInvite(roomId);
+    }
+    if (since === null) {
+      this.log.info('first sync of this state folder: messages from before now are not acted on');
+    } else {
+      for (const [roomId, room] of Object.entries(data.rooms?.join ?? {})) {
+        if (!this.rooms.has(roomId)) continue;
+        let events: IRoomEvent[] = room.timeline?.events ?? [];
+        if (room.timeline?.limited && room.timeline.prev_batch) {
+          events = [...(await this.readGap(roomId, room.timeline.prev_batch, since)), ...events];
+        }
+        // Messages from before the bot joined are history, not requests to it.
+        const joinedAt = events.findLastIndex(
+          (e) =>
+            e.type === 'm.room.member' &&
+            (e as { state_key?: string }).state_key === this.userId &&
+            isRecord(e.content) &&
+            e.content['membership'] === 'join' &&
+            !(
+              isRecord(e.unsigned) &&
+              isRecord(e.unsigned['prev_content']) &&
+              e.unsigned['prev_content']['membership'] === 'join'
+            ),
+        );
+        for (const raw of events.slice(joinedAt + 1)) {
+          if (this.stopping) return;
+          if (await this.handleWithRetry(roomId, raw, receivedAt)) acted = true;
+        }
+      }
+    }
+    if (this.stopping) return;
+    if (acted && this.gateway.fault === GATEWAY_FAULTS.crashBeforeSyncToken) {
+      this.log.warn('fault injected: dying before the sync token is saved');
+      process.kill(process.pid, 'SIGKILL');
+      await new Promise(() => {});
+    }
+    this.state.saveSyncToken(data.next_batch);
+    this.lastToken = data.next_batch;
+    this.stats.lastSyncAt = Date.now();
+  }
+
+  private async onInvite(roomId: string): Promise<void> {
+    if (!this.rooms.has(roomId)) {
+      this.log.info({ roomId }, "invite to a room not on this account's list: not accepted");
+      return;
+    }
+    await this.retrying(`join ${roomId}`, async () => {
+      await this.matrix.joinRoom(roomId);
+    });
+    this.log.info({ roomId }, 'joined an allowlisted room');
+  }
+
+  /** Events between `from` (a timeline's prev_batch) and `to` (the last sync token), oldest first. */
+  private async readGap(roomId: string, from: string, to: string): Promise<IRoomEvent[]> {
+    const found: IRoomEvent[] = [];
+    let token = from;
+    for (let page = 0; page < GAP_PAGES; page++) {
+      const res = await this.retrying(`read back ${roomId}`, () =>
+        this.matrix.http.authedRequest<{ chunk?: IRoomEvent[]; end?: string }>(
+          Method.Get,
+          `/rooms/${encodeURIComponent(roomId)}/messages`,
+          { from: token, to, dir: 'b', limit: '100' },
+        ),
+      );
+      const chunk = res.chunk ?? [];
+      found.push(...chunk);
+      if (!res.end || chunk.length === 0) return found.reverse();
+      token = res.end;
+    }
+    this.log.error(
+      { roomId, read: found.length },
+      'a sync gap longer than the read-back limit; older events are not handled',
+    );
+    return found.reverse();
+  }
+
+  /** Runs `fn` until it succeeds or fails for good; transient failures hold the sync back. */
+  private async retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const result = await fn();
+        this.stats.blocked = null;
+        return result;
+      } catch (error) {
+        if (this.stopping || !isTransient(error)) throw error;
+        const reason = `${what}: ${(error as Error).message}`;
+        if (!this.stats.blocked) {
+          this.stats.blocked = { since: new Date().toISOString(), reason };
+          this.log.warn({ err: error }, `${what} failed; retrying until it works`);
+        } else this.stats.blocked.reason = reason;
+        await new Promise((r) => setTimeout(r, Math.min(30_000, 250 * 2 ** Math.min(attempt, 7))));
+      }
+    }
+  }
+
+  /** Handles one event; returns whether it started a job or sent a signal. */
+  private async handleWithRetry(roomId: string, raw: IRoomEvent, receivedAt: number): Promise<boolean> {
+    try {
+      return await this.retrying(`event ${raw.event_id}`, () => this.handleEvent(roomId, raw, receivedAt));
+    } catch (error) {
+      if (this.stopping) return false;
+      this.stats.refusedEvents += 1;
+      this.log.error({ err: error, roomId, eventId: raw.event_id }, 'an event could not be handled; skipped');
+      return false;
+    }
+  }
+
+  private commandWords(): CommandWords {
+    const policy = this.gateway.activePolicy(this.channel);
+    if (!policy) return DEFAULT_COMMAND_WORDS;
+    return {
+      request: DEFAULT_COMMAND_WORDS.request,
+      approve: policy.wpc.matrix.approval.approval_command,
+      deny: policy.wpc.matrix.approval.deny_command,
+    };
+  }
+
+  private async handleEvent(roomId: string, raw: IRoomEvent, receivedAt: number): Promise<boolean> {
+    const eventId = raw.event_id;
+    const sender = raw.sender;
+    if (typeof eventId !== 'string' || typeof sender !== 'string') {
+      this.stats.refusedEvents += 1;
+      this.log.warn({ roomId }, 'an event without an event id or sender: ignored');
+      return false;
+    }
+    if (sender === this.userId || raw.type !== 'm.room.message') return false;
+    if (isRecord(raw.unsigned) && raw.unsigned['redacted_because'] !== undefined) return false;
+    this.stats.handledEvents += 1;
+    const reading = readMessage(raw.content, { userId: this.userId });
+    if (reading.kind === 'skip') return false;
+    const ctx: EventContext = {
+      roomId,
+      eventId,
+      sender,
+      originServerTs: Number(raw.origin_server_ts) || 0,
+      receivedAt,
+      ...(reading.kind === 'message' && reading.threadRoot ? { threadRoot: reading.threadRoot } : {}),
+    };
+    const words = this.commandWords();
+    if (reading.kind === 'edit') {
+      const edited = parseCommand(reading.newText.replace(/^\*\s*/, ''), words);
+      if (edited?.ok === true && edited.command.kind !== 'help') {
+        this.stats.refusedEvents += 1;
+        await this.reply(
+          ctx,
+          `${sender}: an edit is not read as a command; send the command as a new message.`,
+        );
+      }
+      return false;
+    }
+    const parsed = parseCommand(reading.text, words, reading.mentioned);
+    if (parsed === null) {
+      const quoted = reading.quoted.replace(/^>\s?/gm, '').replace(/^<[^>]*>\s*/, '');
+      if (quoted && parseCommand(quoted, words)?.ok === true) {
+        this.stats.refusedEvents += 1;
+        await this.reply(
+          ctx,
+          `${sender}: a quoted command is not acted on; send it as a message of its own.`,
+        );
+      }
+      return false;
+    }
+    if (!parsed.ok) {
+      this.stats.refusedEvents += 1;
+      await this.reply(ctx, `${sender}: ${parsed.error}`);
+      return false;
+    }
+    this.stats.eventLagMs = Date.now() - ctx.originServerTs;
+    return await this.dispatch(ctx, parsed.command, words);
+  }
+
+  private async dispatch(ctx: EventContext, command: Command, words: CommandWords): Promise<boolean> {
+    switch (command.kind) {
+      case 'help':
+        await this.reply(ctx, renderHelp(words));
+        return false;
+      case 'request':
+        return await this.startJob(ctx, command.text);
+      case 'approve':
+      case 'deny':
+        return await this.signalApproval(ctx, command, words);
+      case 'cancel':
+        return await this.signalCancel(ctx, command.job, `${'!cancel'} [job]`);
+      case 'status':
+        await this.status(ctx, command.job);
+        return false;
+    }
+  }
+
+  private async startJob(ctx: EventContext, text: string): Promise<boolean> {
+    if (ctx.threadRoot) {
+      await this.reply(ctx, `${ctx.sender}: start a request as a new message in the room, not in a thread.`);
+      return false;
+    }
+    const policy = this.gateway.activePolicy(this.channel);
+    if (!policy) {
+      this.stats.refusedEvents += 1;
+      await this.reply(
+        ctx,
+        `${ctx.sender}: no policy is active for channel ${this.channel}, so nothing can run; an operator must activate one.`,
+      );
+      return false;
+    }
+    const refusal = await this.gateway.admit(ctx.roomId, ctx.sender, policy.wpc.matrix.limits);
+    if (refusal) {
+      this.stats.refusedEvents += 1;
+      this.log.info(
+        { roomId: ctx.roomId, sender: ctx.sender, eventId: ctx.eventId, refusal },
+        'request refused',
+      );
+      await this.reply(ctx, `${ctx.sender}: ${refusal}`);
+      return false;
+    }
+    const workflowId = jobWorkflowId(ctx.roomId, ctx.eventId);
+    const jobId = shortJobId(workflowId);
+    const request: JobRequest = {
+      roomId: ctx.roomId,
+      requester: ctx.sender,
+      eventId: ctx.eventId,
+      text,
+      channel: this.channel,
+      matrixTaskQueue: this.matrixTaskQueue,
+      jobId,
+    };
+    try {
+      await this.gateway.temporal.workflow.start('jobWorkflow', {
+        taskQueue: this.gateway.config.temporal.jobTaskQueue,
+        workflowId,
+        args: [request],
+        workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
+        typedSearchAttributes: [
+          { key: JOB_ID, value: jobId },
+          { key: JOB_ROOM, value: ctx.roomId },
+          { key: JOB_REQUESTER, value: ctx.sender },
+          { key: JOB_STATUS, value: 'planning' },
+        ],
+        ...jobStaticSummary(request),
+      });
+    } catch (error) {
+      if (error instanceof WorkflowExecutionAlreadyStartedError) {
+        this.log.info({ workflowId }, 'request seen again (redelivered); its job was started before');
+        return true;
+      }
+      throw error;
+    }
+    this.gateway.noteStart(ctx.roomId, ctx.sender, jobId, workflowId);
+    this.stats.startedJobs += 1;
+    this.latencies.push(Date.now() - ctx.receivedAt);
+    if (this.latencies.length > LATENCY_SAMPLES) this.latencies.shift();
+    this.log.info({ workflowId, jobId, roomId: ctx.roomId, requester: ctx.sender }, 'job started');
+    return true;
+  }
+
+  /** Which job a command is about: the named one, or the thread's. */
+  private async resolveJob(
+    ctx: EventContext,
+    named: string | undefined,
+    usage: string,
+  ): Promise<JobTarget | { error: string }> {
+    if (named === undefined) {
+      if (!ctx.threadRoot) return { error: `outside a job's thread, name the job: ${usage}` };
+      const workflowId = jobWorkflowId(ctx.roomId, ctx.threadRoot);
+      return { workflowId, jobId: shortJobId(workflowId), roomId: ctx.roomId };
+    }
+    if (named.startsWith('$')) {
+      const workflowId = jobWorkflowId(ctx.roomId, named);
+      return { workflowId, jobId: shortJobId(workflowId), roomId: ctx.roomId };
+    }
+    if (named.startsWith('job:')) return { workflowId: named, jobId: shortJobId(named), roomId: null };
+    if (SHORT_JOB_ID.test(named)) {
+      const found = await this.gateway.findJob(named);
+      if (!found) return { error: `there is no job ${named} (the id is in the job's plan message)` };
+      return { workflowId: found.workflowId, jobId: named, roomId: found.roomId };
+    }
+    return { error: `"${named}" is not a job id` };
+  }
+
+  private async signalApproval(
+    ctx: EventContext,
+    command: Extract<Command, { kind: 'approve' | 'deny' }>,
+    words: CommandWords,
+  ): Promise<boolean> {
+    const usage = command.kind === 'approve' ? `${words.approve} <job>` : `${words.deny} <job> [reason]`;
+    const target = await this.resolveJob(ctx, command.job, usage);
+    if ('error' in target) {
+      this.stats.refusedEvents += 1;
+      await this.reply(ctx, `${ctx.sender}: ${target.error}`);
+      return false;
+    }
+    const attempt: ApprovalAttempt = {
+      eventId: ctx.eventId,
+      sender: ctx.sender,
+      roomId: ctx.roomId,
+      decision: command.kind,
+      originServerTs: ctx.originServerTs,
+      ...(command.job !== undefined ? { jobId: command.job } : {}),
+      ...(command.kind === 'approve' && command.planHash ? { planHash: command.planHash } : {}),
+      ...(command.kind === 'deny' && command.reason ? { reason: command.reason } : {}),
+    };
+    const sent = await this.signal(ctx, target, (handle) => handle.signal(approvalSignal, attempt));
+    if (sent && target.roomId !== null && target.roomId !== ctx.roomId) {
+      await this.reply(
+        ctx,
+        `${ctx.sender}: job ${target.jobId} belongs to another room; a decision counts only in the job's own room. Not counted.`,
+      );
+    }
+    return sent;
+  }
+
+  private async signalCancel(ctx: EventContext, named: string | undefined, usage: string): Promise<boolean> {
+    const target = await this.resolveJob(ctx, named, `${usage.replace(' [job]', ' <job>')}`);
+    if ('error' in target) {
+      this.stats.refusedEvents += 1;
+      await this.reply(ctx, `${ctx.sender}: ${target.error}`);
+      return false;
+    }
+    const sent = await this.signal(ctx, target, (handle) =>
+      handle.signal(cancelSignal, {
+        eventId: ctx.eventId,
+        sender: ctx.sender,
+        roomId: ctx.roomId,
+        originServerTs: ctx.originServerTs,
+      }),
+    );
+    if (sent && target.roomId !== null && target.roomId !== ctx.roomId) {
+      await this.reply(
+        ctx,
+        `${ctx.sender}: job ${target.jobId} belongs to another room; it can be cancelled only there.`,
+      );
+    }
+    return sent;
+  }
+
+  private async signal(
+    ctx: EventContext,
+    target: JobTarget,
+    send: (handle: ReturnType<Client['workflow']['getHandle']>) => Promise<void>,
+  ): Promise<boolean> {
+    try {
+      await send(this.gateway.temporal.workflow.getHandle(target.workflowId));
+    } catch (error) {
+      if (error instanceof WorkflowNotFoundError) {
+        this.stats.refusedEvents += 1;
+        await this.reply(
+          ctx,
+          ctx.threadRoot && target.roomId === ctx.roomId
+            ? `${ctx.sender}: this thread's job has ended (or the thread is not a job's); nothing was changed.`
+            : `${ctx.sender}: job ${target.jobId} has ended or does not exist; nothing was changed.`,
+        );
+        return false;
+      }
+      throw error;
+    }
+    this.stats.signals += 1;
+    this.log.info({ workflowId: target.workflowId, eventId: ctx.eventId, sender: ctx.sender }, 'signal sent');
+    return true;
+  }
+
+  private async status(ctx: EventContext, named: string | undefined): Promise<void> {
+    const target = await this.resolveJob(ctx, named, '!status <job>');
+    if ('error' in target) {
+      await this.reply(ctx, `${ctx.sender}: ${target.error}`);
+      return;
+    }
+    const handle = this.gateway.temporal.workflow.getHandle(target.workflowId);
+    let line: string;
+    try {
+      const description = await handle.describe();
+      const status =
+        description.typedSearchAttributes.get(JOB_STATUS) ?? description.status.name.toLowerCase();
+      line = `Job ${target.jobId}: ${status}`;
+      if (description.status.name === 'RUNNING') {
+        const view = await this.gateway.temporal
+          .withDeadline(Date.now() + 5000, () => handle.query(statusQuery))
+          .catch(() => null);
+        if (view) {
+          const accepted = view.approvals.filter((a) => a.accepted).length;
+          line += ` · approvals ${accepted} · steps ${view.stepsDone}/${view.stepsTotal}`;
+          if (view.planHash) line += ` · plan ${view.planHash.slice(0, 12)}`;
+        }
+      } else if (description.status.name === 'COMPLETED') {
+        const result = (await handle.result()) as { bundleDigest?: string | null };
+        if (result.bundleDigest) line += ` · bundle ${result.bundleDigest}`;
+      }
+    } catch (error) {
+      if (!(error instanceof WorkflowNotFoundError)) throw error;
+      line = `${ctx.sender}: there is no job ${target.jobId}.`;
+    }
+    await this.reply(ctx, line);
+  }
+
+  /** Answers the sender: in the thread they wrote in, or as a reply to their message. */
+  private async reply(ctx: EventContext, body: string): Promise<void> {
+    const relation = ctx.threadRoot
+      ? {
+          rel_type: 'm.thread',
+          event_id: ctx.threadRoot,
+          is_falling_back: true,
+          'm.in_reply_to': { event_id: ctx.eventId },
+        }
+      : { 'm.in_reply_to': { event_id: ctx.eventId } };
+    // Derived from the event answered, so a redelivered event is not answered twice.
+    const txnId = `reply.${Buffer.from(ctx.eventId).toString('base64url').slice(0, 180)}`;
+    await this.matrix.sendEvent(
+      ctx.roomId,
+      'm.room.message' as never,
+      { msgtype: 'm.notice', body, 'm.relates_to': relation } as never,
+      txnId,
+    );
+  }
+}
+
+export interface GatewayHealth {
+  ok: boolean;
+  accounts: AccountHealth[];
+}
+
+export class Gateway {
+  readonly config: GatewayConfig;
+  readonly log: Logger;
+  readonly fault: string | undefined;
+  readonly temporal: Client;
+  readonly workerConnection: NativeConnection;
+  readonly accounts: GatewayAccount[] = [];
+  private readonly connection: Connection;
+  private readonly registry: FilePolicyRegistry;
+  private server: Server | null = null;
+  /** Recent starts by this process, to cover the moment before Temporal's visibility shows them. */
+  private readonly recent: Array<{
+    at: number;
+    roomId: string;
+    requester: string;
+    jobId: string;
+    workflowId: string;
+  }> = [];
+
+  private constructor(
+    config: GatewayConfig,
+    options: GatewayOptions,
+    connection: Connection,
+    workerConnection: NativeConnection,
+  ) {
+    this.config = config;
+    this.log = options.logger;
+    this.fault = options.fault;
+    this.connection = connection;
+    this.workerConnection = workerConnection;
+    this.temporal = new Client({ connection, namespace: config.temporal.namespace });
+    this.registry = new FilePolicyRegistry(config.policy.registryDir);
+  }
+
+  /** Connects to Temporal (waiting for it), starts every account and the health endpoint. */
+  static async start(config: GatewayConfig, options: GatewayOptions): Promise<Gateway> {
+    const { address } = config.temporal;
+    let connection: Connection | undefined;
+    for (let attempt = 1; !connection; attempt++) {
+      try {
+        connection = await Connection.connect({ address });
+      } catch (error) {
+        if (attempt === 1 || attempt % 10 === 0) {
+          options.logger.warn({ address, err: error }, 'Temporal is not reachable yet; waiting for it');
+        }
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
+    const workerConnection = await NativeConnection.connect({ address });
+    const gateway = new Gateway(config, options, connection, workerConnection);
+    try {
+      for (const accountConfig of config.accounts) {
+        const account = new GatewayAccount(accountConfig, gateway);
+        gateway.accounts.push(account);
+        await account.start();
+      }
+      await gateway.listen();
+    } catch (error) {
+      await gateway.stop();
+      throw error;
+    }
+    return gateway;
+  }
+
+  get healthUrl(): string {
+    const address = this.server?.address();
+    if (!address || typeof address === 'string') throw new Error('the health endpoint is not listening');
+    return `http://${this.config.health.host}:${address.port}/health`;
+  }
+
+  health(): GatewayHealth {
+    const accounts = this.accounts.map((a) => a.health());
+    return { ok: accounts.every((a) => a.state === 'syncing'), accounts };
+  }
+
+  private async listen(): Promise<void> {
+    const server = createServer((req, res) => {
+      if (req.method === 'GET' && (req.url === '/health' || req.url === '/healthz')) {
+        const health = this.health();
+        res.writeHead(health.ok ? 200 : 503, { 'content-type': 'application/json' });
+        res.end(`${JSON.stringify(health)}\n`);
+        return;
+      }
+      res.writeHead(404, { 'content-type': 'application/json' });
+      res.end(`${JSON.stringify({ error: 'not found: the gateway serves GET /health' })}\n`);
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.config.health.port, this.config.health.host, () => resolve());
+    });
+    this.server = server;
+    this.log.info({ url: this.healthUrl }, 'health endpoint listening');
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.accounts.map((a) => a.stop()));
+    if (this.server) {
+      this.server.closeAllConnections();
+      await new Promise<void>((resolve) => this.server?.close(() => resolve()));
+      this.server = null;
+    }
+    await this.connection.close();
+    await this.workerConnection.close();
+  }
+
+  /** The active policy of a channel, or null when none is (or it cannot be read: fail closed). */
+  activePolicy(channel: string): { hash: string; wpc: Wpc } | null {
+    try {
+      const hash = this.registry.activeHash(channel);
+      if (!hash) return null;
+      return { hash, wpc: this.registry.policy(hash) };
+    } catch (error) {
+      this.log.error({ err: error, channel }, 'the policy registry cannot be read; refusing requests');
+      return null;
+    }
+  }
+
+  noteStart(roomId: string, requester: string, jobId: string, workflowId: string): void {
+    const now = Date.now();
+    this.recent.push({ at: now, roomId, requester, jobId, workflowId });
+    while (this.recent.length > 0 && (this.recent[0] as { at: number }).at < now - 3_600_000)
+      this.recent.shift();
+  }
+
+  /**
+   * Whether a new request may start: the requester's requests in the last hour and the room's
+   * open jobs, from Temporal's visibility (shared by every gateway, kept across restarts) and
+   * from this process's own recent starts (which visibility may not show yet).
+   */
+  async admit(roomId: string, requester: string, limits: Wpc['matrix']['limits']): Promise<string | null> {
+    const now = Date.now();
+    const hourAgo = new Date(now - 3_600_000).toISOString();
+    const mine = this.recent.filter((r) => r.requester === requester && r.at >= now - 3_600_000).length;
+    const { count: seen } = await this.temporal.workflow.count(
+      `WorkflowType = 'jobWorkflow' AND ClawgateRequester = ${literal(requester)} AND StartTime > '${hourAgo}'`,
+    );
+    const asked = Math.max(mine, seen);
+    if (asked >= limits.requests_per_requester_per_hour) {
+      return `you have asked for ${asked} jobs in the last hour and the policy allows ${limits.requests_per_requester_per_hour}; try again later.`;
+    }
+    const { count: open } = await this.temporal.workflow.count(
+      `WorkflowType = 'jobWorkflow' AND ClawgateRoom = ${literal(roomId)} AND ExecutionStatus = 'Running'`,
+    );
+    const fresh = this.recent.filter((r) => r.roomId === roomId && r.at >= now - 10_000).length;
+    const running = Math.max(open, fresh);
+    if (running >= limits.open_jobs_per_room) {
+      return `this room has ${running} open jobs and the policy allows ${limits.open_jobs_per_room}; wait for one to end, or cancel one.`;
+    }
+    return null;
+  }
+
+  /** A job by its short id: this process's own starts first, then Temporal's visibility. */
+  async findJob(jobId: string): Promise<{ workflowId: string; roomId: string | null } | null> {
+    const mine = this.recent.find((r) => r.jobId === jobId);
+    if (mine) return { workflowId: mine.workflowId, roomId: mine.roomId };
+    for await (const execution of this.temporal.workflow.list({
+      query: `ClawgateJobId = ${literal(jobId)}`,
+      pageSize: 5,
+    })) {
+      return {
+        workflowId: execution.workflowId,
+        roomId: execution.typedSearchAttributes.get(JOB_ROOM) ?? null,
+      };
+    }
+    return null;
+  }
+}
