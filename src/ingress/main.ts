@@ -43,4 +43,6 @@ export async function runGateway(opts: { config: string; logLevel: string }): Pr
   });
   await gateway.stop();
   logger.info('stopped');
+  // matrix-js-sdk can leave timers behind; they must not keep a stopped gateway alive.
+  setTimeout(() => process.exit(), 1000).unref();
 }

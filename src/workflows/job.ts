@@ -53,7 +53,9 @@ function stepActivities(wallSeconds: number): JobActivities {
 function matrixActivities(taskQueue: string): MatrixActivities {
   return proxyActivities<MatrixActivities>({
     taskQueue,
-    startToCloseTimeout: '1 minute',
+    // Short: a message takes well under a second, and a task handed to a gateway that was
+    // killed is retried on the restarted one only once this has passed.
+    startToCloseTimeout: '15 seconds',
     retry: { maximumAttempts: 20, maximumInterval: '1 minute' },
   });
 }

@@ -1,0 +1,108 @@
+// The gateway under test as a real process (`clawgate gateway --config ...`), so tests can kill
+// it with SIGKILL at the worst moment and start it again on the same state folder.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { GatewayConfigInput } from '../../src/ingress/config.ts';
+
+const root = fileURLToPath(new URL('../../', import.meta.url));
+
+export class GatewayProcess {
+  readonly child: ChildProcess;
+  readonly lines: Array<Record<string, unknown>> = [];
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  private waiters: Array<() => void> = [];
+
+  private constructor(child: ChildProcess) {
+    this.child = child;
+    let buffer = '';
+    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+      buffer += chunk;
+      let nl: number;
+      while ((nl = buffer.indexOf('\n')) >= 0) {
+        const line = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + 1);
+        try {
+          this.lines.push(JSON.parse(line) as Record<string, unknown>);
+        } catch {
+          this.lines.push({ msg: line });
+        }
+        for (const wake of this.waiters.splice(0)) wake();
+      }
+    });
+    child.stderr
+      ?.setEncoding('utf8')
+      .on('data', (chunk: string) => process.stderr.write(`[gateway] ${chunk}`));
+    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  }
+
+  /** Writes the config next to the state and starts the gateway; resolves once it runs. */
+  static async start(
+    config: GatewayConfigInput,
+    opts: { dir: string; fault?: string; timeoutMs?: number },
+  ): Promise<GatewayProcess> {
+    const configPath = join(opts.dir, 'gateway.json');
+    writeFileSync(configPath, JSON.stringify(config, null, 2));
+    const env: NodeJS.ProcessEnv = { ...process.env, CLAWGATE_LOG_LEVEL: 'info' };
+    delete env['CLAWGATE_GATEWAY_FAULT'];
+    if (opts.fault) env['CLAWGATE_GATEWAY_FAULT'] = opts.fault;
+    const child = spawn(
+      join(root, 'scripts/node'),
+      [join(root, 'src/cli/main.ts'), 'gateway', '--config', configPath],
+      {
+        env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    const gateway = new GatewayProcess(child);
+    await gateway.waitForLog(
+      (l) => l['msg'] === 'gateway running',
+      opts.timeoutMs ?? 60_000,
+      'the gateway to start',
+    );
+    return gateway;
+  }
+
+  /** Resolves with the first log line that matches (seen already or to come). */
+  async waitForLog(
+    match: (line: Record<string, unknown>) => boolean,
+    timeoutMs: number,
+    what: string,
+  ): Promise<Record<string, unknown>> {
+    const deadline = Date.now() + timeoutMs;
+    let exited = false;
+    void this.exited.then(() => {
+      exited = true;
+      for (const wake of this.waiters.splice(0)) wake();
+    });
+    for (;;) {
+      const found = this.lines.find(match);
+      if (found) return found;
+      if (exited) throw new Error(`the gateway exited while the test waited for ${what}`);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`the gateway did not log ${what} within ${timeoutMs} ms`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+
+  get healthUrl(): string {
+    const line = this.lines.find((l) => l['msg'] === 'gateway running');
+    return String(line?.['health']);
+  }
+
+  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const started = Date.now();
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
+    await this.exited;
+    if (process.env['CLAWGATE_TEST_TIMINGS'] === '1') {
+      console.error(`gateway ${signal}: exited after ${Date.now() - started} ms`);
+    }
+  }
+}

@@ -1,0 +1,133 @@
+// The worker side of clawgate for end-to-end tests: keyrings, a policy registry, the local
+// demo model upstream (answering with a fixed plan), the real receipting proxy, and a real
+// Temporal worker running the job workflows and their activities in the real sandbox. The
+// gateway under test runs as its own process against it.
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Worker } from '@temporalio/worker';
+import { createJobActivities } from '../../src/activities/job-activities.ts';
+import { readControlState } from '../../src/activities/control-state.ts';
+import { generateKeyring, KEY_PURPOSES, loadSigner, publicJwks } from '../../src/keys/keyring.ts';
+import { FilePolicyRegistry, signWpc } from '../../src/policy/registry.ts';
+import { parseWpc } from '../../src/policy/wpc.ts';
+import { parseProxyConfig } from '../../src/proxy/config.ts';
+import { startDemoUpstream, type DemoUpstream } from '../../src/proxy/demo-upstream.ts';
+import { ReceiptStore } from '../../src/proxy/receipt-store.ts';
+import { startProxy, type RunningProxy } from '../../src/proxy/server.ts';
+import { cstVerifier, registryPolicySource } from '../../src/proxy/token-check.ts';
+import { bubblewrapSandbox } from '../../src/sandbox/bubblewrap.ts';
+import { FileRevocationStore } from '../../src/tokens/revocations.ts';
+import { testServers } from './servers.ts';
+import { bundleWorkflows, connectTemporal, type TemporalTestContext } from './temporal.ts';
+
+/** The plan the demo model answers with: two sandboxed tools and a model call. */
+export const DEMO_PLAN = {
+  summary: 'Read the readme and find the TODOs',
+  steps: [
+    { tool: 'read', args: { path: 'README.md' } },
+    { tool: 'search', args: { query: 'TODO' } },
+    { tool: 'model', args: { model: 'demo-echo', prompt: 'Summarise: TODO write the docs' } },
+  ],
+};
+
+export interface PolicyChoice {
+  channel: string;
+  rooms: string[];
+  requesters: string[];
+  approvers: string[];
+  limits?: { requests_per_requester_per_hour?: number; open_jobs_per_room?: number };
+}
+
+export interface WorkerStack {
+  state: string;
+  temporal: TemporalTestContext;
+  taskQueue: string;
+  registryDir: string;
+  keysDir: string;
+  bundleDir: string;
+  /** Signs, registers and activates a policy made from the example for these rooms and users. */
+  activatePolicy(choice: PolicyChoice): Promise<string>;
+  close(): Promise<void>;
+}
+
+export async function startWorkerStack(): Promise<WorkerStack> {
+  const state = mkdtempSync(join(tmpdir(), 'clawgate-stack-'));
+  const keysDir = join(state, 'keys');
+  for (const purpose of KEY_PURPOSES) await generateKeyring(keysDir, purpose);
+  const registryDir = join(state, 'registry');
+  const registry = new FilePolicyRegistry(registryDir);
+  const revocations = new FileRevocationStore(join(state, 'revocations.log'));
+  const upstream: DemoUpstream = await startDemoUpstream({ answer: () => JSON.stringify(DEMO_PLAN) });
+  const config = parseProxyConfig({
+    listen: { host: '127.0.0.1', port: 0 },
+    upstreams: [{ name: 'demo', baseUrl: `${upstream.url}/v1`, models: ['demo-echo'] }],
+    receiptsPath: join(state, 'proxy', 'receipts.log'),
+  });
+  const proxy: RunningProxy = await startProxy({
+    config,
+    store: await ReceiptStore.open(config.receiptsPath),
+    receiptKey: loadSigner(keysDir, 'receipt'),
+    verifyToken: cstVerifier({
+      jwks: publicJwks(keysDir, ['token']),
+      revocations,
+      policies: registryPolicySource(registry, 'matrix'),
+    }),
+  });
+  const temporal = await connectTemporal();
+  const workflowBundle = await bundleWorkflows(
+    fileURLToPath(new URL('../../src/workflows/index.ts', import.meta.url)),
+  );
+  const bundleDir = join(state, 'bundles');
+  const activities = createJobActivities({
+    registry,
+    keysDir,
+    revocations,
+    proxyUrl: proxy.url,
+    planningModel: 'demo-echo',
+    sandbox: bubblewrapSandbox(testServers().bwrap),
+    workspaceFor: (job) => {
+      const dir = join(state, 'workspaces', Buffer.from(job.workflowId).toString('base64url'));
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(join(dir, 'README.md'), '# demo\nTODO: write the docs\n');
+      return dir;
+    },
+    bundleDir,
+    controlState: () => readControlState(temporal.client),
+  });
+  const { worker, taskQueue }: { worker: Worker; taskQueue: string } = await temporal.createWorker({
+    workflowBundle,
+    activities,
+  });
+  const running = worker.run();
+  const example = JSON.parse(readFileSync(new URL('../../examples/policy.json', import.meta.url), 'utf8'));
+  return {
+    state,
+    temporal,
+    taskQueue,
+    registryDir,
+    keysDir,
+    bundleDir,
+    async activatePolicy(choice) {
+      const doc = structuredClone(example);
+      doc.matrix.rooms_allowlist = choice.rooms;
+      doc.matrix.requesters_allowlist = choice.requesters;
+      doc.matrix.approval.approver_user_ids_allowlist = choice.approvers;
+      doc.matrix.approval.expires_after_seconds = 3600;
+      if (choice.limits) doc.matrix.limits = choice.limits;
+      const signed = signWpc(parseWpc(doc), loadSigner(keysDir, 'policy'));
+      await registry.register(signed, publicJwks(keysDir, ['policy']));
+      registry.activate(choice.channel, signed.hash);
+      return signed.hash;
+    },
+    async close() {
+      worker.shutdown();
+      await running;
+      await temporal.close();
+      await proxy.close();
+      await proxy.store.close();
+      await upstream.close();
+    },
+  };
+}
