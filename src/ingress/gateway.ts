@@ -440,7 +440,10 @@ export class GatewayAccount {
       );
       const chunk = res.chunk ?? [];
       found.push(...chunk);
-      if (!res.end || chunk.length === 0) return found.reverse();
+      if (!res.end || chunk.length === 0) {
+        this.log.info({ roomId, events: found.length }, 'read back the events of a sync gap');
+        return found.reverse();
+      }
       token = res.end;
     }
     this.log.error(

@@ -317,14 +317,22 @@ test('killed right after a request and right after an !approve: the job starts o
   assert.equal(ticks.length, 1, 'the approval is answered once');
 });
 
-test('an approval sent while the gateway is down is acted on after it restarts', async () => {
+test('an approval sent while the gateway is down, behind more messages than a sync holds, is acted on after it restarts', async () => {
   const user = requesters['reqc'] as MatrixTestUser;
-  const { eventId } = await requestJob(user, room1, botA.userId);
+  const { eventId, jobId } = await requestJob(user, room1, botA.userId);
   await gateway.kill('SIGKILL');
   const approval = await send(approver, room1, '!approve', { thread: eventId });
+  // More chatter than one sync hands over per room: the approval is in the gap the gateway
+  // has to read back.
+  for (let i = 0; i < 60; i++) await send(mallory, room1, `chatter ${i}`);
   gateway = await GatewayProcess.start(config, { dir });
   await reaction(user, room1, botA.userId, approval, '✅');
+  const gap = await gateway.waitForLog((l) => /sync gap/.test(String(l['msg'])), 10_000, 'a gap read back');
+  assert.ok(Number(gap['events']) >= 1);
   await botSays(user, room1, botA.userId, eventId, /: succeeded\./, 60_000);
+  // A job started by the gateway before its restart is found by its short id (visibility).
+  const asked = await send(user, room1, `!status ${jobId}`);
+  await botSays(user, room1, botA.userId, asked, new RegExp(`^Job ${jobId}: succeeded`));
 });
 
 test('spoofing from the room is refused and explained; the genuine approval then counts', async () => {
