@@ -126,3 +126,9 @@ test('account state: one owner at a time; a lock left by a dead process is taken
   second.lock();
   second.unlock();
 });
+
+test('the example gateway config in the README is valid', () => {
+  const config = loadGatewayConfig(new URL('../../../examples/gateway.yaml', import.meta.url).pathname);
+  assert.equal(config.accounts[0]?.id, 'main');
+  assert.equal(config.health.host, '127.0.0.1');
+});
