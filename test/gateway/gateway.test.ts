@@ -15,6 +15,7 @@ import { shortJobId } from '../../src/ingress/job-ids.ts';
 import { publicJwks } from '../../src/keys/keyring.ts';
 import { jobWorkflowId, statusQuery } from '../../src/temporal/job-contract.ts';
 import { GatewayProcess } from '../harness/gateway-process.ts';
+import { recordHistory } from '../harness/histories.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';
 import { startWorkerStack, type WorkerStack } from '../harness/stack.ts';
@@ -265,6 +266,7 @@ test("a whole job from a person's message: request, plan in its thread, !approve
       /Status: succeeded/.test(String((e.content['m.new_content'] as { body?: string })?.body)),
     'the status line edited to succeeded',
   );
+  await recordHistory({ workflowId: jobWorkflowId(room1, eventId) }, 'gateway-whole-job');
   // !status by id, outside the thread, answers as a reply.
   const asked = await send(user, room1, `!status ${jobId}`);
   const answer = await botSays(user, room1, botA.userId, asked, new RegExp(`^Job ${jobId}: succeeded`));
@@ -404,6 +406,7 @@ test('spoofing from the room is refused and explained; the genuine approval then
       [approver.userId, true, null],
     ],
   );
+  await recordHistory({ workflowId }, 'gateway-spoofed-approvals');
 });
 
 function escape(s: string): string {
@@ -512,6 +515,8 @@ test('flooding: the per-requester limit and the per-room cap answer clearly; oth
     target,
     new RegExp(`cancelled\\. cancelled by ${escape(flooder.userId)} in the room`),
   );
+  await stack.temporal.client.workflow.getHandle(jobWorkflowId(room3, target)).result();
+  await recordHistory({ workflowId: jobWorkflowId(room3, target) }, 'gateway-cancelled-in-room');
   const help = await send(g, room3, '!help');
   const answer = await botSays(g, room3, botA.userId, help, /^clawgate commands:/);
   assert.match(bodyOf(answer), /!approve \[job\] \[plan hash\]/);

@@ -4,7 +4,6 @@
 import assert from 'node:assert/strict';
 import { execFile, fork, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
-import { toolPaths } from '../../src/devstack/tools.ts';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -42,6 +41,7 @@ import {
 } from '../../src/temporal/job-contract.ts';
 import { FileRevocationStore } from '../../src/tokens/revocations.ts';
 import type { JobResult } from '../../src/workflows/job.ts';
+import { recordHistory } from '../harness/histories.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { testServers, uniqueId } from '../harness/servers.ts';
 import { bundleWorkflows, connectTemporal, type TemporalTestContext } from '../harness/temporal.ts';
@@ -255,32 +255,6 @@ async function sendApproval(
 
 const jwksOf = () => publicJwks(join(state, 'keys'));
 
-/**
- * With CLAWGATE_RECORD_HISTORIES=1, keeps the finished job's event history under
- * test/fixtures/histories/ for the replay test, which replays them against the current code
- * on every run, so a change that breaks determinism fails the build.
- */
-async function recordHistory(handle: { workflowId: string }, name: string): Promise<void> {
-  if (process.env['CLAWGATE_RECORD_HISTORIES'] !== '1') return;
-  const dir = fileURLToPath(new URL('../fixtures/histories/', import.meta.url));
-  mkdirSync(dir, { recursive: true });
-  // The Temporal CLI writes the history JSON that Web UI exports and historyFromJSON reads.
-  const { stdout } = await promisify(execFile)(toolPaths().temporal, [
-    'workflow',
-    'show',
-    '--address',
-    testServers().temporal.address,
-    '--workflow-id',
-    handle.workflowId,
-    '--output',
-    'json',
-  ]);
-  // Worker identities name the host they ran on; they play no part in replay.
-  writeFileSync(
-    join(dir, `${name}.json`),
-    stdout.replace(/"identity": *"[^"]*"/g, '"identity": "clawgate-test-worker"'),
-  );
-}
 const bundleOf = (digest: string | null) =>
   JSON.parse(readFileSync(join(state, 'bundles', `${digest}.json`), 'utf8'));
 
