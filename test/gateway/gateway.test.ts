@@ -83,7 +83,8 @@ before(async () => {
         id: 'beta',
         homeserverUrl: synapse.baseUrl,
         userId: botB.userId,
-        accessToken: botB.accessToken,
+        // This account logs in with its password (once: the token it gets is kept).
+        password: botB.password,
         rooms: [room2],
       },
     ],
@@ -520,6 +521,37 @@ test('flooding: the per-requester limit and the per-room cap answer clearly; oth
   const help = await send(g, room3, '!help');
   const answer = await botSays(g, room3, botA.userId, help, /^clawgate commands:/);
   assert.match(bodyOf(answer), /!approve \[job\] \[plan hash\]/);
+});
+
+test('an invite to a room not on the list is not accepted, and nothing there is acted on', async () => {
+  const owner = requesters['reqa'] as MatrixTestUser;
+  const stray = await owner.createRoom({ name: 'stray', invite: [botA.userId] });
+  const ignored = await send(owner, stray, '!claw do something here');
+  // A round trip in a listed room shows the gateway has synced past both.
+  const ping = await send(owner, room1, '!help');
+  await botSays(owner, room1, botA.userId, ping, /^clawgate commands:/);
+  const members = await owner.client.getJoinedRoomMembers(stray);
+  assert.deepEqual(Object.keys(members.joined), [owner.userId], 'the bot did not join');
+  await assert.rejects(
+    stack.temporal.client.workflow.getHandle(jobWorkflowId(stray, ignored)).describe(),
+    /not found/i,
+  );
+  // The password login was kept: the restarted gateway used the same device.
+  const credentials = JSON.parse(
+    readFileSync(join(dir, 'state', 'accounts', 'beta', 'credentials.json'), 'utf8'),
+  ) as { deviceId: string; userId: string };
+  assert.equal(credentials.userId, botB.userId);
+  const devices = await fetch(`${testServers().synapse.baseUrl}/_matrix/client/v3/devices`, {
+    headers: { authorization: `Bearer ${botB.accessToken}` },
+  }).then((r) => r.json() as Promise<{ devices: Array<{ device_id: string }> }>);
+  assert.equal(
+    devices.devices
+      .filter((d) => d.device_id !== botB.deviceId)
+      .map((d) => d.device_id)
+      .join(),
+    credentials.deviceId,
+    'one device made by the password login, across every restart',
+  );
 });
 
 test('health: every account syncing, with its lag and start latency', async () => {
