@@ -2,7 +2,8 @@
 // real human users with their own clients, the real Temporal dev server, and a real worker
 // (sandbox, proxy, sealed bundles). Everything a person sees happens in the rooms.
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -245,6 +246,15 @@ async function approveAndFinish(user: MatrixTestUser, roomId: string, bot: strin
   return { approval, digest };
 }
 
+async function clawgate(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const bin = new URL('../../bin/clawgate', import.meta.url).pathname;
+  return await new Promise((resolve) => {
+    execFile(bin, args, (error, stdout, stderr) => {
+      resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
 const bundleOf = (digest: string) =>
   JSON.parse(readFileSync(join(stack.bundleDir, `${digest}.json`), 'utf8'));
 
@@ -268,6 +278,19 @@ test("a whole job from a person's message: request, plan in its thread, !approve
     'the status line edited to succeeded',
   );
   await recordHistory({ workflowId: jobWorkflowId(room1, eventId) }, 'gateway-whole-job');
+  // The auditor's command: the sealed bundle verifies offline; one changed byte names its entry.
+  const file = join(stack.bundleDir, `${digest}.json`);
+  const verified = await clawgate('verify', file, '--keys', stack.keysDir);
+  assert.equal(verified.code, 0, verified.stderr);
+  assert.match(verified.stdout, /^ok: \d+ entries verified; bundle digest /);
+  const text = readFileSync(file, 'utf8');
+  const at = text.indexOf('summarise the readme');
+  const tamperedFile = join(dir, 'tampered.json');
+  writeFileSync(tamperedFile, `${text.slice(0, at)}S${text.slice(at + 1)}`);
+  const refused = await clawgate('verify', tamperedFile, '--keys', stack.keysDir);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stdout, /^entry 1 \(request\): /m);
+  assert.match(refused.stderr, /the bundle does not verify/);
   // !status by id, outside the thread, answers as a reply.
   const asked = await send(user, room1, `!status ${jobId}`);
   const answer = await botSays(user, room1, botA.userId, asked, new RegExp(`^Job ${jobId}: succeeded`));
