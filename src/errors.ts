@@ -61,6 +61,7 @@ export const ERROR_CODES = {
   configInvalid: 'CONFIG_INVALID',
   stateLocked: 'STATE_LOCKED',
   stateCorrupt: 'STATE_CORRUPT',
+  auditFailed: 'AUDIT_FAILED',
   // Evidence
   receiptNotFound: 'RECEIPT_NOT_FOUND',
   bundleInvalid: 'BUNDLE_INVALID',

@@ -24,6 +24,7 @@ import { writeFileAtomic } from '../storage/files.ts';
 import { loadWpc } from '../policy/wpc.ts';
 import { verifyReceipt } from '../proxy/receipts.ts';
 import { ReceiptStore } from '../proxy/receipt-store.ts';
+import { addStackCommands } from './stack-commands.ts';
 
 const stateDir = (): string => resolve(process.env['CLAWGATE_STATE_DIR'] ?? 'state');
 const out = (text: string): void => void process.stdout.write(`${text}\n`);
@@ -373,17 +374,7 @@ export function buildProgram(): Command {
         });
       },
     );
-  program
-    .command('gateway')
-    .description(
-      'run the Matrix gateway: bot accounts that start jobs and carry approvals (stops on SIGTERM)',
-    )
-    .requiredOption('--config <file>', 'gateway config (JSON or YAML)')
-    .option('--log-level <level>', 'pino log level', process.env['CLAWGATE_LOG_LEVEL'] ?? 'info')
-    .action(async (opts: { config: string; logLevel: string }) => {
-      const { runGateway } = await import('../ingress/main.ts');
-      await runGateway(opts);
-    });
+  addStackCommands(program);
   return program;
 }
 

@@ -29,7 +29,7 @@ import {
   type ISyncResponse,
   type MatrixClient,
 } from 'matrix-js-sdk';
-import type { Logger as SdkLogger } from 'matrix-js-sdk/lib/logger.js';
+import { logger as sdkGlobalLogger, type Logger as SdkLogger } from 'matrix-js-sdk/lib/logger.js';
 import type { Logger } from 'pino';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { FilePolicyRegistry } from '../policy/registry.ts';
@@ -285,7 +285,11 @@ export class GatewayAccount {
     if (saved && matches) return saved;
     let credentials: Credentials;
     if (config.accessToken) {
-      const probe = createClient({ baseUrl: config.homeserverUrl, accessToken: config.accessToken });
+      const probe = createClient({
+        baseUrl: config.homeserverUrl,
+        accessToken: config.accessToken,
+        logger: sdkLogger(this.log),
+      });
       const who = await probe.whoami();
       if (who.user_id !== config.userId) {
         throw new ClawgateError(
@@ -306,7 +310,7 @@ export class GatewayAccount {
         accessToken: config.accessToken,
       };
     } else {
-      const probe = createClient({ baseUrl: config.homeserverUrl });
+      const probe = createClient({ baseUrl: config.homeserverUrl, logger: sdkLogger(this.log) });
       const res = await probe.loginRequest({
         type: 'm.login.password',
         identifier: { type: 'm.id.user', user: config.userId },
@@ -441,7 +445,10 @@ export class GatewayAccount {
       const chunk = res.chunk ?? [];
       found.push(...chunk);
       if (!res.end || chunk.length === 0) {
-        this.log.info({ roomId, events: found.length }, 'read back the events of a sync gap');
+        this.log[found.length > 0 ? 'info' : 'debug'](
+          { roomId, events: found.length },
+          'read back the events of a sync gap',
+        );
         return found.reverse();
       }
       token = res.end;
@@ -830,6 +837,9 @@ export class Gateway {
 
   /** Connects to Temporal (waiting for it), starts every account and the health endpoint. */
   static async start(config: GatewayConfig, options: GatewayOptions): Promise<Gateway> {
+    // Parts of matrix-js-sdk log through its global logger at debug level; the gateway keeps
+    // their warnings and errors only (its clients log through pino).
+    (sdkGlobalLogger as unknown as { setLevel(level: string): void }).setLevel('warn');
     const { address } = config.temporal;
     let connection: Connection | undefined;
     for (let attempt = 1; !connection; attempt++) {

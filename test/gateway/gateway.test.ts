@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 import { Direction } from 'matrix-js-sdk';
 import { verifyBundle } from '../../src/evidence/bundle.ts';
 import type { RegisteredUser } from '../../src/devstack/synapse.ts';
-import type { GatewayConfigInput } from '../../src/ingress/config.ts';
+import type { ClawgateConfigInput } from '../../src/config/config.ts';
 import { GATEWAY_FAULTS } from '../../src/ingress/gateway.ts';
 import { shortJobId } from '../../src/ingress/job-ids.ts';
 import { publicJwks } from '../../src/keys/keyring.ts';
@@ -32,7 +32,7 @@ let room1: string;
 let room2: string;
 let room3: string;
 let gateway: GatewayProcess;
-let config: GatewayConfigInput;
+let config: ClawgateConfigInput;
 
 const REQUESTERS = ['reqa', 'reqb', 'reqc', 'reqd', 'reqe', 'reqf', 'flooder', 'reqg', 'reqh'];
 
@@ -69,26 +69,28 @@ before(async () => {
   const { synapse, temporal } = testServers();
   config = {
     stateDir: join(dir, 'state'),
-    temporal: { address: temporal.address, namespace: temporal.namespace, jobTaskQueue: stack.taskQueue },
+    temporal: { address: temporal.address, namespace: temporal.namespace, taskQueue: stack.taskQueue },
     policy: { registryDir: stack.registryDir, channel: 'matrix' },
-    health: { host: '127.0.0.1', port: 0 },
-    accounts: [
-      {
-        id: 'alpha',
-        homeserverUrl: synapse.baseUrl,
-        userId: botA.userId,
-        accessToken: botA.accessToken,
-        rooms: [room1, room3],
-      },
-      {
-        id: 'beta',
-        homeserverUrl: synapse.baseUrl,
-        userId: botB.userId,
-        // This account logs in with its password (once: the token it gets is kept).
-        password: botB.password,
-        rooms: [room2],
-      },
-    ],
+    gateway: {
+      health: { host: '127.0.0.1', port: 0 },
+      accounts: [
+        {
+          id: 'alpha',
+          homeserverUrl: synapse.baseUrl,
+          userId: botA.userId,
+          accessToken: botA.accessToken,
+          rooms: [room1, room3],
+        },
+        {
+          id: 'beta',
+          homeserverUrl: synapse.baseUrl,
+          userId: botB.userId,
+          // This account logs in with its password (once: the token it gets is kept).
+          password: botB.password,
+          rooms: [room2],
+        },
+      ],
+    },
   };
   gateway = await GatewayProcess.start(config, { dir });
   // The bots accept their invites on their first sync.
@@ -561,7 +563,7 @@ test('an invite to a room not on the list is not accepted, and nothing there is 
   );
   // The password login was kept: the restarted gateway used the same device.
   const credentials = JSON.parse(
-    readFileSync(join(dir, 'state', 'accounts', 'beta', 'credentials.json'), 'utf8'),
+    readFileSync(join(dir, 'state', 'gateway', 'accounts', 'beta', 'credentials.json'), 'utf8'),
   ) as { deviceId: string; userId: string };
   assert.equal(credentials.userId, botB.userId);
   const devices = await fetch(`${testServers().synapse.baseUrl}/_matrix/client/v3/devices`, {

@@ -1,10 +1,10 @@
-// The gateway under test as a real process (`clawgate gateway --config ...`), so tests can kill
+// The gateway under test as a real process (`clawgate gateway --config clawgate.json`), so tests can kill
 // it with SIGKILL at the worst moment and start it again on the same state folder.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { GatewayConfigInput } from '../../src/ingress/config.ts';
+import type { ClawgateConfigInput } from '../../src/config/config.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -39,10 +39,10 @@ export class GatewayProcess {
 
   /** Writes the config next to the state and starts the gateway; resolves once it runs. */
   static async start(
-    config: GatewayConfigInput,
+    config: ClawgateConfigInput,
     opts: { dir: string; fault?: string; timeoutMs?: number },
   ): Promise<GatewayProcess> {
-    const configPath = join(opts.dir, 'gateway.json');
+    const configPath = join(opts.dir, 'clawgate.json');
     writeFileSync(configPath, JSON.stringify(config, null, 2));
     const env: NodeJS.ProcessEnv = { ...process.env, CLAWGATE_LOG_LEVEL: 'info' };
     delete env['CLAWGATE_GATEWAY_FAULT'];

@@ -1,0 +1,263 @@
+// The commands that run clawgate or talk to a running one: start, worker, proxy, gateway, jobs,
+// say, config sample, security audit. Heavy modules load inside the actions, so `--help` and
+// the offline commands stay quick.
+import { existsSync, mkdirSync, openSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { Command } from 'commander';
+import type { Logger } from 'pino';
+import { ClawgateError, ERROR_CODES } from '../errors.ts';
+
+const out = (text: string): void => void process.stdout.write(`${text}\n`);
+const configOption = '--config <file>';
+const configHelp = 'configuration file (default: $CLAWGATE_CONFIG, or ./clawgate.yaml if present)';
+
+/** Resolves on SIGINT or SIGTERM. */
+function untilStopped(logger?: Logger): Promise<void> {
+  return new Promise((resolve) => {
+    const stop = (signal: string): void => {
+      logger?.info({ signal }, 'stopping');
+      resolve();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+}
+
+/** matrix-js-sdk can leave timers behind; they must not keep a stopped process alive. */
+function exitSoon(): void {
+  setTimeout(() => process.exit(), 1000).unref();
+}
+
+async function load(configPath: string | undefined) {
+  const { loadConfig } = await import('../config/config.ts');
+  return loadConfig(configPath);
+}
+
+async function serviceLogger(name: string, level: string) {
+  const { createLogger, installTemporalLogging } = await import('../stack/logging.ts');
+  const logger = createLogger(name, level);
+  installTemporalLogging(logger);
+  return logger;
+}
+
+export function addStackCommands(program: Command): void {
+  program
+    .command('start')
+    .description(
+      'run the whole stack: Temporal, Synapse with a demo room, proxy, worker, gateway (Ctrl-C stops)',
+    )
+    .option(configOption, configHelp)
+    .action(async (opts: { config?: string }) => {
+      const config = await load(opts.config);
+      const logPath = join(config.stateDir, 'clawgate.log');
+      mkdirSync(dirname(logPath), { recursive: true, mode: 0o700 });
+      const { pino } = await import('pino');
+      const { REDACTED_KEYS, installTemporalLogging } = await import('../stack/logging.ts');
+      const logger = pino(
+        {
+          name: 'clawgate',
+          level: config.log.level,
+          redact: { paths: [...REDACTED_KEYS, ...REDACTED_KEYS.map((k) => `*.${k}`)], censor: '[secret]' },
+        },
+        pino.destination({ dest: openSync(logPath, 'a', 0o600), sync: true }),
+      );
+      installTemporalLogging(logger);
+      const { startStack, tryItLines } = await import('../stack/start.ts');
+      const started = Date.now();
+      const stack = await startStack(config, logger, (line) => out(`==> ${line}`));
+      out(
+        [
+          '',
+          `clawgate is ready (${((Date.now() - started) / 1000).toFixed(1)} s):`,
+          ...stack.lines.map((l) => `  ${l}`),
+          `  Logs             ${logPath}`,
+          '',
+          ...tryItLines(stack.demo),
+          '',
+          'Ctrl-C stops everything; jobs, rooms and evidence are kept for the next start.',
+        ].join('\n'),
+      );
+      await untilStopped(logger);
+      out('stopping...');
+      await stack.stop();
+      out('stopped');
+      exitSoon();
+    });
+
+  program
+    .command('proxy')
+    .description('run the receipting model proxy alone (JSON logs on stdout)')
+    .option(configOption, configHelp)
+    .action(async (opts: { config?: string }) => {
+      const config = await load(opts.config);
+      const logger = await serviceLogger('clawgate-proxy', config.log.level);
+      const { ensureKeys, modelUpstreams, runProxy } = await import('../stack/components.ts');
+      await ensureKeys(config);
+      const upstream = await modelUpstreams(config);
+      if (upstream.demo)
+        logger.warn(
+          { url: upstream.demo.url },
+          'no upstream configured: the local DEMO upstream (not a model)',
+        );
+      const proxy = await runProxy(config, upstream.upstreams, logger);
+      await untilStopped(logger);
+      await proxy.close();
+      await proxy.store.close();
+      await upstream.demo?.close();
+      exitSoon();
+    });
+
+  program
+    .command('worker')
+    .description('run the worker alone: job workflows and their activities (JSON logs on stdout)')
+    .option(configOption, configHelp)
+    .option('--proxy-url <url>', 'the model proxy (default: proxy.listen from the configuration)')
+    .action(async (opts: { config?: string; proxyUrl?: string }) => {
+      const config = await load(opts.config);
+      const logger = await serviceLogger('clawgate-worker', config.log.level);
+      const { DEMO_MODEL, ensureKeys, requireAddress, runWorker } = await import('../stack/components.ts');
+      await ensureKeys(config);
+      const address = requireAddress(config, 'clawgate worker');
+      const worker = await runWorker(config, {
+        address,
+        proxyUrl: opts.proxyUrl ?? `http://${config.proxy.listen.host}:${config.proxy.listen.port}`,
+        planningModel: config.worker.planningModel ?? config.proxy.upstreams?.[0]?.models[0] ?? DEMO_MODEL,
+        logger,
+      });
+      await Promise.race([untilStopped(logger), worker.run]);
+      await worker.close();
+      exitSoon();
+    });
+
+  program
+    .command('gateway')
+    .description(
+      'run the Matrix gateway alone: bot accounts that start jobs and carry approvals (JSON logs on stdout)',
+    )
+    .option(configOption, configHelp)
+    .action(async (opts: { config?: string }) => {
+      const config = await load(opts.config);
+      const logger = await serviceLogger('clawgate-gateway', config.log.level);
+      const { requireAddress, runGateway } = await import('../stack/components.ts');
+      const { readDemo } = await import('../stack/demo.ts');
+      const demo = readDemo(config);
+      const accounts =
+        config.gateway.accounts ??
+        (demo
+          ? [
+              {
+                id: 'demo',
+                homeserverUrl: demo.homeserverUrl,
+                userId: demo.users.bot.userId,
+                accessToken: demo.users.bot.accessToken,
+                rooms: [demo.roomId],
+              },
+            ]
+          : undefined);
+      if (!accounts) {
+        throw new ClawgateError(
+          ERROR_CODES.configInvalid,
+          'gateway.accounts: at least one bot account is required',
+        );
+      }
+      const fault = process.env['CLAWGATE_GATEWAY_FAULT'];
+      const gateway = await runGateway(config, {
+        address: requireAddress(config, 'clawgate gateway'),
+        accounts,
+        logger,
+        ...(fault ? { fault } : {}),
+      });
+      await untilStopped(logger);
+      await gateway.stop();
+      logger.info('stopped');
+      exitSoon();
+    });
+
+  const jobs = program.command('jobs').description("clawgate's jobs, from Temporal's visibility");
+  jobs
+    .command('list')
+    .description('the latest jobs: short id, status, room, requester, start time')
+    .option(configOption, configHelp)
+    .option('--status <status>', 'only jobs in this status (for example awaiting_approval)')
+    .option('--limit <n>', 'at most this many', '20')
+    .action(async (opts: { config?: string; status?: string; limit: string }) => {
+      const config = await load(opts.config);
+      const { listJobs } = await import('./jobs.ts');
+      const rows = await listJobs(config, { status: opts.status, limit: Number(opts.limit) });
+      if (rows.length === 0) out('no jobs');
+      for (const r of rows)
+        out(`${r.jobId}  ${r.status.padEnd(17)}  ${r.startedAt}  ${r.requester}  ${r.roomId}`);
+    });
+  jobs
+    .command('show <job>')
+    .description('one job by short id or workflow id: status, approvals, steps, outcome, bundle')
+    .option(configOption, configHelp)
+    .action(async (job: string, opts: { config?: string }) => {
+      const config = await load(opts.config);
+      const { showJob } = await import('./jobs.ts');
+      out(await showJob(config, job));
+    });
+
+  program
+    .command('say')
+    .description('post a message as a demo user (requester or approver) of `clawgate start`')
+    .requiredOption('--as <user>', 'requester or approver')
+    .option('--thread <event-id>', "post in this event's thread")
+    .option(configOption, configHelp)
+    .argument('<room>', 'a room id, or "demo" for the demo room')
+    .argument('<text...>', 'the message')
+    .action(async (room: string, words: string[], opts: { as: string; thread?: string; config?: string }) => {
+      const config = await load(opts.config);
+      const { say } = await import('./jobs.ts');
+      out(await say(config, { as: opts.as, room, text: words.join(' '), thread: opts.thread }));
+    });
+
+  const configCommand = program.command('config').description('the configuration file');
+  configCommand
+    .command('sample')
+    .description('print a commented sample configuration that matches the schema')
+    .action(async () => {
+      const { SAMPLE_CONFIG } = await import('../config/sample.ts');
+      process.stdout.write(SAMPLE_CONFIG);
+    });
+  configCommand
+    .command('check')
+    .description('validate the configuration (file and environment) and print it resolved')
+    .option(configOption, configHelp)
+    .action(async (opts: { config?: string }) => {
+      const config = await load(opts.config);
+      out(
+        JSON.stringify(
+          config,
+          (k, v: unknown) => (/apiKey|password|accessToken/.test(k) ? '[secret]' : v),
+          2,
+        ),
+      );
+    });
+
+  program
+    .command('security')
+    .description('security checks')
+    .command('audit')
+    .description(
+      'check file modes, secrets, sandbox, allowlists, pinning, listeners and TLS; exit 1 on a high finding',
+    )
+    .option(configOption, configHelp)
+    .option('--fix', 'tighten file modes (keys 0600, state folders 0700)')
+    .action(async (opts: { config?: string; fix?: boolean }) => {
+      const config = await load(opts.config);
+      const { applyModeFixes, audit, renderFindings } = await import('../config/audit.ts');
+      const configFile =
+        opts.config ??
+        process.env['CLAWGATE_CONFIG'] ??
+        (existsSync('clawgate.yaml') ? 'clawgate.yaml' : undefined);
+      let findings = audit(config, configFile ? { configFile } : {});
+      if (opts.fix) {
+        for (const line of applyModeFixes(findings)) out(`fixed: ${line}`);
+        findings = audit(config, configFile ? { configFile } : {});
+      }
+      out(renderFindings(findings));
+      const high = findings.filter((f) => f.severity === 'high').length;
+      if (high > 0) throw new ClawgateError(ERROR_CODES.auditFailed, `${high} high finding(s)`);
+    });
+}

@@ -1,0 +1,244 @@
+// clawgate's one configuration file (YAML or JSON) with environment overrides, validated with
+// zod at start; an error names the path in the file, or the environment variable, that is
+// wrong. Everything has an embedded default: with no file at all, `clawgate start` runs a
+// local Temporal dev server, a local Synapse with a demo room and users, and the demo model
+// upstream.
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { z } from 'zod';
+import { ClawgateError, ERROR_CODES, formatPath } from '../errors.ts';
+import { accountSchema } from '../ingress/config.ts';
+import { parseStrict } from '../policy/canonical.ts';
+import { upstreamSchema } from '../proxy/config.ts';
+import { JOB_TASK_QUEUE } from '../temporal/job-contract.ts';
+
+const port = z.number().int().min(0).max(65_535);
+const listen = (defaultPort: number) =>
+  z
+    .object({ host: z.string().min(1).default('127.0.0.1'), port: port.default(defaultPort) })
+    .strict()
+    .prefault({});
+
+export const configSchema = z
+  .object({
+    /** Keys, policy registry, bundles, receipts, the gateway's accounts, the embedded servers' data. */
+    stateDir: z.string().min(1).default('state'),
+    temporal: z
+      .object({
+        /** An existing Temporal frontend (host:port); absent: an embedded dev server. */
+        address: z.string().min(1).optional(),
+        namespace: z.string().min(1).default('default'),
+        /** Connect with TLS (needed when the address is not on loopback). */
+        tls: z.boolean().default(false),
+        /** The embedded dev server's ports (gRPC, Web UI). */
+        port: port.default(7233),
+        uiPort: port.default(8233),
+        taskQueue: z.string().min(1).default(JOB_TASK_QUEUE),
+      })
+      .strict()
+      .prefault({}),
+    matrix: z
+      .object({
+        /** An existing homeserver; absent: an embedded Synapse with a demo room and users. */
+        homeserverUrl: z.url({ protocol: /^https?$/ }).optional(),
+        /** The embedded Synapse's port. */
+        port: port.default(8008),
+      })
+      .strict()
+      .prefault({}),
+    policy: z
+      .object({
+        channel: z.string().min(1).default('matrix'),
+        /** A policy file to sign, register and activate on the channel when none is active yet. */
+        initial: z.string().min(1).optional(),
+        /** The policy registry folder (default: <stateDir>/policy-registry). */
+        registryDir: z.string().min(1).optional(),
+      })
+      .strict()
+      .prefault({}),
+    proxy: z
+      .object({
+        listen: listen(8787),
+        /** OpenAI-compatible upstreams; absent: the local demo upstream (it echoes; it is not a model). */
+        upstreams: z.array(upstreamSchema).min(1).optional(),
+        maxBodyBytes: z
+          .number()
+          .int()
+          .positive()
+          .default(1024 * 1024),
+        upstreamTimeoutMs: z.number().int().positive().default(120_000),
+      })
+      .strict()
+      .prefault({}),
+    worker: z
+      .object({
+        /** The model that drafts plans (default: the first model of the first upstream). */
+        planningModel: z.string().min(1).optional(),
+        /** The folder the tools work in (read-only or read-write as the policy says). */
+        workspace: z.string().min(1).optional(),
+        sandbox: z
+          .object({
+            backend: z.enum(['bubblewrap', 'docker']).default('bubblewrap'),
+            /** The bwrap binary (default: the one the bootstrap found). */
+            bwrap: z.string().min(1).optional(),
+          })
+          .strict()
+          .prefault({}),
+      })
+      .strict()
+      .prefault({}),
+    gateway: z
+      .object({
+        health: listen(8790),
+        /** Bot accounts; absent with the embedded Synapse: its demo bot. */
+        accounts: z.array(accountSchema).min(1).optional(),
+      })
+      .strict()
+      .prefault({}),
+    log: z
+      .object({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export type ClawgateConfig = z.infer<typeof configSchema>;
+export type ClawgateConfigInput = z.input<typeof configSchema>;
+
+/** Where each environment override goes in the file's structure. */
+export const ENV_OVERRIDES: ReadonlyArray<{
+  name: string;
+  path: string[];
+  kind: 'string' | 'port' | 'bool';
+}> = [
+  { name: 'CLAWGATE_STATE_DIR', path: ['stateDir'], kind: 'string' },
+  { name: 'CLAWGATE_TEMPORAL_ADDRESS', path: ['temporal', 'address'], kind: 'string' },
+  { name: 'CLAWGATE_TEMPORAL_NAMESPACE', path: ['temporal', 'namespace'], kind: 'string' },
+  { name: 'CLAWGATE_TEMPORAL_TLS', path: ['temporal', 'tls'], kind: 'bool' },
+  { name: 'CLAWGATE_TEMPORAL_PORT', path: ['temporal', 'port'], kind: 'port' },
+  { name: 'CLAWGATE_TEMPORAL_UI_PORT', path: ['temporal', 'uiPort'], kind: 'port' },
+  { name: 'CLAWGATE_HOMESERVER_URL', path: ['matrix', 'homeserverUrl'], kind: 'string' },
+  { name: 'CLAWGATE_SYNAPSE_PORT', path: ['matrix', 'port'], kind: 'port' },
+  { name: 'CLAWGATE_PROXY_PORT', path: ['proxy', 'listen', 'port'], kind: 'port' },
+  { name: 'CLAWGATE_HEALTH_PORT', path: ['gateway', 'health', 'port'], kind: 'port' },
+  { name: 'CLAWGATE_LOG_LEVEL', path: ['log', 'level'], kind: 'string' },
+];
+
+function setPath(target: Record<string, unknown>, path: string[], value: unknown): void {
+  let node = target;
+  for (const key of path.slice(0, -1)) {
+    const next = node[key];
+    if (typeof next !== 'object' || next === null || Array.isArray(next)) node[key] = {};
+    node = node[key] as Record<string, unknown>;
+  }
+  node[path.at(-1) as string] = value;
+}
+
+/** Applies CLAWGATE_* overrides to a parsed file; a malformed value names its variable. */
+export function applyEnv(input: unknown, env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const out: Record<string, unknown> =
+    typeof input === 'object' && input !== null && !Array.isArray(input)
+      ? structuredClone(input as Record<string, unknown>)
+      : {};
+  for (const { name, path, kind } of ENV_OVERRIDES) {
+    const raw = env[name];
+    if (raw === undefined || raw === '') continue;
+    let value: unknown = raw;
+    if (kind === 'port') {
+      value = Number(raw);
+      if (!Number.isInteger(value) || (value as number) < 0 || (value as number) > 65_535) {
+        throw new ClawgateError(ERROR_CODES.configInvalid, `${name}=${raw}: not a TCP port (0 to 65535)`);
+      }
+    } else if (kind === 'bool') {
+      if (raw !== 'true' && raw !== 'false') {
+        throw new ClawgateError(ERROR_CODES.configInvalid, `${name}=${raw}: true or false`);
+      }
+      value = raw === 'true';
+    }
+    setPath(out, path, value);
+  }
+  // A model upstream from the environment: base URL, key and model.
+  const baseUrl = env['CLAWGATE_MODEL_BASE_URL'];
+  if (baseUrl) {
+    const model = env['CLAWGATE_MODEL'];
+    if (!model) {
+      throw new ClawgateError(
+        ERROR_CODES.configInvalid,
+        'CLAWGATE_MODEL_BASE_URL is set but CLAWGATE_MODEL is not: name the model to use',
+      );
+    }
+    const upstream: Record<string, unknown> = { name: 'env', baseUrl, models: [model] };
+    if (env['CLAWGATE_MODEL_API_KEY']) upstream['apiKey'] = env['CLAWGATE_MODEL_API_KEY'];
+    setPath(out, ['proxy', 'upstreams'], [upstream]);
+  }
+  return out;
+}
+
+export function parseConfig(
+  input: unknown,
+  opts: { baseDir?: string; source?: string } = {},
+): ClawgateConfig {
+  const result = configSchema.safeParse(input);
+  if (!result.success) {
+    const lines = result.error.issues.map(
+      (issue) => `${formatPath(issue.path) || '(root)'}: ${issue.message}`,
+    );
+    throw new ClawgateError(
+      ERROR_CODES.configInvalid,
+      `invalid configuration${opts.source ? ` in ${opts.source}` : ''}:\n  ${lines.join('\n  ')}`,
+    );
+  }
+  const config = result.data;
+  const base = opts.baseDir ?? process.cwd();
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
+  config.stateDir = abs(config.stateDir);
+  if (config.worker.workspace) config.worker.workspace = abs(config.worker.workspace);
+  if (config.policy.initial) config.policy.initial = abs(config.policy.initial);
+  if (config.policy.registryDir) config.policy.registryDir = abs(config.policy.registryDir);
+  return config;
+}
+
+/**
+ * The configuration: the file given (or CLAWGATE_CONFIG, or ./clawgate.yaml when it exists),
+ * then the environment's overrides. No file at all is fine: every part has a default.
+ */
+export function loadConfig(path?: string, env: NodeJS.ProcessEnv = process.env): ClawgateConfig {
+  const chosen =
+    path ?? env['CLAWGATE_CONFIG'] ?? (existsSync('clawgate.yaml') ? 'clawgate.yaml' : undefined);
+  let parsed: unknown = {};
+  if (chosen) {
+    let text: string;
+    try {
+      text = readFileSync(chosen, 'utf8');
+    } catch (error) {
+      throw new ClawgateError(
+        ERROR_CODES.fileUnreadable,
+        `cannot read the configuration ${chosen}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`,
+      );
+    }
+    parsed = parseStrict(text, chosen) ?? {};
+  }
+  return parseConfig(applyEnv(parsed, env), {
+    baseDir: chosen ? dirname(resolve(chosen)) : process.cwd(),
+    ...(chosen ? { source: chosen } : {}),
+  });
+}
+
+/** Where things live in the state folder. */
+export function statePaths(config: ClawgateConfig) {
+  const s = config.stateDir;
+  return {
+    keys: resolve(s, 'keys'),
+    registry: config.policy.registryDir ?? resolve(s, 'policy-registry'),
+    revocations: resolve(s, 'revocations.log'),
+    bundles: resolve(s, 'bundles'),
+    receipts: resolve(s, 'proxy', 'receipts.log'),
+    gateway: resolve(s, 'gateway'),
+    demo: resolve(s, 'demo.json'),
+    workspace: config.worker.workspace ?? resolve(s, 'workspace'),
+    temporalDb: resolve(s, 'temporal.db'),
+    synapse: resolve(s, 'synapse'),
+  };
+}

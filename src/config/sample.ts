@@ -1,0 +1,66 @@
+// `clawgate config sample`: a commented configuration that matches the schema (a test parses
+// it). Every key is optional; the values shown are the defaults unless marked "example".
+export const SAMPLE_CONFIG = `# clawgate configuration (YAML or JSON). Every key is optional: with no file at all,
+# \`clawgate start\` runs everything locally on embedded defaults. Environment variables
+# override the file: CLAWGATE_STATE_DIR, CLAWGATE_TEMPORAL_ADDRESS, CLAWGATE_TEMPORAL_NAMESPACE,
+# CLAWGATE_TEMPORAL_TLS, CLAWGATE_TEMPORAL_PORT, CLAWGATE_TEMPORAL_UI_PORT, CLAWGATE_HOMESERVER_URL,
+# CLAWGATE_SYNAPSE_PORT, CLAWGATE_PROXY_PORT, CLAWGATE_HEALTH_PORT, CLAWGATE_LOG_LEVEL, and
+# CLAWGATE_MODEL_BASE_URL + CLAWGATE_MODEL (+ CLAWGATE_MODEL_API_KEY) for one model upstream.
+# Relative paths are resolved against this file's folder. Run \`clawgate security audit\`
+# after every change.
+
+# Keys, policy registry, bundles, receipts, gateway state, embedded servers' data.
+stateDir: state
+
+temporal:
+  # An existing Temporal frontend; leave it out to run an embedded dev server.
+  # address: temporal.internal:7233          # example
+  namespace: default
+  tls: false                                # required when the address is not on loopback
+  port: 7233                                # embedded dev server: gRPC
+  uiPort: 8233                              # embedded dev server: Web UI
+  taskQueue: clawgate-jobs
+
+matrix:
+  # An existing homeserver; leave it out to run an embedded Synapse with a demo room and users.
+  # homeserverUrl: https://matrix.example.org  # example
+  port: 8008                                # embedded Synapse
+
+policy:
+  channel: matrix
+  # A policy to sign, register and activate when the channel has none active yet.
+  # initial: policies/ops.json                # example
+  # registryDir: state/policy-registry        # default
+
+proxy:
+  listen: { host: 127.0.0.1, port: 8787 }   # keep on loopback unless behind TLS
+  maxBodyBytes: 1048576
+  upstreamTimeoutMs: 120000
+  # OpenAI-compatible upstreams; leave them out to use the local demo upstream (it echoes).
+  # Provider keys live here and nowhere else.
+  # upstreams:                              # example
+  #   - name: openrouter
+  #     baseUrl: https://openrouter.ai/api/v1
+  #     apiKey: sk-or-...
+  #     models: [anthropic/claude-sonnet-4]
+
+worker:
+  # planningModel: anthropic/claude-sonnet-4  # default: the first model of the first upstream
+  # workspace: /srv/repo                      # default: state/workspace
+  sandbox:
+    backend: bubblewrap                     # or docker; there is no mode without a sandbox
+    # bwrap: /usr/bin/bwrap                 # default: the one the bootstrap found
+
+gateway:
+  health: { host: 127.0.0.1, port: 8790 }
+  # Bot accounts; required with an existing homeserver.
+  # accounts:                               # example
+  #   - id: ops
+  #     homeserverUrl: https://matrix.example.org
+  #     userId: "@clawgate:example.org"
+  #     password: change-me                 # or accessToken; logged in once, the token is kept
+  #     rooms: ["!ops:example.org"]
+
+log:
+  level: info
+`;

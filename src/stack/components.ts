@@ -1,0 +1,210 @@
+// clawgate's processes, each started from the one configuration: the receipting proxy, the
+// worker (job and control workflows, the planning, token, tool and sealing activities) and the
+// gateway. `clawgate start` runs all three in one process next to the embedded servers;
+// `clawgate proxy|worker|gateway` run one each, as the docker-compose services do.
+import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import type { Logger } from 'pino';
+import { createJobActivities, PLANNER_PROMPT } from '../activities/job-activities.ts';
+import { readControlState } from '../activities/control-state.ts';
+import type { ClawgateConfig } from '../config/config.ts';
+import { statePaths } from '../config/config.ts';
+import { toolPaths } from '../devstack/tools.ts';
+import { ClawgateError, ERROR_CODES } from '../errors.ts';
+import type { AccountConfig } from '../ingress/config.ts';
+import { Gateway } from '../ingress/gateway.ts';
+import { generateKeyring, KEY_PURPOSES, loadSigner, publicJwks } from '../keys/keyring.ts';
+import { FilePolicyRegistry } from '../policy/registry.ts';
+import { parseProxyConfig, type UpstreamConfig } from '../proxy/config.ts';
+import { startDemoUpstream, type DemoUpstream } from '../proxy/demo-upstream.ts';
+import { ReceiptStore } from '../proxy/receipt-store.ts';
+import { startProxy, type RunningProxy } from '../proxy/server.ts';
+import { cstVerifier, registryPolicySource } from '../proxy/token-check.ts';
+import { bubblewrapSandbox, dockerSandbox } from '../sandbox/bubblewrap.ts';
+import { ensurePrivateDir } from '../storage/files.ts';
+import { FileRevocationStore } from '../tokens/revocations.ts';
+
+export const DEMO_MODEL = 'demo-echo';
+
+/** What the demo upstream answers a planning request with: read the readme, find the TODOs. */
+export const DEMO_PLAN = {
+  summary: 'Read the readme and list its TODOs',
+  steps: [
+    { tool: 'read', args: { path: 'README.md' } },
+    { tool: 'search', args: { query: 'TODO' } },
+    { tool: 'model', args: { model: DEMO_MODEL, prompt: 'Summarise the TODOs of the readme in one line.' } },
+  ],
+};
+
+/** Creates whatever keyring is missing (never replaces one). */
+export async function ensureKeys(config: ClawgateConfig): Promise<string[]> {
+  const dir = statePaths(config).keys;
+  const made: string[] = [];
+  for (const purpose of KEY_PURPOSES) {
+    if (existsSync(join(dir, purpose, 'keyring.json'))) continue;
+    await generateKeyring(dir, purpose);
+    made.push(purpose);
+  }
+  return made;
+}
+
+export async function connectTemporal(config: ClawgateConfig, address: string) {
+  const tls = config.temporal.tls ? {} : undefined;
+  const connection = await Connection.connect({ address, ...(tls ? { tls } : {}) });
+  const client = new Client({ connection, namespace: config.temporal.namespace });
+  return { connection, client };
+}
+
+export interface RunningUpstream {
+  upstreams: UpstreamConfig[];
+  demo: DemoUpstream | null;
+}
+
+/** The configured upstreams, or the local demo upstream (it echoes, and answers plans with DEMO_PLAN). */
+export async function modelUpstreams(config: ClawgateConfig): Promise<RunningUpstream> {
+  if (config.proxy.upstreams) return { upstreams: config.proxy.upstreams, demo: null };
+  const demo = await startDemoUpstream({
+    answer: (messages) => {
+      if (messages.some((m) => m.role === 'system' && m.content === PLANNER_PROMPT)) {
+        return JSON.stringify(DEMO_PLAN);
+      }
+      const last = messages.at(-1)?.content;
+      return typeof last === 'string'
+        ? `(demo upstream, not a model) ${last}`
+        : '(demo upstream, not a model)';
+    },
+  });
+  return { upstreams: [{ name: 'demo', baseUrl: `${demo.url}/v1`, models: [DEMO_MODEL] }], demo };
+}
+
+export async function runProxy(
+  config: ClawgateConfig,
+  upstreams: UpstreamConfig[],
+  logger: Logger,
+): Promise<RunningProxy> {
+  const paths = statePaths(config);
+  const registry = new FilePolicyRegistry(paths.registry);
+  const proxyConfig = parseProxyConfig({
+    listen: config.proxy.listen,
+    upstreams,
+    limits: { maxBodyBytes: config.proxy.maxBodyBytes, upstreamTimeoutMs: config.proxy.upstreamTimeoutMs },
+    receiptsPath: paths.receipts,
+  });
+  const proxy = await startProxy({
+    config: proxyConfig,
+    store: await ReceiptStore.open(proxyConfig.receiptsPath),
+    receiptKey: loadSigner(paths.keys, 'receipt'),
+    verifyToken: cstVerifier({
+      jwks: publicJwks(paths.keys, ['token']),
+      revocations: new FileRevocationStore(paths.revocations),
+      policies: registryPolicySource(registry, config.policy.channel),
+    }),
+  });
+  logger.info({ url: proxy.url, upstreams: upstreams.map((u) => u.name) }, 'proxy listening');
+  return proxy;
+}
+
+export interface RunningWorker {
+  worker: Worker;
+  run: Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function runWorker(
+  config: ClawgateConfig,
+  opts: { address: string; proxyUrl: string; planningModel: string; logger: Logger },
+): Promise<RunningWorker> {
+  const paths = statePaths(config);
+  ensurePrivateDir(paths.bundles);
+  if (!existsSync(paths.workspace)) {
+    mkdirSync(paths.workspace, { recursive: true });
+    writeFileSync(
+      `${paths.workspace}/README.md`,
+      '# demo workspace\n\nTODO: write the docs\nTODO: add tests\n',
+    );
+  }
+  const sandbox =
+    config.worker.sandbox.backend === 'docker'
+      ? dockerSandbox()
+      : bubblewrapSandbox(config.worker.sandbox.bwrap ?? bwrapPath());
+  const { connection, client } = await connectTemporal(config, opts.address);
+  const activities = createJobActivities({
+    registry: new FilePolicyRegistry(paths.registry),
+    keysDir: paths.keys,
+    revocations: new FileRevocationStore(paths.revocations),
+    proxyUrl: opts.proxyUrl,
+    planningModel: opts.planningModel,
+    sandbox,
+    workspaceFor: () => paths.workspace,
+    bundleDir: paths.bundles,
+    controlState: () => readControlState(client),
+  });
+  opts.logger.info('bundling the workflow code (a few seconds)');
+  const workerConnection = await NativeConnection.connect({
+    address: opts.address,
+    ...(config.temporal.tls ? { tls: {} } : {}),
+  });
+  const worker = await Worker.create({
+    connection: workerConnection,
+    namespace: config.temporal.namespace,
+    taskQueue: config.temporal.taskQueue,
+    workflowsPath: fileURLToPath(new URL('../workflows/index.ts', import.meta.url)),
+    activities,
+  });
+  const run = worker.run();
+  opts.logger.info({ taskQueue: config.temporal.taskQueue }, 'worker running');
+  return {
+    worker,
+    run,
+    async close() {
+      if (worker.getState() === 'RUNNING') worker.shutdown();
+      await run;
+      await workerConnection.close();
+      await connection.close();
+    },
+  };
+}
+
+function bwrapPath(): string {
+  try {
+    return toolPaths().bwrap;
+  } catch {
+    return '/usr/bin/bwrap';
+  }
+}
+
+export async function runGateway(
+  config: ClawgateConfig,
+  opts: { address: string; accounts: AccountConfig[]; logger: Logger; fault?: string },
+): Promise<Gateway> {
+  const paths = statePaths(config);
+  const gateway = await Gateway.start(
+    {
+      stateDir: paths.gateway,
+      temporal: {
+        address: opts.address,
+        namespace: config.temporal.namespace,
+        jobTaskQueue: config.temporal.taskQueue,
+      },
+      policy: { registryDir: paths.registry, channel: config.policy.channel },
+      health: config.gateway.health,
+      accounts: opts.accounts,
+    },
+    { logger: opts.logger, ...(opts.fault ? { fault: opts.fault } : {}) },
+  );
+  opts.logger.info({ health: gateway.healthUrl }, 'gateway running');
+  return gateway;
+}
+
+export function requireAddress(config: ClawgateConfig, what: string): string {
+  if (!config.temporal.address) {
+    throw new ClawgateError(
+      ERROR_CODES.configInvalid,
+      `${what} needs temporal.address (or CLAWGATE_TEMPORAL_ADDRESS); only clawgate start runs an embedded Temporal`,
+    );
+  }
+  return config.temporal.address;
+}

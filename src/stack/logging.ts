@@ -1,0 +1,52 @@
+// Structured logs (pino, JSON lines on stdout) for every clawgate process; secrets are
+// redacted by key wherever they appear in a logged object. The Temporal worker runtime's own
+// warnings and errors go through the same logger.
+import { Runtime } from '@temporalio/worker';
+import { pino, type Logger } from 'pino';
+
+export const REDACTED_KEYS = [
+  'accessToken',
+  'access_token',
+  'password',
+  'apiKey',
+  'api_key',
+  'authorization',
+  'token',
+  'jwt',
+];
+
+export function createLogger(name: string, level: string): Logger {
+  return pino({
+    name,
+    level,
+    redact: {
+      paths: [
+        ...REDACTED_KEYS,
+        ...REDACTED_KEYS.map((k) => `*.${k}`),
+        ...REDACTED_KEYS.map((k) => `*.*.${k}`),
+      ],
+      censor: '[secret]',
+    },
+  });
+}
+
+let installed = false;
+/** Routes the Temporal runtime's warnings and errors to the logger (once per process). */
+export function installTemporalLogging(logger: Logger): void {
+  if (installed) return;
+  installed = true;
+  const log = logger.child({ component: 'temporal' });
+  Runtime.install({
+    logger: {
+      log: (level, message, meta) => {
+        if (level === 'WARN') log.warn(meta ?? {}, message);
+        else if (level === 'ERROR') log.error(meta ?? {}, message);
+      },
+      trace: () => {},
+      debug: () => {},
+      info: () => {},
+      warn: (message, meta) => log.warn(meta ?? {}, message),
+      error: (message, meta) => log.error(meta ?? {}, message),
+    },
+  });
+}
