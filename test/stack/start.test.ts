@@ -1,0 +1,141 @@
+// The real entry point: `clawgate start` in the background on a fresh state folder (its own
+// Temporal dev server and Synapse, not the harness's), a job driven from the terminal with
+// `clawgate say` from request to sealed bundle, the stack stopped and started again, and the
+// job found by `clawgate jobs`.
+import assert from 'node:assert/strict';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, test } from 'node:test';
+import { freeLoopbackPort } from '../../src/devstack/net.ts';
+
+const bin = fileURLToPath(new URL('../../bin/clawgate', import.meta.url));
+const state = join(mkdtempSync(join(tmpdir(), 'clawgate-start-')), 'state');
+const env: NodeJS.ProcessEnv = { ...process.env, CLAWGATE_STATE_DIR: state };
+delete env['CLAWGATE_CONFIG'];
+let stack: { child: ChildProcess; output: () => string; exited: Promise<number | null> } | undefined;
+
+async function ports(): Promise<void> {
+  for (const name of [
+    'CLAWGATE_TEMPORAL_PORT',
+    'CLAWGATE_TEMPORAL_UI_PORT',
+    'CLAWGATE_SYNAPSE_PORT',
+    'CLAWGATE_PROXY_PORT',
+    'CLAWGATE_HEALTH_PORT',
+  ]) {
+    env[name] = String(await freeLoopbackPort());
+  }
+}
+
+function clawgate(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(bin, args, { env, cwd: tmpdir() }, (error, stdout, stderr) => {
+      resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+async function start(): Promise<void> {
+  const child = spawn(bin, ['start'], { env, cwd: tmpdir(), stdio: ['ignore', 'pipe', 'pipe'] });
+  let text = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  stack = { child, output: () => text, exited };
+  const deadline = Date.now() + 180_000;
+  while (!text.includes('clawgate is ready')) {
+    if (child.exitCode !== null) throw new Error(`clawgate start exited ${child.exitCode}:\n${text}`);
+    if (Date.now() > deadline) throw new Error(`clawgate start was not ready after 180 s:\n${text}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+async function stop(): Promise<void> {
+  if (!stack) return;
+  stack.child.kill('SIGINT');
+  const code = await stack.exited;
+  assert.equal(code, 0, `clawgate start stopped with ${code}:\n${stack.output()}`);
+  assert.match(stack.output(), /stopped\n/);
+  stack = undefined;
+}
+
+/** Runs a command until its output matches. */
+async function until(args: string[], pattern: RegExp, timeoutMs = 60_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await clawgate(...args);
+    const last = `${r.stdout}${r.stderr}`;
+    if (pattern.test(r.stdout)) return r.stdout;
+    if (Date.now() > deadline)
+      throw new Error(`clawgate ${args.join(' ')} never matched ${pattern}; last:\n${last}`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+after(async () => {
+  if (stack) {
+    stack.child.kill('SIGKILL');
+    await stack.exited;
+  }
+});
+
+test('clawgate start on fresh state: a job from `clawgate say` to a sealed bundle; after a restart `clawgate jobs` still has it', async () => {
+  await ports();
+  await start();
+  const ready = stack?.output() ?? '';
+  for (const part of [
+    'Temporal Web UI',
+    'Matrix ',
+    'DEMO upstream',
+    'Model proxy',
+    'Worker',
+    'Gateway health',
+  ]) {
+    assert.ok(ready.includes(part), `the start-up summary names ${part}:\n${ready}`);
+  }
+  assert.equal(statSync(state).mode & 0o777, 0o700);
+
+  const asked = await clawgate('say', '--as', 'requester', 'demo', '!claw summarise the readme');
+  assert.equal(asked.code, 0, asked.stderr);
+  const listed = await until(['jobs', 'list'], /awaiting_approval/);
+  const jobId = /^(j[a-z2-7]{9})\s+awaiting_approval/m.exec(listed)?.[1];
+  assert.ok(jobId, listed);
+  const approved = await clawgate('say', '--as', 'approver', 'demo', `!approve ${jobId}`);
+  assert.equal(approved.code, 0, approved.stderr);
+  const shown = await until(['jobs', 'show', jobId], /outcome\s+succeeded/);
+  const digest = /bundle\s+([0-9a-f]{64})/.exec(shown)?.[1] as string;
+  const bundle = join(state, 'bundles', `${digest}.json`);
+  assert.ok(existsSync(bundle));
+  const verified = await clawgate('verify', bundle);
+  assert.equal(verified.code, 0, verified.stderr);
+  assert.match(verified.stdout, /^ok: /);
+  const audit = await clawgate('security', 'audit');
+  assert.equal(audit.code, 0, `${audit.stdout}${audit.stderr}`);
+
+  await stop();
+  await start();
+  const again = await clawgate('jobs', 'list');
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stdout, new RegExp(`^${jobId}\\s+succeeded`, 'm'));
+  // The demo room and users are the same ones: a second job in the same room works too.
+  await clawgate('say', '--as', 'requester', 'demo', '!claw once more');
+  await until(['jobs', 'list', '--status', 'awaiting_approval'], /^j[a-z2-7]{9}\s+awaiting_approval/m);
+  await stop();
+});
+
+test('bad input to the commands: one clear line, exit 1', async () => {
+  const wrongUser = await clawgate('say', '--as', 'mallory', 'demo', 'hi');
+  assert.equal(wrongUser.code, 1);
+  assert.match(wrongUser.stderr, /^clawgate: --as mallory: requester or approver\n$/);
+  const badLimit = await clawgate('jobs', 'list', '--limit', 'many');
+  assert.equal(badLimit.code, 1);
+  assert.match(badLimit.stderr, /--limit: a whole number/);
+  const badPort = await clawgate('config', 'check');
+  assert.equal(badPort.code, 0, badPort.stderr);
+  env['CLAWGATE_PROXY_PORT'] = 'eighty';
+  const invalid = await clawgate('config', 'check');
+  assert.equal(invalid.code, 1);
+  assert.match(invalid.stderr, /^clawgate: CLAWGATE_PROXY_PORT=eighty: not a TCP port/);
+});
