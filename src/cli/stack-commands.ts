@@ -124,7 +124,16 @@ export function addStackCommands(program: Command): void {
         planningModel: config.worker.planningModel ?? config.proxy.upstreams?.[0]?.models[0] ?? DEMO_MODEL,
         logger,
       });
+      const { createServer } = await import('node:http');
+      const health = createServer((req, res) => {
+        const state = worker.worker.getState();
+        const ok = req.url === '/health' && state === 'RUNNING';
+        res.writeHead(req.url === '/health' ? (ok ? 200 : 503) : 404, { 'content-type': 'application/json' });
+        res.end(`${JSON.stringify({ ok, state, taskQueue: config.temporal.taskQueue })}\n`);
+      });
+      health.listen(config.worker.health.port, config.worker.health.host);
       await Promise.race([untilStopped(logger), worker.run]);
+      health.close();
       await worker.close();
       exitSoon();
     });

@@ -126,6 +126,7 @@ export function audit(
   for (const [what, host] of [
     ['proxy.listen.host', config.proxy.listen.host],
     ['gateway.health.host', config.gateway.health.host],
+    ['worker.health.host', config.worker.health.host],
   ] as const) {
     if (!LOOPBACK.test(host)) {
       add({

@@ -74,6 +74,8 @@ export const configSchema = z
       .object({
         /** The model that drafts plans (default: the first model of the first upstream). */
         planningModel: z.string().min(1).optional(),
+        /** `clawgate worker` answers GET /health here (the worker's state). */
+        health: listen(8791),
         /** The folder the tools work in (read-only or read-write as the policy says). */
         workspace: z.string().min(1).optional(),
         sandbox: z
@@ -158,6 +160,26 @@ export function applyEnv(input: unknown, env: NodeJS.ProcessEnv): Record<string,
       value = raw === 'true';
     }
     setPath(out, path, value);
+  }
+  // Secrets by name, so the file need not hold them: CLAWGATE_ACCOUNT_<ID>_PASSWORD or
+  // _ACCESS_TOKEN for a gateway account, CLAWGATE_UPSTREAM_<NAME>_API_KEY for a model upstream.
+  const envName = (s: string) => s.toUpperCase().replace(/[^A-Z0-9]/g, '_');
+  const gateway = out['gateway'] as { accounts?: unknown } | undefined;
+  if (gateway && Array.isArray(gateway.accounts)) {
+    for (const account of gateway.accounts as Array<Record<string, unknown>>) {
+      if (typeof account['id'] !== 'string') continue;
+      const prefix = `CLAWGATE_ACCOUNT_${envName(account['id'])}`;
+      if (env[`${prefix}_PASSWORD`]) account['password'] = env[`${prefix}_PASSWORD`];
+      if (env[`${prefix}_ACCESS_TOKEN`]) account['accessToken'] = env[`${prefix}_ACCESS_TOKEN`];
+    }
+  }
+  const proxy = out['proxy'] as { upstreams?: unknown } | undefined;
+  if (proxy && Array.isArray(proxy.upstreams)) {
+    for (const upstream of proxy.upstreams as Array<Record<string, unknown>>) {
+      if (typeof upstream['name'] !== 'string') continue;
+      const key = env[`CLAWGATE_UPSTREAM_${envName(upstream['name'])}_API_KEY`];
+      if (key) upstream['apiKey'] = key;
+    }
   }
   // A model upstream from the environment: base URL, key and model.
   const baseUrl = env['CLAWGATE_MODEL_BASE_URL'];

@@ -5,7 +5,8 @@ export const SAMPLE_CONFIG = `# clawgate configuration (YAML or JSON). Every key
 # override the file: CLAWGATE_STATE_DIR, CLAWGATE_TEMPORAL_ADDRESS, CLAWGATE_TEMPORAL_NAMESPACE,
 # CLAWGATE_TEMPORAL_TLS, CLAWGATE_TEMPORAL_PORT, CLAWGATE_TEMPORAL_UI_PORT, CLAWGATE_HOMESERVER_URL,
 # CLAWGATE_SYNAPSE_PORT, CLAWGATE_PROXY_PORT, CLAWGATE_HEALTH_PORT, CLAWGATE_LOG_LEVEL, and
-# CLAWGATE_MODEL_BASE_URL + CLAWGATE_MODEL (+ CLAWGATE_MODEL_API_KEY) for one model upstream.
+# CLAWGATE_MODEL_BASE_URL + CLAWGATE_MODEL (+ CLAWGATE_MODEL_API_KEY) for one model upstream;
+# secrets by name: CLAWGATE_ACCOUNT_<ID>_PASSWORD or _ACCESS_TOKEN, CLAWGATE_UPSTREAM_<NAME>_API_KEY.
 # Relative paths are resolved against this file's folder. Run \`clawgate security audit\`
 # after every change.
 
@@ -45,6 +46,7 @@ proxy:
   #     models: [anthropic/claude-sonnet-4]
 
 worker:
+  health: { host: 127.0.0.1, port: 8791 }  # clawgate worker: GET /health
   # planningModel: anthropic/claude-sonnet-4  # default: the first model of the first upstream
   # workspace: /srv/repo                      # default: state/workspace
   sandbox:
