@@ -1,11 +1,9 @@
-// The gateway's configuration: where Temporal and the policy registry are, where its state
-// lives, its health endpoint, and its bot accounts (each with its own homeserver login, rooms
-// and state). JSON or YAML, validated with zod; an error names the path of every problem.
-import { readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+// The gateway's part of the configuration: where Temporal and the policy registry are, where
+// its state lives, its health endpoint, and its bot accounts (each with its own homeserver
+// login, rooms and state). The one configuration file (src/config) fills it in.
+import { resolve } from 'node:path';
 import { z } from 'zod';
 import { ClawgateError, ERROR_CODES, formatPath } from '../errors.ts';
-import { parseStrict } from '../policy/canonical.ts';
 import { JOB_TASK_QUEUE, MATRIX_TASK_QUEUE } from '../temporal/job-contract.ts';
 
 const roomId = z.string().regex(/^![^:\s]+(:\S+)?$/, 'a Matrix room id such as !abc:example.com or !abc');
@@ -115,14 +113,4 @@ export function parseGatewayConfig(input: unknown, baseDir = process.cwd()): Gat
   config.stateDir = resolve(baseDir, config.stateDir);
   config.policy.registryDir = resolve(baseDir, config.policy.registryDir);
   return config;
-}
-
-export function loadGatewayConfig(path: string): GatewayConfig {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (error) {
-    throw new ClawgateError(ERROR_CODES.fileUnreadable, `cannot read ${path}: ${(error as Error).message}`);
-  }
-  return parseGatewayConfig(parseStrict(text, path), dirname(resolve(path)));
 }

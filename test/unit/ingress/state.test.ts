@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { ClawgateError, ERROR_CODES } from '../../../src/errors.ts';
 import { AccountState } from '../../../src/ingress/account-state.ts';
-import { loadGatewayConfig, matrixTaskQueueOf, parseGatewayConfig } from '../../../src/ingress/config.ts';
+import { loadConfig } from '../../../src/config/config.ts';
+import { matrixTaskQueueOf, parseGatewayConfig } from '../../../src/ingress/config.ts';
 
 const fresh = () => mkdtempSync(join(tmpdir(), 'clawgate-state-'));
 const account = {
@@ -19,25 +20,17 @@ const account = {
   rooms: ['!ops:localhost'],
 };
 
-test('gateway config: defaults, relative folders resolved against the file', () => {
-  const dir = fresh();
-  const path = join(dir, 'gateway.yaml');
-  writeFileSync(
-    path,
-    [
-      'stateDir: state',
-      'policy: { registryDir: registry }',
-      'accounts:',
-      '  - id: main',
-      '    homeserverUrl: http://127.0.0.1:8008',
-      '    userId: "@clawgate:localhost"',
-      '    password: hunter2',
-      '    rooms: ["!ops:localhost"]',
-    ].join('\n'),
+test('gateway config: defaults, relative folders resolved against the base folder', () => {
+  const config = parseGatewayConfig(
+    {
+      stateDir: 'state',
+      policy: { registryDir: 'registry' },
+      accounts: [{ ...account, accessToken: undefined, password: 'hunter2' }],
+    },
+    '/srv',
   );
-  const config = loadGatewayConfig(path);
-  assert.equal(config.stateDir, join(dir, 'state'));
-  assert.equal(config.policy.registryDir, join(dir, 'registry'));
+  assert.equal(config.stateDir, '/srv/state');
+  assert.equal(config.policy.registryDir, '/srv/registry');
   assert.equal(config.temporal.address, '127.0.0.1:7233');
   assert.equal(config.health.host, '127.0.0.1');
   assert.equal(matrixTaskQueueOf(config.accounts[0] as never), 'clawgate-matrix-main');
@@ -127,8 +120,9 @@ test('account state: one owner at a time; a lock left by a dead process is taken
   second.unlock();
 });
 
-test('the example gateway config in the README is valid', () => {
-  const config = loadGatewayConfig(new URL('../../../examples/gateway.yaml', import.meta.url).pathname);
-  assert.equal(config.accounts[0]?.id, 'main');
-  assert.equal(config.health.host, '127.0.0.1');
+test('the example configuration in the README is valid', () => {
+  const config = loadConfig(new URL('../../../examples/clawgate.yaml', import.meta.url).pathname, {});
+  assert.equal(config.gateway.accounts?.[0]?.id, 'main');
+  assert.equal(config.temporal.address, '127.0.0.1:7233');
+  assert.match(config.policy.initial ?? '', /examples\/policy\.json$/);
 });
