@@ -4,7 +4,7 @@
 // job found by `clawgate jobs`.
 import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -113,6 +113,16 @@ test('clawgate start on fresh state: a job from `clawgate say` to a sealed bundl
   assert.match(verified.stdout, /^ok: /);
   const audit = await clawgate('security', 'audit');
   assert.equal(audit.code, 0, `${audit.stdout}${audit.stderr}`);
+
+  // Secrets never reach the log: the demo users' tokens and passwords are nowhere in it.
+  const log = readFileSync(join(state, 'clawgate.log'), 'utf8');
+  assert.match(log, /"msg":"job started"/);
+  const demo = JSON.parse(readFileSync(join(state, 'demo.json'), 'utf8')) as {
+    users: Record<string, { accessToken: string; password: string }>;
+  };
+  for (const user of Object.values(demo.users)) {
+    assert.ok(!log.includes(user.accessToken) && !log.includes(user.password), 'no secret in the log');
+  }
 
   await stop();
   await start();

@@ -1,0 +1,137 @@
+// `clawgate start` configured to use what already runs: the harness's Temporal and Synapse, a
+// model upstream named by CLAWGATE_MODEL_BASE_URL, a bot account and an initial policy from the
+// configuration file. It starts no server of its own, and a job runs end to end through it.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, test } from 'node:test';
+import { Direction } from 'matrix-js-sdk';
+import { PLANNER_PROMPT } from '../../src/activities/job-activities.ts';
+import { freeLoopbackPort } from '../../src/devstack/net.ts';
+import { startDemoUpstream, type DemoUpstream } from '../../src/proxy/demo-upstream.ts';
+import { MatrixTestUser } from '../harness/matrix-user.ts';
+import { registerTestUser, testServers, uniqueId } from '../harness/servers.ts';
+import { DEMO_PLAN } from '../harness/stack.ts';
+
+const bin = fileURLToPath(new URL('../../bin/clawgate', import.meta.url));
+const cleanups: Array<() => unknown> = [];
+const bodyText = (content: unknown): string => {
+  const body = (content as { body?: unknown } | undefined)?.body;
+  return typeof body === 'string' ? body : '';
+};
+after(async () => {
+  for (const fn of cleanups.reverse()) await fn();
+});
+
+test('clawgate start uses an existing Temporal, homeserver and model upstream when configured', async () => {
+  const { temporal, synapse } = testServers();
+  const upstream: DemoUpstream = await startDemoUpstream({
+    answer: (messages) =>
+      messages.some((m) => m.role === 'system' && m.content === PLANNER_PROMPT)
+        ? JSON.stringify(DEMO_PLAN)
+        : 'a summary',
+  });
+  cleanups.push(() => upstream.close());
+  const bot = await registerTestUser('startbot');
+  const [requester, approver] = await Promise.all([
+    MatrixTestUser.create('startreq'),
+    MatrixTestUser.create('startappr'),
+  ]);
+  cleanups.push(
+    () => requester.stop(),
+    () => approver.stop(),
+  );
+  const roomId = await requester.createRoom({ name: 'existing', invite: [bot.userId, approver.userId] });
+  await approver.waitForMembership(roomId, 'invite');
+  await approver.joinRoom(roomId);
+
+  const dir = mkdtempSync(join(tmpdir(), 'clawgate-existing-'));
+  const policy = JSON.parse(readFileSync(new URL('../../examples/policy.json', import.meta.url), 'utf8'));
+  policy.matrix.rooms_allowlist = [roomId];
+  policy.matrix.requesters_allowlist = [requester.userId];
+  policy.matrix.approval.approver_user_ids_allowlist = [approver.userId];
+  writeFileSync(join(dir, 'policy.json'), JSON.stringify(policy));
+  writeFileSync(
+    join(dir, 'clawgate.yaml'),
+    [
+      'stateDir: state',
+      `temporal: { namespace: ${temporal.namespace}, taskQueue: ${uniqueId('start-jobs')} }`,
+      `matrix: { homeserverUrl: "${synapse.baseUrl}" }`,
+      'policy: { initial: policy.json }',
+      `proxy: { listen: { port: ${await freeLoopbackPort()} } }`,
+      'gateway:',
+      `  health: { port: ${await freeLoopbackPort()} }`,
+      '  accounts:',
+      `    - { id: main, homeserverUrl: "${synapse.baseUrl}", userId: "${bot.userId}", rooms: ["${roomId}"] }`,
+    ].join('\n'),
+  );
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    CLAWGATE_CONFIG: join(dir, 'clawgate.yaml'),
+    CLAWGATE_TEMPORAL_ADDRESS: temporal.address,
+    CLAWGATE_MODEL_BASE_URL: `${upstream.url}/v1`,
+    CLAWGATE_MODEL: 'demo-echo',
+    CLAWGATE_ACCOUNT_MAIN_ACCESS_TOKEN: bot.accessToken,
+  };
+  delete env['CLAWGATE_STATE_DIR'];
+  const child = spawn(bin, ['start'], { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout.setEncoding('utf8').on('data', (c: string) => (output += c));
+  child.stderr.setEncoding('utf8').on('data', (c: string) => (output += c));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  cleanups.push(async () => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+    await exited;
+  });
+  const deadline = Date.now() + 120_000;
+  while (!output.includes('clawgate is ready')) {
+    if (child.exitCode !== null || Date.now() > deadline)
+      throw new Error(`clawgate start did not come up:\n${output}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  assert.match(output, new RegExp(`Temporal +${temporal.address} \\(existing\\)`));
+  assert.match(output, new RegExp(`Matrix +${synapse.baseUrl} \\(existing\\)`));
+  assert.match(output, /Model upstream +env http:\/\/127\.0\.0\.1:\d+\/v1/);
+  assert.doesNotMatch(output, /Temporal Web UI|DEMO upstream/);
+
+  // The bot joins on its first sync; then a whole job.
+  await requester.waitForRoomEvent({
+    roomId,
+    timeoutMs: 30_000,
+    message: 'the bot joining',
+    filter: (e) => e.getType() === 'm.room.member' && e.getStateKey() === bot.userId,
+  });
+  const request = await requester.sendText(roomId, '!claw summarise the readme');
+  const find = async (pattern: RegExp) => {
+    const until = Date.now() + 60_000;
+    for (;;) {
+      const res = await requester.client.createMessagesRequest(roomId, null, 100, Direction.Backward);
+      const hit = res.chunk.find((e) => e.sender === bot.userId && pattern.test(bodyText(e.content)));
+      if (hit) return hit;
+      if (Date.now() > until) throw new Error(`no ${pattern} from the bot; clawgate start said:\n${output}`);
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  };
+  await find(/^Plan for job j[a-z2-7]{9}/);
+  await approver.client.sendEvent(
+    roomId,
+    'm.room.message' as never,
+    {
+      msgtype: 'm.text',
+      body: '!approve',
+      'm.relates_to': {
+        rel_type: 'm.thread',
+        event_id: request,
+        is_falling_back: true,
+        'm.in_reply_to': { event_id: request },
+      },
+    } as never,
+  );
+  const result = await find(/: succeeded\./);
+  assert.match(bodyText(result.content), /bundle [0-9a-f]{64}/);
+  child.kill('SIGINT');
+  assert.equal(await exited, 0, output);
+});
