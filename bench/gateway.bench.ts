@@ -13,13 +13,13 @@ import { Client, Connection } from '@temporalio/client';
 import { WorkflowIdReusePolicy } from '@temporalio/common';
 import { Runtime } from '@temporalio/worker';
 import { createClient, type MatrixClient } from 'matrix-js-sdk';
-import { logger as sdkLogger } from 'matrix-js-sdk/lib/logger.js';
 import { pino } from 'pino';
 import { startSynapse } from '../src/devstack/synapse.ts';
 import { startTemporalDevServer } from '../src/devstack/temporal.ts';
 import { toolPaths } from '../src/devstack/tools.ts';
 import { Gateway } from '../src/ingress/gateway.ts';
 import { shortJobId } from '../src/ingress/job-ids.ts';
+import { quietMatrixSdkLogging } from '../src/ingress/sdk-logging.ts';
 import { generateKeyring, loadSigner, publicJwks } from '../src/keys/keyring.ts';
 import { FilePolicyRegistry, signWpc } from '../src/policy/registry.ts';
 import { parseWpc } from '../src/policy/wpc.ts';
@@ -41,7 +41,7 @@ Runtime.install({
     error: () => {},
   },
 });
-(sdkLogger as unknown as { setLevel(level: string): void }).setLevel('error');
+quietMatrixSdkLogging(['error']);
 const percentile = (xs: readonly number[], p: number): number =>
   [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor((p / 100) * xs.length))] ?? NaN;
 const fmt = (xs: readonly number[]) =>

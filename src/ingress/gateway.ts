@@ -29,7 +29,7 @@ import {
   type ISyncResponse,
   type MatrixClient,
 } from 'matrix-js-sdk';
-import { logger as sdkGlobalLogger, type Logger as SdkLogger } from 'matrix-js-sdk/lib/logger.js';
+import type { Logger as SdkLogger } from 'matrix-js-sdk/lib/logger.js';
 import type { Logger } from 'pino';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { FilePolicyRegistry } from '../policy/registry.ts';
@@ -56,6 +56,7 @@ import {
 import { matrixTaskQueueOf, type AccountConfig, type GatewayConfig } from './config.ts';
 import { shortJobId, SHORT_JOB_ID } from './job-ids.ts';
 import { createMatrixActivities } from './matrix-io.ts';
+import { quietMatrixSdkLogging } from './sdk-logging.ts';
 
 /**
  * Faults a test can inject through CLAWGATE_GATEWAY_FAULT, to crash at the exact point the
@@ -837,9 +838,8 @@ export class Gateway {
 
   /** Connects to Temporal (waiting for it), starts every account and the health endpoint. */
   static async start(config: GatewayConfig, options: GatewayOptions): Promise<Gateway> {
-    // Parts of matrix-js-sdk log through its global logger at debug level; the gateway keeps
-    // their warnings and errors only (its clients log through pino).
-    (sdkGlobalLogger as unknown as { setLevel(level: string): void }).setLevel('warn');
+    // The gateway's clients log through pino; the SDK's global logger keeps warnings and errors.
+    quietMatrixSdkLogging();
     const { address } = config.temporal;
     let connection: Connection | undefined;
     for (let attempt = 1; !connection; attempt++) {

@@ -13,12 +13,14 @@ import {
 } from 'matrix-js-sdk';
 import { logger as sdkGlobalLogger, type Logger } from 'matrix-js-sdk/lib/logger.js';
 import type { RegisteredUser } from '../../src/devstack/synapse.ts';
+import { quietMatrixSdkLogging } from '../../src/ingress/sdk-logging.ts';
 import { registerTestUser, testServers } from './servers.ts';
 
 // matrix-js-sdk logs every sync at debug level, and warns of routine things (default push
 // rules); tests keep its errors only, unless CLAWGATE_TEST_MATRIX_LOG=1 asks for everything.
 const verbose = process.env['CLAWGATE_TEST_MATRIX_LOG'] === '1';
-(sdkGlobalLogger as unknown as { setLevel(level: string): void }).setLevel(verbose ? 'debug' : 'error');
+if (verbose) (sdkGlobalLogger as unknown as { setLevel(level: string): void }).setLevel('debug');
+else quietMatrixSdkLogging(['error']);
 
 function quietLogger(prefix: string): Logger {
   const drop = (): void => {};
