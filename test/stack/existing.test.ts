@@ -135,3 +135,51 @@ test('clawgate start uses an existing Temporal, homeserver and model upstream wh
   child.kill('SIGINT');
   assert.equal(await exited, 0, output);
 });
+
+test('clawgate proxy and clawgate worker run alone from the configuration, answer their health checks and stop on SIGTERM', async () => {
+  const { temporal } = testServers();
+  const dir = mkdtempSync(join(tmpdir(), 'clawgate-parts-'));
+  const proxyPort = await freeLoopbackPort();
+  const workerHealth = await freeLoopbackPort();
+  writeFileSync(
+    join(dir, 'clawgate.yaml'),
+    [
+      'stateDir: state',
+      `temporal: { address: "${temporal.address}", namespace: ${temporal.namespace}, taskQueue: ${uniqueId('parts')} }`,
+      `proxy: { listen: { port: ${proxyPort} } }`,
+      `worker: { health: { port: ${workerHealth} } }`,
+    ].join('\n'),
+  );
+  const env: NodeJS.ProcessEnv = { ...process.env, CLAWGATE_CONFIG: join(dir, 'clawgate.yaml') };
+  delete env['CLAWGATE_STATE_DIR'];
+  for (const [part, url] of [
+    ['proxy', `http://127.0.0.1:${proxyPort}/healthz`],
+    ['worker', `http://127.0.0.1:${workerHealth}/health`],
+  ] as const) {
+    const child = spawn(bin, [part], { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => (output += c));
+    child.stderr.setEncoding('utf8').on('data', (c: string) => (output += c));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    cleanups.push(async () => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      await exited;
+    });
+    const deadline = Date.now() + 60_000;
+    let status = 0;
+    while (status !== 200) {
+      if (child.exitCode !== null || Date.now() > deadline)
+        throw new Error(`clawgate ${part} did not come up:\n${output}`);
+      status = await fetch(url).then(
+        (r) => r.status,
+        () => 0,
+      );
+      if (status !== 200) await new Promise((r) => setTimeout(r, 250));
+    }
+    // JSON log lines on stdout.
+    const first = JSON.parse(output.split('\n')[0] ?? '{}') as { name?: string; msg?: string };
+    assert.equal(first.name, `clawgate-${part}`);
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0, output);
+  }
+});
