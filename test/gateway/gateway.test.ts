@@ -293,6 +293,23 @@ test("a whole job from a person's message: request, plan in its thread, !approve
   assert.equal(refused.code, 1);
   assert.match(refused.stdout, /^entry 1 \(request\): /m);
   assert.match(refused.stderr, /the bundle does not verify/);
+  // The incident responder's command: the history replays against the code and matches the bundle.
+  const { temporal } = testServers();
+  const replayed = await clawgate(
+    'replay',
+    jobWorkflowId(room1, eventId),
+    '--address',
+    temporal.address,
+    '--namespace',
+    temporal.namespace,
+    '--bundles',
+    stack.bundleDir,
+    '--keys',
+    stack.keysDir,
+  );
+  assert.equal(replayed.code, 0, `${replayed.stdout}${replayed.stderr}`);
+  assert.match(replayed.stdout, /^replay: the current code reproduces the history$/m);
+  assert.match(replayed.stdout, /^ok: history and bundle agree$/m);
   // !status by id, outside the thread, answers as a reply.
   const asked = await send(user, room1, `!status ${jobId}`);
   const answer = await botSays(user, room1, botA.userId, asked, new RegExp(`^Job ${jobId}: succeeded`));
