@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
 import { bundleWorkflowCode, NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import { createJobActivities } from '../src/activities/job-activities.ts';
+import { parseConfig } from '../src/config/config.ts';
 import { startTemporalDevServer } from '../src/devstack/temporal.ts';
 import { toolPaths } from '../src/devstack/tools.ts';
 import { generateKeyring, KEY_PURPOSES, loadSigner, publicJwks } from '../src/keys/keyring.ts';
@@ -113,6 +114,7 @@ try {
     // Matrix I/O without a homeserver: this bench measures the workflow.
     postToThread: () => Promise.resolve({ eventId: '$posted', originServerTs: 0 }),
     react: () => Promise.resolve({ eventId: '$reaction', originServerTs: 0 }),
+    editMessage: () => Promise.resolve({ eventId: '$edit', originServerTs: 0 }),
     noop: () => Promise.resolve(),
   };
   const connection = await Connection.connect({ address: temporalServer.address });
@@ -129,11 +131,14 @@ try {
       error: () => {},
     },
   });
+  // The worker as `clawgate worker` runs it: at most the configured number of workflows cached.
+  const maxCachedWorkflows = parseConfig({}).worker.maxCachedWorkflows;
   const worker = await Worker.create({
     connection: workerConnection,
     taskQueue: 'bench',
     workflowBundle,
     activities,
+    maxCachedWorkflows,
   });
   const running = worker.run();
 
@@ -230,7 +235,7 @@ try {
   global.gc?.();
   const after = process.memoryUsage().rss;
   console.log(
-    `worker process RSS: ${mib(before)} before, ${mib(after)} with ${WAITING_JOBS} jobs waiting for approval (+${mib(after - before)}; the process also holds the proxy and demo model)`,
+    `worker process RSS: ${mib(before)} before, ${mib(after)} with ${WAITING_JOBS} jobs waiting for approval (+${mib(after - before)}; at most ${maxCachedWorkflows} cached; the process also holds the proxy and demo model)`,
   );
   for (const handle of handles) await handle.terminate('benchmark over');
   worker.shutdown();

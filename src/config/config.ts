@@ -76,6 +76,11 @@ export const configSchema = z
         planningModel: z.string().min(1).optional(),
         /** `clawgate worker` answers GET /health here (the worker's state). */
         health: listen(8791),
+        /**
+         * Workflows kept in the worker's memory; others (jobs waiting days for approval) are
+         * evicted and replayed from their history when a signal comes.
+         */
+        maxCachedWorkflows: z.number().int().min(10).max(100_000).default(250),
         /** The folder the tools work in (read-only or read-write as the policy says). */
         workspace: z.string().min(1).optional(),
         sandbox: z

@@ -153,6 +153,7 @@ export async function runWorker(
     taskQueue: config.temporal.taskQueue,
     workflowsPath: fileURLToPath(new URL('../workflows/index.ts', import.meta.url)),
     activities,
+    maxCachedWorkflows: config.worker.maxCachedWorkflows,
   });
   const run = worker.run();
   opts.logger.info({ taskQueue: config.temporal.taskQueue }, 'worker running');

@@ -50,6 +50,14 @@ function stepActivities(wallSeconds: number): JobActivities {
     retry: { maximumAttempts: 1 },
   });
 }
+/** Status-line edits are cosmetic: a few quick tries, so one that cannot land never holds the job up. */
+function statusLineActivities(taskQueue: string): MatrixActivities {
+  return proxyActivities<MatrixActivities>({
+    taskQueue,
+    startToCloseTimeout: '15 seconds',
+    retry: { maximumAttempts: 3, maximumInterval: '5 seconds' },
+  });
+}
 function matrixActivities(taskQueue: string): MatrixActivities {
   return proxyActivities<MatrixActivities>({
     taskQueue,
@@ -114,6 +122,7 @@ const STATUS_LINES: Partial<Record<JobStatus, string>> = {
 export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
   const info = workflowInfo();
   const matrix = matrixActivities(request.matrixTaskQueue ?? MATRIX_TASK_QUEUE);
+  const statusEditor = statusLineActivities(request.matrixTaskQueue ?? MATRIX_TASK_QUEUE);
   const job = { workflowId: info.workflowId, runId: info.runId };
   const shortId = request.jobId ?? request.eventId;
   const entries: BundleEntryInput[] = [
@@ -218,7 +227,7 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
     const eventId = planMessage.eventId;
     const key = `${job.workflowId}/${job.runId}/status/${++editCount}`;
     statusEdits = statusEdits
-      .then(() => matrix.editMessage({ roomId: request.roomId, eventId, body, txnKey: key }))
+      .then(() => statusEditor.editMessage({ roomId: request.roomId, eventId, body, txnKey: key }))
       .then(
         () => {},
         () => {},
