@@ -102,7 +102,10 @@ test('clawgate start uses an existing Temporal, homeserver and model upstream wh
     roomId,
     timeoutMs: 30_000,
     message: 'the bot joining',
-    filter: (e) => e.getType() === 'm.room.member' && e.getStateKey() === bot.userId,
+    filter: (e) =>
+      e.getType() === 'm.room.member' &&
+      e.getStateKey() === bot.userId &&
+      e.getContent()['membership'] === 'join',
   });
   const request = await requester.sendText(roomId, '!claw summarise the readme');
   const find = async (pattern: RegExp) => {
