@@ -91,7 +91,7 @@ async function chat(name: string | undefined, body: string | Buffer, headers: Re
       ...(token ? { authorization: `Bearer ${token}` } : {}),
       ...headers,
     },
-    body,
+    body: typeof body === 'string' ? body : new Uint8Array(body),
   });
   return { response, bytes: Buffer.from(await response.arrayBuffer()) };
 }
