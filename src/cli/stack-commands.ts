@@ -160,6 +160,7 @@ export function addStackCommands(program: Command): void {
                 userId: demo.users.bot.userId,
                 accessToken: demo.users.bot.accessToken,
                 rooms: [demo.roomId],
+                encryption: false,
               },
             ]
           : undefined);

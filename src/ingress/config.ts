@@ -22,6 +22,11 @@ export const accountSchema = z
     rooms: z.array(roomId).min(1, 'at least one room'),
     /** Policy channel of these rooms' jobs (default: policy.channel). */
     channel: z.string().min(1).optional(),
+    /**
+     * End-to-end encryption (Rust crypto, loaded at runtime; its store is kept encrypted in the
+     * account's state folder). Off: encrypted rooms are not read, and nothing is posted in them.
+     */
+    encryption: z.boolean().default(false),
     /** Task queue of this account's Matrix I/O activities (default clawgate-matrix-<id>). */
     matrixTaskQueue: z.string().min(1).optional(),
   })

@@ -7,16 +7,24 @@
 // the device back its identity, sessions and room keys.
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { deserialize, serialize } from 'node:v8';
 import 'fake-indexeddb/auto';
 import { IDBFactory as FakeIDBFactory } from 'fake-indexeddb';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
-import { writeFileAtomic } from '../storage/files.ts';
+import { ensurePrivateDir, writeFileAtomic } from '../storage/files.ts';
 
 /**
  * A fresh, empty IndexedDB as the process's `indexedDB` (the Rust crypto opens its store through
  * the global, and checks the IDB* classes, which fake-indexeddb/auto installs once).
  */
+let processFactory: IDBFactory | null = null;
+/** The process's one IndexedDB (every account's databases, apart by name prefix). */
+export function processIndexedDb(): IDBFactory {
+  processFactory ??= freshIndexedDb();
+  return processFactory;
+}
+
 export function freshIndexedDb(): IDBFactory {
   const factory = new FakeIDBFactory();
   (globalThis as { indexedDB: IDBFactory }).indexedDB = factory;
@@ -148,6 +156,8 @@ const TAG_BYTES = 16;
 export interface CryptoState {
   /** The sync token the databases agree with. */
   syncToken: string | null;
+  /** The accumulated sync (room state) at that token, as matrix-js-sdk's SyncAccumulator gives it. */
+  savedSync?: unknown;
   databases: DatabaseSnapshot[];
 }
 
@@ -164,6 +174,7 @@ export function loadOrCreateStoreKey(path: string): Buffer {
     return key;
   }
   const key = randomBytes(KEY_BYTES);
+  ensurePrivateDir(dirname(path));
   writeFileAtomic(path, `${key.toString('base64')}\n`);
   return key;
 }

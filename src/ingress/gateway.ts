@@ -22,14 +22,17 @@ import {
   createClient,
   Filter,
   MatrixError,
+  MatrixEvent,
   MemoryStore,
   Method,
+  SyncAccumulator,
   SyncState,
   type IRoomEvent,
   type ISyncResponse,
   type MatrixClient,
 } from 'matrix-js-sdk';
 import type { Logger as SdkLogger } from 'matrix-js-sdk/lib/logger.js';
+import type { ISavedSync } from 'matrix-js-sdk/lib/store/index.js';
 import type { Logger } from 'pino';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { FilePolicyRegistry } from '../policy/registry.ts';
@@ -44,7 +47,15 @@ import {
   type JobRequest,
 } from '../temporal/job-contract.ts';
 import { JOB_ID, JOB_REQUESTER, JOB_ROOM, JOB_STATUS } from '../temporal/search-attributes.ts';
+import { join } from 'node:path';
 import { AccountState, type Credentials } from './account-state.ts';
+import {
+  CryptoStateFile,
+  processIndexedDb,
+  restoreDatabases,
+  snapshotDatabases,
+  type CryptoState,
+} from './crypto-store.ts';
 import {
   DEFAULT_COMMAND_WORDS,
   parseCommand,
@@ -91,6 +102,8 @@ export interface AccountHealth {
   /** A transient failure (Temporal or the homeserver unreachable) holding the sync back. */
   blocked: { since: string; reason: string } | null;
   error: string | null;
+  /** Whether the account uses encryption, and whether its crypto module is working. */
+  encryption: { enabled: boolean; available: boolean; error: string | null };
   /** Event reaching the gateway to job start accepted by Temporal, over the last starts. */
   startLatencyMs: { count: number; p50: number | null; p99: number | null };
 }
@@ -141,10 +154,13 @@ function percentile(sorted: number[], p: number): number | null {
 /** matrix-js-sdk's logger, through pino; the SDK's warnings are routine, so they go to debug. */
 function sdkLogger(log: Logger): SdkLogger {
   const text = (msg: unknown[]) => msg.map((m) => (m instanceof Error ? m.message : String(m))).join(' ');
+  const trace = (...msg: unknown[]): void => {
+    if (log.isLevelEnabled('trace')) log.trace({ sdk: true }, text(msg));
+  };
   const logger: SdkLogger = {
     trace: () => {},
-    debug: () => {},
-    info: () => {},
+    debug: trace,
+    info: trace,
     warn: (...msg) => log.debug({ sdk: true }, text(msg)),
     error: (...msg) => log.warn({ sdk: true }, text(msg)),
     getChild: () => logger,
@@ -160,7 +176,11 @@ function literal(value: string): string {
   return `'${value}'`;
 }
 
-/** A store that keeps nothing but the sync token, saved once the batch before it was handled. */
+/**
+ * The account's sync store: the sync token, saved once the batch before it was handled, and
+ * (for an account with encryption) the accumulated room state, so that after a restart the
+ * client knows every room it is in, and which are encrypted, before it sends anything.
+ */
 class HandledSyncStore extends MemoryStore {
   private readonly account: GatewayAccount;
   constructor(account: GatewayAccount) {
@@ -170,10 +190,17 @@ class HandledSyncStore extends MemoryStore {
   override getSavedSyncToken(): Promise<string | null> {
     return Promise.resolve(this.account.savedSyncToken());
   }
+  override getSavedSync(): Promise<ISavedSync | null> {
+    return Promise.resolve(this.account.savedSync());
+  }
   override async setSyncData(data: ISyncResponse): Promise<void> {
     await this.account.onBatch(data);
   }
 }
+
+/** Requests after which the homeserver knows something of the device's keys. */
+const KEY_REQUESTS =
+  /\/_matrix\/client\/[^/]+\/(keys\/(upload|claim|signatures\/upload|device_signing\/upload)|room_keys\/)/;
 
 export class GatewayAccount {
   readonly config: AccountConfig;
@@ -183,6 +210,16 @@ export class GatewayAccount {
   private readonly log: Logger;
   private readonly state: AccountState;
   private client: MatrixClient | null = null;
+  /** The encrypted crypto store (with the sync position and room state), for accounts with encryption. */
+  private cryptoFile: CryptoStateFile | null = null;
+  private accumulator: SyncAccumulator | null = null;
+  private restoredSync: ISavedSync | null = null;
+  private persisting: Promise<void> = Promise.resolve();
+  private encryption: { enabled: boolean; available: boolean; error: string | null } = {
+    enabled: false,
+    available: false,
+    error: null,
+  };
   private worker: Worker | null = null;
   private workerRun: Promise<void> | null = null;
   private stopping = false;
@@ -233,6 +270,31 @@ export class GatewayAccount {
     try {
       const credentials = await this.login();
       this.lastToken = this.state.syncToken();
+      let restored: CryptoState | null = null;
+      if (this.config.encryption) {
+        this.encryption.enabled = true;
+        this.cryptoFile = new CryptoStateFile(
+          join(this.state.dir, 'crypto-store.bin'),
+          join(this.gateway.config.stateDir, 'store-keys', `${this.config.id}.key`),
+        );
+        // A damaged store stops this account only, with the file and the way out named.
+        restored = this.cryptoFile.read();
+        this.accumulator = new SyncAccumulator();
+        if (restored) {
+          this.lastToken = restored.syncToken;
+          this.restoredSync = (restored.savedSync as ISavedSync | null) ?? null;
+          if (this.restoredSync) {
+            this.accumulator.accumulate(
+              {
+                next_batch: this.restoredSync.nextBatch,
+                rooms: this.restoredSync.roomsData,
+                account_data: { events: this.restoredSync.accountData },
+              },
+              true,
+            );
+          }
+        }
+      }
       const client = createClient({
         baseUrl: credentials.homeserverUrl,
         userId: credentials.userId,
@@ -240,8 +302,10 @@ export class GatewayAccount {
         accessToken: credentials.accessToken,
         store: new HandledSyncStore(this),
         logger: sdkLogger(this.log),
+        fetchFn: (input, init) => this.fetchPersistingFirst(input, init),
       });
       this.client = client;
+      if (this.config.encryption) await this.startCrypto(client, restored);
       client.on(ClientEvent.Sync, (syncState: SyncState) => {
         this.stats.syncState = syncState;
         if (syncState === SyncState.Error || syncState === SyncState.Reconnecting) {
@@ -330,6 +394,66 @@ export class GatewayAccount {
     return credentials;
   }
 
+  private get cryptoPrefix(): string {
+    return `clawgate-${this.config.id}`;
+  }
+
+  /**
+   * Loads and starts the Rust crypto (WebAssembly, loaded at runtime). If it fails, the account
+   * goes on without it: plain rooms keep working, health and the log say what failed.
+   */
+  private async startCrypto(client: MatrixClient, restored: CryptoState | null): Promise<void> {
+    try {
+      const factory = processIndexedDb();
+      const present = (await factory.databases()).some((d) => d.name?.startsWith(this.cryptoPrefix));
+      if (restored && !present) {
+        await restoreDatabases(
+          factory,
+          restored.databases.filter((d) => d.name.startsWith(this.cryptoPrefix)),
+        );
+      }
+      await client.initRustCrypto({ cryptoDatabasePrefix: this.cryptoPrefix });
+      this.encryption.available = true;
+      this.log.info(
+        { restored: restored !== null },
+        restored ? 'encryption ready (crypto store restored)' : 'encryption ready (new crypto store)',
+      );
+    } catch (error) {
+      this.encryption.available = false;
+      this.encryption.error = (error as Error).message;
+      this.log.error(
+        { err: error },
+        'encryption is unavailable: the crypto module failed to load or start; plain rooms keep working',
+      );
+    }
+  }
+
+  /** Writes the crypto store with the sync position and room state it agrees with. */
+  private persistCrypto(syncToken: string | null): Promise<void> {
+    const file = this.cryptoFile;
+    if (!file || !this.encryption.available) return Promise.resolve();
+    const run = async (): Promise<void> => {
+      const databases = await snapshotDatabases(processIndexedDb(), this.cryptoPrefix);
+      const saved = this.accumulator?.getJSON(true) ?? null;
+      file.write({ syncToken, savedSync: saved, databases });
+    };
+    this.persisting = this.persisting.then(run, run);
+    return this.persisting;
+  }
+
+  /** Before any request that tells the homeserver about keys, the keys are on disk. */
+  private async fetchPersistingFirst(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
+    const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
+    if (this.cryptoFile && this.encryption.available && KEY_REQUESTS.test(url)) {
+      await this.persistCrypto(this.lastToken);
+    }
+    return await fetch(input, init);
+  }
+
+  savedSync(): ISavedSync | null {
+    return this.restoredSync;
+  }
+
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
@@ -363,6 +487,7 @@ export class GatewayAccount {
       refusedEvents: this.stats.refusedEvents,
       blocked: this.stats.blocked,
       error: this.stats.error,
+      encryption: { ...this.encryption },
       startLatencyMs: { count: sorted.length, p50: percentile(sorted, 50), p99: percentile(sorted, 99) },
     };
   }
@@ -415,7 +540,13 @@ export class GatewayAccount {
       process.kill(process.pid, 'SIGKILL');
       await new Promise(() => {});
     }
-    this.state.saveSyncToken(data.next_batch);
+    if (this.cryptoFile && this.encryption.available) {
+      // One atomic write: the crypto store, the room state and the sync position agree.
+      this.accumulator?.accumulate(data);
+      await this.persistCrypto(data.next_batch);
+    } else {
+      this.state.saveSyncToken(data.next_batch);
+    }
     this.lastToken = data.next_batch;
     this.stats.lastSyncAt = Date.now();
   }
@@ -492,6 +623,46 @@ export class GatewayAccount {
     }
   }
 
+  /** The clear type and content of an encrypted event, or null (said in the log) when it cannot be read. */
+  private async decrypt(roomId: string, raw: IRoomEvent): Promise<{ type: string; content: unknown } | null> {
+    if (!this.encryption.available) {
+      this.stats.refusedEvents += 1;
+      this.log.warn({ roomId, eventId: raw.event_id }, 'an encrypted message, and encryption is unavailable');
+      await this.noticeOnce(
+        roomId,
+        'clawgate cannot read encrypted messages right now: its encryption module is unavailable (see its health endpoint).',
+      );
+      return null;
+    }
+    const event = this.matrix.getRoom(roomId)?.findEventById(raw.event_id) ?? new MatrixEvent(raw);
+    await this.matrix.decryptEventIfNeeded(event);
+    if (event.isDecryptionFailure() || event.getType() === 'm.room.encrypted') {
+      this.stats.refusedEvents += 1;
+      this.log.warn(
+        { roomId, eventId: raw.event_id, reason: event.decryptionFailureReason },
+        'unable to decrypt a message',
+      );
+      return null;
+    }
+    return { type: event.getType(), content: event.getContent() };
+  }
+
+  private readonly noticed = new Set<string>();
+  /** A plain notice, once per room and process, where nothing else can be said. */
+  private async noticeOnce(roomId: string, body: string): Promise<void> {
+    if (this.noticed.has(roomId)) return;
+    this.noticed.add(roomId);
+    // Sent as it is, past the SDK, which refuses to send in an encrypted room without crypto:
+    // this fixed notice is all that is ever said in clear there.
+    const txnId = `notice.${Buffer.from(roomId).toString('base64url').slice(0, 100)}.${Date.now()}`;
+    await this.matrix.http.authedRequest(
+      Method.Put,
+      `/rooms/${encodeURIComponent(roomId)}/send/m.room.message/${encodeURIComponent(txnId)}`,
+      undefined,
+      { msgtype: 'm.notice', body },
+    );
+  }
+
   private commandWords(): CommandWords {
     const policy = this.gateway.activePolicy(this.channel);
     if (!policy) return DEFAULT_COMMAND_WORDS;
@@ -510,10 +681,18 @@ export class GatewayAccount {
       this.log.warn({ roomId }, 'an event without an event id or sender: ignored');
       return false;
     }
-    if (sender === this.userId || raw.type !== 'm.room.message') return false;
+    if (sender === this.userId) return false;
     if (isRecord(raw.unsigned) && raw.unsigned['redacted_because'] !== undefined) return false;
+    let type = raw.type;
+    let content: unknown = raw.content;
+    if (type === 'm.room.encrypted') {
+      const clear = await this.decrypt(roomId, raw);
+      if (!clear) return false;
+      ({ type, content } = clear);
+    }
+    if (type !== 'm.room.message') return false;
     this.stats.handledEvents += 1;
-    const reading = readMessage(raw.content, { userId: this.userId });
+    const reading = readMessage(content, { userId: this.userId });
     if (reading.kind === 'skip') return false;
     const ctx: EventContext = {
       roomId,
@@ -858,7 +1037,16 @@ export class Gateway {
       for (const accountConfig of config.accounts) {
         const account = new GatewayAccount(accountConfig, gateway);
         gateway.accounts.push(account);
-        await account.start();
+        try {
+          await account.start();
+        } catch (error) {
+          // One account's failure (a damaged store, a refused login) stops that account only.
+          options.logger.error({ account: accountConfig.id, err: error }, 'account failed to start');
+          if (config.accounts.length === 1) throw error;
+        }
+      }
+      if (gateway.accounts.every((a) => a.health().state === 'failed')) {
+        throw new ClawgateError(ERROR_CODES.configInvalid, 'no account could start; see the log');
       }
       await gateway.listen();
     } catch (error) {

@@ -3,8 +3,39 @@
 // the thread rooted at its request. Retries never post twice: the transaction id is derived
 // from the workflow and the step, and the homeserver answers a repeated transaction id with
 // the event it already made.
+import { ApplicationFailure } from '@temporalio/common';
 import type { MatrixClient } from 'matrix-js-sdk';
 import type { PostedMessage } from '../temporal/job-types.ts';
+
+/**
+ * Nothing is posted in clear in an encrypted room: matrix-js-sdk sends unencrypted when it does
+ * not know the room, or has no crypto, so both are checked first.
+ */
+async function refuseClearTextInEncryptedRoom(
+  client: MatrixClient,
+  roomId: string,
+  type: string,
+): Promise<void> {
+  if (type === 'm.reaction') return; // reactions are never encrypted (their relation is public anyway)
+  const room = client.getRoom(roomId);
+  let encrypted = room?.hasEncryptionStateEvent() ?? false;
+  if (!room) {
+    try {
+      await client.getStateEvent(roomId, 'm.room.encryption', '');
+      encrypted = true;
+    } catch (error) {
+      if ((error as { errcode?: string }).errcode !== 'M_NOT_FOUND') throw error;
+    }
+  }
+  if (!encrypted) return;
+  if (!client.getCrypto()) {
+    throw ApplicationFailure.nonRetryable(
+      `room ${roomId} is encrypted and this gateway account has no working encryption; nothing is posted in clear`,
+      'ENCRYPTION_UNAVAILABLE',
+    );
+  }
+  if (!room) throw new Error(`room ${roomId} is encrypted and not loaded yet; retrying`);
+}
 
 export function createMatrixActivities(client: MatrixClient) {
   async function send(
@@ -13,6 +44,7 @@ export function createMatrixActivities(client: MatrixClient) {
     content: Record<string, unknown>,
     txnKey: string,
   ): Promise<PostedMessage> {
+    await refuseClearTextInEncryptedRoom(client, roomId, type);
     // Transaction ids are opaque to the server; a hash keeps them short and free of odd characters.
     const txnId = Buffer.from(txnKey).toString('base64url').slice(0, 200);
     const { event_id: eventId } = await client.sendEvent(roomId, type as never, content as never, txnId);

@@ -116,6 +116,7 @@ export async function startStack(
           userId: demo.users.bot.userId,
           accessToken: demo.users.bot.accessToken,
           rooms: [demo.roomId],
+          encryption: false,
         },
       ];
     }

@@ -28,6 +28,7 @@ export class GatewayProcess {
         } catch {
           this.lines.push({ msg: line });
         }
+        if (process.env['CLAWGATE_TEST_GATEWAY_LOG'] === '1') process.stderr.write(`[gateway log] ${line}\n`);
         for (const wake of this.waiters.splice(0)) wake();
       }
     });
@@ -40,13 +41,17 @@ export class GatewayProcess {
   /** Writes the config next to the state and starts the gateway; resolves once it runs. */
   static async start(
     config: ClawgateConfigInput,
-    opts: { dir: string; fault?: string; timeoutMs?: number },
+    opts: { dir: string; fault?: string; timeoutMs?: number; nodeOptions?: string },
   ): Promise<GatewayProcess> {
     const configPath = join(opts.dir, 'clawgate.json');
     writeFileSync(configPath, JSON.stringify(config, null, 2));
-    const env: NodeJS.ProcessEnv = { ...process.env, CLAWGATE_LOG_LEVEL: 'info' };
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      CLAWGATE_LOG_LEVEL: process.env['CLAWGATE_TEST_GATEWAY_LOG_LEVEL'] ?? 'info',
+    };
     delete env['CLAWGATE_GATEWAY_FAULT'];
     if (opts.fault) env['CLAWGATE_GATEWAY_FAULT'] = opts.fault;
+    if (opts.nodeOptions) env['NODE_OPTIONS'] = `${env['NODE_OPTIONS'] ?? ''} ${opts.nodeOptions}`.trim();
     const child = spawn(
       join(root, 'scripts/node'),
       [join(root, 'src/cli/main.ts'), 'gateway', '--config', configPath],

@@ -13,6 +13,7 @@ import {
 } from 'matrix-js-sdk';
 import { logger as sdkGlobalLogger, type Logger } from 'matrix-js-sdk/lib/logger.js';
 import type { RegisteredUser } from '../../src/devstack/synapse.ts';
+import { processIndexedDb } from '../../src/ingress/crypto-store.ts';
 import { quietMatrixSdkLogging } from '../../src/ingress/sdk-logging.ts';
 import { registerTestUser, testServers } from './servers.ts';
 
@@ -57,8 +58,12 @@ export class MatrixTestUser {
     return this.account.userId;
   }
 
-  /** Registers a new user (unique localpart from `name`) and starts its client, synced. */
-  static async create(name: string): Promise<MatrixTestUser> {
+  /**
+   * Registers a new user (unique localpart from `name`) and starts its client, synced; with
+   * `encryption`, the client runs matrix-js-sdk's Rust crypto (its store in this process's
+   * in-memory IndexedDB, apart by user).
+   */
+  static async create(name: string, opts: { encryption?: boolean } = {}): Promise<MatrixTestUser> {
     const account = await registerTestUser(name);
     const client = createClient({
       baseUrl: testServers().synapse.baseUrl,
@@ -67,6 +72,10 @@ export class MatrixTestUser {
       deviceId: account.deviceId,
       logger: quietLogger(`[matrix ${account.userId}] `),
     });
+    if (opts.encryption) {
+      processIndexedDb();
+      await client.initRustCrypto({ cryptoDatabasePrefix: `test-${account.userId}` });
+    }
     const user = new MatrixTestUser(client, account);
     await user.start();
     return user;

@@ -1,0 +1,216 @@
+// End-to-end encrypted rooms: the gateway process with Rust crypto (its store durable and
+// encrypted at rest), human users with their own matrix-js-sdk Rust crypto clients, the real
+// Synapse and Temporal, and a worker. A whole job runs in an encrypted room; the gateway is
+// stopped, or killed, while an encrypted approval is sent, and decrypts it after restarting;
+// with the crypto module unloadable it still serves plain rooms and says so in its health.
+import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, test } from 'node:test';
+import { Direction, type MatrixClient } from 'matrix-js-sdk';
+import type { ClawgateConfigInput } from '../../src/config/config.ts';
+import type { RegisteredUser } from '../../src/devstack/synapse.ts';
+import { GatewayProcess } from '../harness/gateway-process.ts';
+import { MatrixTestUser } from '../harness/matrix-user.ts';
+import { registerTestUser, testServers } from '../harness/servers.ts';
+import { startWorkerStack, type WorkerStack } from '../harness/stack.ts';
+
+let stack: WorkerStack;
+let dir: string;
+let bot: RegisteredUser;
+let requester: MatrixTestUser;
+let approver: MatrixTestUser;
+let secretRoom: string;
+let plainRoom: string;
+let config: ClawgateConfigInput;
+let gateway: GatewayProcess | undefined;
+
+before(async () => {
+  stack = await startWorkerStack();
+  dir = mkdtempSync(join(tmpdir(), 'clawgate-e2ee-'));
+  bot = await registerTestUser('cryptobot');
+  [requester, approver] = await Promise.all([
+    MatrixTestUser.create('secreq', { encryption: true }),
+    MatrixTestUser.create('secappr', { encryption: true }),
+  ]);
+  secretRoom = await requester.createRoom({
+    name: 'secret',
+    encrypted: true,
+    invite: [bot.userId, approver.userId],
+  });
+  plainRoom = await requester.createRoom({ name: 'plain', invite: [bot.userId, approver.userId] });
+  for (const roomId of [secretRoom, plainRoom]) {
+    await approver.waitForMembership(roomId, 'invite');
+    await approver.joinRoom(roomId);
+  }
+  await stack.activatePolicy({
+    channel: 'matrix',
+    rooms: [secretRoom, plainRoom],
+    requesters: [requester.userId],
+    approvers: [approver.userId],
+  });
+  const { synapse, temporal } = testServers();
+  config = {
+    stateDir: join(dir, 'state'),
+    temporal: { address: temporal.address, namespace: temporal.namespace, taskQueue: stack.taskQueue },
+    policy: { registryDir: stack.registryDir, channel: 'matrix' },
+    gateway: {
+      health: { host: '127.0.0.1', port: 0 },
+      accounts: [
+        {
+          id: 'secure',
+          homeserverUrl: synapse.baseUrl,
+          userId: bot.userId,
+          accessToken: bot.accessToken,
+          rooms: [secretRoom, plainRoom],
+          encryption: true,
+        },
+      ],
+    },
+  };
+  gateway = await GatewayProcess.start(config, { dir });
+  for (const roomId of [secretRoom, plainRoom]) await botJoined(roomId);
+  await botDeviceKnown(requester.client);
+  await botDeviceKnown(approver.client);
+});
+
+after(async () => {
+  await gateway?.kill('SIGTERM');
+  requester?.stop();
+  approver?.stop();
+  await stack?.close();
+});
+
+async function botJoined(roomId: string): Promise<void> {
+  await requester.waitForRoomEvent({
+    roomId,
+    timeoutMs: 30_000,
+    message: 'the bot joining',
+    filter: (e) =>
+      e.getType() === 'm.room.member' &&
+      e.getStateKey() === bot.userId &&
+      e.getContent()['membership'] === 'join',
+  });
+}
+
+/** The human's client knows the bot's device (so its messages are encrypted to it). */
+async function botDeviceKnown(client: MatrixClient): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const devices = await client.getCrypto()?.getUserDeviceInfo([bot.userId], true);
+    if ((devices?.get(bot.userId)?.size ?? 0) > 0) return;
+    if (Date.now() > deadline) throw new Error('the bot never published its device keys');
+    await new Promise((r) => setTimeout(r, 300));
+  }
+}
+
+async function send(user: MatrixTestUser, roomId: string, body: string, thread?: string): Promise<string> {
+  const content: Record<string, unknown> = { msgtype: 'm.text', body };
+  if (thread) {
+    content['m.relates_to'] = {
+      rel_type: 'm.thread',
+      event_id: thread,
+      is_falling_back: true,
+      'm.in_reply_to': { event_id: thread },
+    };
+  }
+  const { event_id: eventId } = await user.client.sendEvent(
+    roomId,
+    'm.room.message' as never,
+    content as never,
+  );
+  return eventId;
+}
+
+/**
+ * A message from the bot, decrypted by the viewer's client, that matches; with its raw type.
+ * Polled: an encrypted event is decrypted after it reaches the timeline.
+ */
+async function botSays(viewer: MatrixTestUser, roomId: string, pattern: RegExp, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const events = viewer.client.getRoom(roomId)?.getLiveTimeline().getEvents() ?? [];
+    for (const event of events) {
+      if (event.getSender() !== bot.userId) continue;
+      if (event.isEncrypted()) await viewer.client.decryptEventIfNeeded(event);
+      const body = event.getContent()['body'];
+      if (typeof body === 'string' && pattern.test(body)) return { body, wireType: event.getWireType() };
+    }
+    if (Date.now() > deadline) {
+      const said = events
+        .filter((e) => e.getSender() === bot.userId)
+        .map(
+          (e) =>
+            `${e.getWireType()}/${e.getType()}: ${String(e.getContent()['body'] ?? e.decryptionFailureReason ?? '')}`,
+        );
+      throw new Error(`the bot never said ${pattern} in ${roomId}; it said:\n  ${said.join('\n  ')}`);
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+test('a whole job in an encrypted room: requests and approvals decrypted, everything the gateway posts encrypted', async () => {
+  const request = await send(requester, secretRoom, '!claw summarise the readme');
+  const plan = await botSays(requester, secretRoom, /^Plan for job j[a-z2-7]{9}/);
+  assert.equal(plan.wireType, 'm.room.encrypted', 'the plan went out encrypted');
+  await send(approver, secretRoom, '!approve', request);
+  const result = await botSays(requester, secretRoom, /: succeeded\./);
+  assert.equal(result.wireType, 'm.room.encrypted');
+  // On the server, nothing the bot said in the room is in clear.
+  const res = await requester.client.createMessagesRequest(secretRoom, null, 200, Direction.Backward);
+  const clear = res.chunk.filter((e) => e.sender === bot.userId && e.type === 'm.room.message');
+  assert.deepEqual(clear, [], 'no clear-text message from the bot in the encrypted room');
+});
+
+for (const how of ['SIGTERM', 'SIGKILL'] as const) {
+  test(`an encrypted approval sent while the gateway is down (${how}) is decrypted after the restart`, async () => {
+    const request = await send(requester, secretRoom, `!claw summarise the readme (${how})`);
+    await botSays(requester, secretRoom, new RegExp(`^Plan for job j[a-z2-7]{9}: `));
+    await gateway?.kill(how);
+    await send(approver, secretRoom, '!approve', request);
+    gateway = await GatewayProcess.start(config, { dir });
+    await gateway.waitForLog(
+      (l) => /crypto store restored/.test(String(l['msg'])),
+      30_000,
+      'the crypto store restored',
+    );
+    const result = await botSays(requester, secretRoom, /: succeeded\./);
+    assert.match(result.body, /3 step\(s\) done/);
+    const failures = gateway.lines.filter((l) => /unable to decrypt/.test(String(l['msg'])));
+    assert.deepEqual(failures, [], 'no "unable to decrypt" after the restart');
+  });
+}
+
+test('with the crypto module unloadable, the gateway starts, plain rooms still work, health says why', async () => {
+  await gateway?.kill('SIGTERM');
+  const hook = fileURLToPath(new URL('../harness/block-crypto.mjs', import.meta.url));
+  gateway = await GatewayProcess.start(config, { dir, nodeOptions: `--import ${hook}` });
+  const health = (await fetch(gateway.healthUrl).then((r) => r.json())) as {
+    accounts: Array<{ encryption: { enabled: boolean; available: boolean; error: string | null } }>;
+  };
+  assert.equal(health.accounts[0]?.encryption.enabled, true);
+  assert.equal(health.accounts[0]?.encryption.available, false);
+  assert.match(health.accounts[0]?.encryption.error ?? '', /blocked for this test/);
+  await gateway.waitForLog(
+    (l) => /encryption is unavailable/.test(String(l['msg'])),
+    10_000,
+    'the failure logged',
+  );
+  const request = await send(requester, plainRoom, '!claw summarise the readme');
+  await botSays(requester, plainRoom, /^Plan for job/);
+  await send(approver, plainRoom, '!approve', request);
+  await botSays(requester, plainRoom, /: succeeded\./);
+  // In the encrypted room it says, in one clear notice, that it cannot read it.
+  await send(requester, secretRoom, '!claw anything');
+  await botSays(requester, secretRoom, /cannot read encrypted messages right now/);
+  // The crypto store on disk was left alone: a normal start restores it.
+  await gateway.kill('SIGTERM');
+  gateway = await GatewayProcess.start(config, { dir });
+  await gateway.waitForLog(
+    (l) => /crypto store restored/.test(String(l['msg'])),
+    30_000,
+    'the crypto store restored',
+  );
+});
