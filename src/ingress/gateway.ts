@@ -76,6 +76,8 @@ import { quietMatrixSdkLogging } from './sdk-logging.ts';
 export const GATEWAY_FAULTS = {
   /** Die (SIGKILL) after a batch started a job or sent a signal, before its sync token is saved. */
   crashBeforeSyncToken: 'crash-before-sync-token',
+  /** Die (SIGKILL) right after the homeserver answered a key upload. */
+  crashAfterKeyUpload: 'crash-after-key-upload',
 } as const;
 
 /** Timeline events per room and sync; a longer gap is read back with /messages. */
@@ -444,10 +446,17 @@ export class GatewayAccount {
   /** Before any request that tells the homeserver about keys, the keys are on disk. */
   private async fetchPersistingFirst(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
     const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
-    if (this.cryptoFile && this.encryption.available && KEY_REQUESTS.test(url)) {
+    const keyRequest = KEY_REQUESTS.test(url);
+    if (this.cryptoFile && this.encryption.available && keyRequest) {
       await this.persistCrypto(this.lastToken);
     }
-    return await fetch(input, init);
+    const response = await fetch(input, init);
+    if (keyRequest && /\/keys\/upload/.test(url) && this.gateway.fault === GATEWAY_FAULTS.crashAfterKeyUpload) {
+      this.log.warn('fault injected: dying right after a key upload');
+      process.kill(process.pid, 'SIGKILL');
+      await new Promise(() => {});
+    }
+    return response;
   }
 
   savedSync(): ISavedSync | null {
@@ -1040,13 +1049,15 @@ export class Gateway {
         try {
           await account.start();
         } catch (error) {
+          // Another live process owns this account's state: this process must not run beside it.
+          if (error instanceof ClawgateError && error.code === ERROR_CODES.stateLocked) throw error;
           // One account's failure (a damaged store, a refused login) stops that account only.
-          options.logger.error({ account: accountConfig.id, err: error }, 'account failed to start');
-          if (config.accounts.length === 1) throw error;
+          // The gateway stays up (no crash loop under a supervisor); health says why (503).
+          options.logger.error(
+            { account: accountConfig.id, err: error, reason: (error as Error).message },
+            'account failed to start',
+          );
         }
-      }
-      if (gateway.accounts.every((a) => a.health().state === 'failed')) {
-        throw new ClawgateError(ERROR_CODES.configInvalid, 'no account could start; see the log');
       }
       await gateway.listen();
     } catch (error) {

@@ -4,7 +4,7 @@
 // stopped, or killed, while an encrypted approval is sent, and decrypts it after restarting;
 // with the crypto module unloadable it still serves plain rooms and says so in its health.
 import assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,7 +12,8 @@ import { after, before, test } from 'node:test';
 import { Direction, type MatrixClient } from 'matrix-js-sdk';
 import type { ClawgateConfigInput } from '../../src/config/config.ts';
 import type { RegisteredUser } from '../../src/devstack/synapse.ts';
-import { GatewayProcess } from '../harness/gateway-process.ts';
+import { GATEWAY_FAULTS } from '../../src/ingress/gateway.ts';
+import { GatewayProcess, gatewayStderr } from '../harness/gateway-process.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';
 import { startWorkerStack, type WorkerStack } from '../harness/stack.ts';
@@ -20,6 +21,8 @@ import { startWorkerStack, type WorkerStack } from '../harness/stack.ts';
 let stack: WorkerStack;
 let dir: string;
 let bot: RegisteredUser;
+let bot2: RegisteredUser;
+let freshRoom: string;
 let requester: MatrixTestUser;
 let approver: MatrixTestUser;
 let secretRoom: string;
@@ -31,6 +34,7 @@ before(async () => {
   stack = await startWorkerStack();
   dir = mkdtempSync(join(tmpdir(), 'clawgate-e2ee-'));
   bot = await registerTestUser('cryptobot');
+  bot2 = await registerTestUser('freshbot');
   [requester, approver] = await Promise.all([
     MatrixTestUser.create('secreq', { encryption: true }),
     MatrixTestUser.create('secappr', { encryption: true }),
@@ -41,13 +45,18 @@ before(async () => {
     invite: [bot.userId, approver.userId],
   });
   plainRoom = await requester.createRoom({ name: 'plain', invite: [bot.userId, approver.userId] });
-  for (const roomId of [secretRoom, plainRoom]) {
+  freshRoom = await requester.createRoom({
+    name: 'fresh',
+    encrypted: true,
+    invite: [bot2.userId, approver.userId],
+  });
+  for (const roomId of [secretRoom, plainRoom, freshRoom]) {
     await approver.waitForMembership(roomId, 'invite');
     await approver.joinRoom(roomId);
   }
   await stack.activatePolicy({
     channel: 'matrix',
-    rooms: [secretRoom, plainRoom],
+    rooms: [secretRoom, plainRoom, freshRoom],
     requesters: [requester.userId],
     approvers: [approver.userId],
   });
@@ -83,24 +92,22 @@ after(async () => {
   await stack?.close();
 });
 
-async function botJoined(roomId: string): Promise<void> {
+async function botJoined(roomId: string, who = bot.userId): Promise<void> {
   await requester.waitForRoomEvent({
     roomId,
     timeoutMs: 30_000,
     message: 'the bot joining',
     filter: (e) =>
-      e.getType() === 'm.room.member' &&
-      e.getStateKey() === bot.userId &&
-      e.getContent()['membership'] === 'join',
+      e.getType() === 'm.room.member' && e.getStateKey() === who && e.getContent()['membership'] === 'join',
   });
 }
 
 /** The human's client knows the bot's device (so its messages are encrypted to it). */
-async function botDeviceKnown(client: MatrixClient): Promise<void> {
+async function botDeviceKnown(client: MatrixClient, who = bot.userId): Promise<void> {
   const deadline = Date.now() + 30_000;
   for (;;) {
-    const devices = await client.getCrypto()?.getUserDeviceInfo([bot.userId], true);
-    if ((devices?.get(bot.userId)?.size ?? 0) > 0) return;
+    const devices = await client.getCrypto()?.getUserDeviceInfo([who], true);
+    if ((devices?.get(who)?.size ?? 0) > 0) return;
     if (Date.now() > deadline) throw new Error('the bot never published its device keys');
     await new Promise((r) => setTimeout(r, 300));
   }
@@ -128,19 +135,25 @@ async function send(user: MatrixTestUser, roomId: string, body: string, thread?:
  * A message from the bot, decrypted by the viewer's client, that matches; with its raw type.
  * Polled: an encrypted event is decrypted after it reaches the timeline.
  */
-async function botSays(viewer: MatrixTestUser, roomId: string, pattern: RegExp, timeoutMs = 60_000) {
+async function botSays(
+  viewer: MatrixTestUser,
+  roomId: string,
+  pattern: RegExp,
+  timeoutMs = 60_000,
+  who = bot.userId,
+) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const events = viewer.client.getRoom(roomId)?.getLiveTimeline().getEvents() ?? [];
     for (const event of events) {
-      if (event.getSender() !== bot.userId) continue;
+      if (event.getSender() !== who) continue;
       if (event.isEncrypted()) await viewer.client.decryptEventIfNeeded(event);
       const body = event.getContent()['body'];
       if (typeof body === 'string' && pattern.test(body)) return { body, wireType: event.getWireType() };
     }
     if (Date.now() > deadline) {
       const said = events
-        .filter((e) => e.getSender() === bot.userId)
+        .filter((e) => e.getSender() === who)
         .map(
           (e) =>
             `${e.getWireType()}/${e.getType()}: ${String(e.getContent()['body'] ?? e.decryptionFailureReason ?? '')}`,
@@ -213,4 +226,76 @@ test('with the crypto module unloadable, the gateway starts, plain rooms still w
     30_000,
     'the crypto store restored',
   );
+});
+
+test('killed right after its first key upload, a new device comes back with the keys the server knows', async () => {
+  const { synapse } = testServers();
+  const accounts = config.gateway?.accounts ?? [];
+  accounts.push({
+    id: 'fresh',
+    homeserverUrl: synapse.baseUrl,
+    userId: bot2.userId,
+    accessToken: bot2.accessToken,
+    rooms: [freshRoom],
+    encryption: true,
+  });
+  await gateway?.kill('SIGTERM');
+  const crashing = await GatewayProcess.start(config, {
+    dir,
+    fault: GATEWAY_FAULTS.crashAfterKeyUpload,
+  }).catch(() => null);
+  // It may die before or after it says it runs; either way it dies right after the upload.
+  if (crashing) assert.equal((await crashing.exited).signal, 'SIGKILL');
+  gateway = await GatewayProcess.start(config, { dir });
+  await gateway.waitForLog(
+    (l) => l['account'] === 'fresh' && /crypto store restored/.test(String(l['msg'])),
+    30_000,
+    'the fresh account restoring the store it saved before the upload',
+  );
+  await botJoined(freshRoom, bot2.userId);
+  await botDeviceKnown(requester.client, bot2.userId);
+  await botDeviceKnown(approver.client, bot2.userId);
+  const request = await send(requester, freshRoom, '!claw summarise the readme');
+  await botSays(requester, freshRoom, /^Plan for job/, 60_000, bot2.userId);
+  await send(approver, freshRoom, '!approve', request);
+  await botSays(requester, freshRoom, /: succeeded\./, 60_000, bot2.userId);
+  const failures = gateway.lines.filter((l) => /unable to decrypt|failed/.test(String(l['msg'])));
+  assert.deepEqual(failures, []);
+});
+
+test('a second process on the same state refuses to start, with a message', async () => {
+  const second = await GatewayProcess.start(config, { dir }).then(
+    () => null,
+    (error: unknown) => error,
+  );
+  assert.ok(second instanceof Error, 'the second gateway did not start');
+  assert.match(gatewayStderr.join(''), /state folder .* is in use by process \d+; stop that process first/);
+});
+
+test('a damaged crypto store stops that account only, with the file and the way out named', async () => {
+  await gateway?.kill('SIGTERM');
+  const store = join(dir, 'state', 'gateway', 'accounts', 'fresh', 'crypto-store.bin');
+  truncateSync(store, 20);
+  gateway = await GatewayProcess.start(config, { dir });
+  type Health = { ok: boolean; accounts: Array<{ id: string; state: string; error: string | null }> };
+  const url = gateway.healthUrl;
+  const read = async () => (await fetch(url).then((r) => r.json())) as Health;
+  let health = await read();
+  for (let i = 0; i < 100 && health.accounts.some((a) => a.state === 'starting'); i++) {
+    await new Promise((r) => setTimeout(r, 200));
+    health = await read();
+  }
+  assert.equal(health.ok, false);
+  const byId = Object.fromEntries(health.accounts.map((a) => [a.id, a]));
+  assert.equal(byId['secure']?.state, 'syncing');
+  assert.equal(byId['fresh']?.state, 'failed');
+  assert.match(
+    byId['fresh']?.error ?? '',
+    /crypto-store\.bin is not a clawgate crypto store .*move the account folder aside/,
+  );
+  // The other account still works, encrypted.
+  const request = await send(requester, secretRoom, '!claw summarise the readme (after the damage)');
+  await botSays(requester, secretRoom, /^Plan for job j[a-z2-7]{9}: /);
+  await send(approver, secretRoom, '!approve', request);
+  await botSays(requester, secretRoom, /: succeeded\./);
 });

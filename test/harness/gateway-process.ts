@@ -8,6 +8,9 @@ import type { ClawgateConfigInput } from '../../src/config/config.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
+/** Everything the gateway processes of this test file wrote on stderr. */
+export const gatewayStderr: string[] = [];
+
 export class GatewayProcess {
   readonly child: ChildProcess;
   readonly lines: Array<Record<string, unknown>> = [];
@@ -32,9 +35,10 @@ export class GatewayProcess {
         for (const wake of this.waiters.splice(0)) wake();
       }
     });
-    child.stderr
-      ?.setEncoding('utf8')
-      .on('data', (chunk: string) => process.stderr.write(`[gateway] ${chunk}`));
+    child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
+      gatewayStderr.push(chunk);
+      process.stderr.write(`[gateway] ${chunk}`);
+    });
     this.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   }
 
