@@ -111,6 +111,7 @@ try {
           userId: bot.userId,
           accessToken: bot.accessToken,
           rooms: [roomId],
+          encryption: false,
         },
       ],
     },

@@ -33,6 +33,7 @@ import {
 } from 'matrix-js-sdk';
 import type { Logger as SdkLogger } from 'matrix-js-sdk/lib/logger.js';
 import type { ISavedSync } from 'matrix-js-sdk/lib/store/index.js';
+import { EventShieldColour } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import type { Logger } from 'pino';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { FilePolicyRegistry } from '../policy/registry.ts';
@@ -122,6 +123,8 @@ interface EventContext {
   originServerTs: number;
   threadRoot?: string;
   receivedAt: number;
+  /** For a decrypted event: whether its sending device is verified by its owner's cross-signing. */
+  senderDeviceVerified?: boolean;
 }
 
 interface JobTarget {
@@ -451,7 +454,11 @@ export class GatewayAccount {
       await this.persistCrypto(this.lastToken);
     }
     const response = await fetch(input, init);
-    if (keyRequest && /\/keys\/upload/.test(url) && this.gateway.fault === GATEWAY_FAULTS.crashAfterKeyUpload) {
+    if (
+      keyRequest &&
+      /\/keys\/upload/.test(url) &&
+      this.gateway.fault === GATEWAY_FAULTS.crashAfterKeyUpload
+    ) {
       this.log.warn('fault injected: dying right after a key upload');
       process.kill(process.pid, 'SIGKILL');
       await new Promise(() => {});
@@ -633,7 +640,10 @@ export class GatewayAccount {
   }
 
   /** The clear type and content of an encrypted event, or null (said in the log) when it cannot be read. */
-  private async decrypt(roomId: string, raw: IRoomEvent): Promise<{ type: string; content: unknown } | null> {
+  private async decrypt(
+    roomId: string,
+    raw: IRoomEvent,
+  ): Promise<{ type: string; content: unknown; verified: boolean } | null> {
     if (!this.encryption.available) {
       this.stats.refusedEvents += 1;
       this.log.warn({ roomId, eventId: raw.event_id }, 'an encrypted message, and encryption is unavailable');
@@ -653,7 +663,11 @@ export class GatewayAccount {
       );
       return null;
     }
-    return { type: event.getType(), content: event.getContent() };
+    // No shield (in the SDK's default, non-strict reading) means the device is cross-signed by
+    // its owner; an unsigned or unknown device, or a mismatched key, shows a shield.
+    const info = await this.matrix.getCrypto()?.getEncryptionInfoForEvent(event);
+    const verified = info?.shieldColour === EventShieldColour.NONE;
+    return { type: event.getType(), content: event.getContent(), verified };
   }
 
   private readonly noticed = new Set<string>();
@@ -694,10 +708,12 @@ export class GatewayAccount {
     if (isRecord(raw.unsigned) && raw.unsigned['redacted_because'] !== undefined) return false;
     let type = raw.type;
     let content: unknown = raw.content;
+    let senderDeviceVerified: boolean | undefined;
     if (type === 'm.room.encrypted') {
       const clear = await this.decrypt(roomId, raw);
       if (!clear) return false;
       ({ type, content } = clear);
+      senderDeviceVerified = clear.verified;
     }
     if (type !== 'm.room.message') return false;
     this.stats.handledEvents += 1;
@@ -710,6 +726,7 @@ export class GatewayAccount {
       originServerTs: Number(raw.origin_server_ts) || 0,
       receivedAt,
       ...(reading.kind === 'message' && reading.threadRoot ? { threadRoot: reading.threadRoot } : {}),
+      ...(senderDeviceVerified !== undefined ? { senderDeviceVerified } : {}),
     };
     const words = this.commandWords();
     if (reading.kind === 'edit') {
@@ -871,6 +888,7 @@ export class GatewayAccount {
       ...(command.job !== undefined ? { jobId: command.job } : {}),
       ...(command.kind === 'approve' && command.planHash ? { planHash: command.planHash } : {}),
       ...(command.kind === 'deny' && command.reason ? { reason: command.reason } : {}),
+      ...(ctx.senderDeviceVerified !== undefined ? { senderDeviceVerified: ctx.senderDeviceVerified } : {}),
     };
     const sent = await this.signal(ctx, target, (handle) => handle.signal(approvalSignal, attempt));
     if (sent && target.roomId !== null && target.roomId !== ctx.roomId) {

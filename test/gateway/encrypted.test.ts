@@ -13,6 +13,8 @@ import { Direction, type MatrixClient } from 'matrix-js-sdk';
 import type { ClawgateConfigInput } from '../../src/config/config.ts';
 import type { RegisteredUser } from '../../src/devstack/synapse.ts';
 import { GATEWAY_FAULTS } from '../../src/ingress/gateway.ts';
+import { shortJobId } from '../../src/ingress/job-ids.ts';
+import { jobWorkflowId } from '../../src/temporal/job-contract.ts';
 import { GatewayProcess, gatewayStderr } from '../harness/gateway-process.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';
@@ -302,4 +304,34 @@ test('a damaged crypto store stops that account only, with the file and the way 
   await botSays(requester, secretRoom, /^Plan for job j[a-z2-7]{9}: /);
   await send(approver, secretRoom, '!approve', request);
   await botSays(requester, secretRoom, /: succeeded\./);
+});
+
+test('with require_verified_device, only an approval from a device cross-signed by its owner counts; the refusal says why', async () => {
+  await stack.activatePolicy({
+    channel: 'matrix',
+    rooms: [secretRoom, plainRoom, freshRoom],
+    requesters: [requester.userId],
+    approvers: [approver.userId],
+    requireVerifiedDevice: true,
+  });
+  const request = await send(requester, secretRoom, '!claw summarise the readme (verified devices only)');
+  const jobId = shortJobId(jobWorkflowId(secretRoom, request));
+  await botSays(requester, secretRoom, new RegExp(`^Plan for job ${jobId}: `));
+  await send(approver, secretRoom, '!approve', request);
+  await botSays(requester, secretRoom, /not counted\. .*verified through cross-signing/);
+  // The approver sets up cross-signing: this device is now signed by its owner.
+  await approver.client.getCrypto()?.bootstrapCrossSigning({
+    setupNewCrossSigning: true,
+    authUploadDeviceSigningKeys: async (makeRequest) => {
+      await makeRequest({
+        type: 'm.login.password',
+        identifier: { type: 'm.id.user', user: approver.userId },
+        password: approver.account.password,
+      });
+    },
+  });
+  // Time for the bot to see the approver's new keys (a device-list change in its sync).
+  await new Promise((r) => setTimeout(r, 3000));
+  await send(approver, secretRoom, '!approve', request);
+  await botSays(requester, secretRoom, new RegExp(`^Job ${jobId}: succeeded\\. 3 step`));
 });

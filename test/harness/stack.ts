@@ -38,6 +38,7 @@ export interface PolicyChoice {
   requesters: string[];
   approvers: string[];
   limits?: { requests_per_requester_per_hour?: number; open_jobs_per_room?: number };
+  requireVerifiedDevice?: boolean;
 }
 
 export interface WorkerStack {
@@ -116,6 +117,7 @@ export async function startWorkerStack(): Promise<WorkerStack> {
       doc.matrix.approval.approver_user_ids_allowlist = choice.approvers;
       doc.matrix.approval.expires_after_seconds = 3600;
       if (choice.limits) doc.matrix.limits = choice.limits;
+      if (choice.requireVerifiedDevice) doc.matrix.approval.require_verified_device = true;
       const signed = signWpc(parseWpc(doc), loadSigner(keysDir, 'policy'));
       await registry.register(signed, publicJwks(keysDir, ['policy']));
       registry.activate(choice.channel, signed.hash);
