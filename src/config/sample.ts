@@ -63,6 +63,7 @@ gateway:
   #     userId: "@clawgate:example.org"
   #     password: change-me                 # or accessToken; logged in once, the token is kept
   #     rooms: ["!ops:example.org"]
+  #     encryption: true                    # end-to-end encrypted rooms (Rust crypto)
 
 log:
   level: info
