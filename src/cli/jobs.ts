@@ -5,6 +5,7 @@ import { WorkflowNotFoundError } from '@temporalio/client';
 import type { ClawgateConfig } from '../config/config.ts';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { SHORT_JOB_ID } from '../ingress/job-ids.ts';
+import { threadRelation } from '../ingress/matrix-io.ts';
 import { connectTemporal } from '../stack/components.ts';
 import { readDemo } from '../stack/demo.ts';
 import { statusQuery } from '../temporal/job-contract.ts';
@@ -155,14 +156,7 @@ export async function say(
   if (!roomId.startsWith('!'))
     throw new ClawgateError(ERROR_CODES.usage, `${opts.room}: a room id (!...) or "demo"`);
   const content: Record<string, unknown> = { msgtype: 'm.text', body: opts.text };
-  if (opts.thread) {
-    content['m.relates_to'] = {
-      rel_type: 'm.thread',
-      event_id: opts.thread,
-      is_falling_back: true,
-      'm.in_reply_to': { event_id: opts.thread },
-    };
-  }
+  if (opts.thread) content['m.relates_to'] = threadRelation(opts.thread);
   const txn = randomBytes(8).toString('hex');
   const url = `${demo.homeserverUrl}/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/m.room.message/${txn}`;
   let res: Response;

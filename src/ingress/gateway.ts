@@ -67,7 +67,7 @@ import {
 } from './commands.ts';
 import { matrixTaskQueueOf, type AccountConfig, type GatewayConfig } from './config.ts';
 import { shortJobId, SHORT_JOB_ID } from './job-ids.ts';
-import { createMatrixActivities } from './matrix-io.ts';
+import { createMatrixActivities, threadRelation } from './matrix-io.ts';
 import { quietMatrixSdkLogging } from './sdk-logging.ts';
 
 /**
@@ -985,12 +985,7 @@ export class GatewayAccount {
   /** Answers the sender: in the thread they wrote in, or as a reply to their message. */
   private async reply(ctx: EventContext, body: string): Promise<void> {
     const relation = ctx.threadRoot
-      ? {
-          rel_type: 'm.thread',
-          event_id: ctx.threadRoot,
-          is_falling_back: true,
-          'm.in_reply_to': { event_id: ctx.eventId },
-        }
+      ? threadRelation(ctx.threadRoot, ctx.eventId)
       : { 'm.in_reply_to': { event_id: ctx.eventId } };
     // Derived from the event answered, so a redelivered event is not answered twice.
     const txnId = `reply.${Buffer.from(ctx.eventId).toString('base64url').slice(0, 180)}`;

@@ -8,6 +8,19 @@ import type { MatrixClient } from 'matrix-js-sdk';
 import type { PostedMessage } from '../temporal/job-types.ts';
 
 /**
+ * The relation of a message in the thread rooted at `root`, replying to `replyTo` (the root by
+ * default), with the reply fallback that clients without threads show.
+ */
+export function threadRelation(root: string, replyTo: string = root): Record<string, unknown> {
+  return {
+    rel_type: 'm.thread',
+    event_id: root,
+    is_falling_back: true,
+    'm.in_reply_to': { event_id: replyTo },
+  };
+}
+
+/**
  * Nothing is posted in clear in an encrypted room: matrix-js-sdk sends unencrypted when it does
  * not know the room, or has no crypto, so both are checked first.
  */
@@ -66,12 +79,7 @@ export function createMatrixActivities(client: MatrixClient) {
         {
           msgtype: 'm.notice',
           body: input.body,
-          'm.relates_to': {
-            rel_type: 'm.thread',
-            event_id: input.threadRoot,
-            is_falling_back: true,
-            'm.in_reply_to': { event_id: input.threadRoot },
-          },
+          'm.relates_to': threadRelation(input.threadRoot),
         },
         input.txnKey,
       );

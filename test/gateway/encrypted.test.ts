@@ -15,6 +15,7 @@ import type { RegisteredUser } from '../../src/devstack/synapse.ts';
 import { GATEWAY_FAULTS } from '../../src/ingress/gateway.ts';
 import { shortJobId } from '../../src/ingress/job-ids.ts';
 import { jobWorkflowId } from '../../src/temporal/job-contract.ts';
+import { threadRelation } from '../../src/ingress/matrix-io.ts';
 import { GatewayProcess, gatewayStderr } from '../harness/gateway-process.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';
@@ -117,14 +118,7 @@ async function botDeviceKnown(client: MatrixClient, who = bot.userId): Promise<v
 
 async function send(user: MatrixTestUser, roomId: string, body: string, thread?: string): Promise<string> {
   const content: Record<string, unknown> = { msgtype: 'm.text', body };
-  if (thread) {
-    content['m.relates_to'] = {
-      rel_type: 'm.thread',
-      event_id: thread,
-      is_falling_back: true,
-      'm.in_reply_to': { event_id: thread },
-    };
-  }
+  if (thread) content['m.relates_to'] = threadRelation(thread);
   const { event_id: eventId } = await user.client.sendEvent(
     roomId,
     'm.room.message' as never,

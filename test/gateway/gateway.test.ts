@@ -15,6 +15,7 @@ import { GATEWAY_FAULTS } from '../../src/ingress/gateway.ts';
 import { shortJobId } from '../../src/ingress/job-ids.ts';
 import { publicJwks } from '../../src/keys/keyring.ts';
 import { jobWorkflowId, statusQuery } from '../../src/temporal/job-contract.ts';
+import { threadRelation } from '../../src/ingress/matrix-io.ts';
 import { GatewayProcess } from '../harness/gateway-process.ts';
 import { recordHistory } from '../harness/histories.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
@@ -124,14 +125,7 @@ async function send(
   opts: { thread?: string; content?: Record<string, unknown> } = {},
 ): Promise<string> {
   const content: Record<string, unknown> = { msgtype: 'm.text', body };
-  if (opts.thread) {
-    content['m.relates_to'] = {
-      rel_type: 'm.thread',
-      event_id: opts.thread,
-      is_falling_back: true,
-      'm.in_reply_to': { event_id: opts.thread },
-    };
-  }
+  if (opts.thread) content['m.relates_to'] = threadRelation(opts.thread);
   Object.assign(content, opts.content);
   const { event_id: eventId } = await user.client.sendEvent(
     roomId,

@@ -12,6 +12,7 @@ import { Direction } from 'matrix-js-sdk';
 import { PLANNER_PROMPT } from '../../src/activities/job-activities.ts';
 import { freeLoopbackPort } from '../../src/devstack/net.ts';
 import { startDemoUpstream, type DemoUpstream } from '../../src/proxy/demo-upstream.ts';
+import { threadRelation } from '../../src/ingress/matrix-io.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers, uniqueId } from '../harness/servers.ts';
 import { DEMO_PLAN } from '../harness/stack.ts';
@@ -125,12 +126,7 @@ test('clawgate start uses an existing Temporal, homeserver and model upstream wh
     {
       msgtype: 'm.text',
       body: '!approve',
-      'm.relates_to': {
-        rel_type: 'm.thread',
-        event_id: request,
-        is_falling_back: true,
-        'm.in_reply_to': { event_id: request },
-      },
+      'm.relates_to': threadRelation(request),
     } as never,
   );
   const result = await find(/: succeeded\./);
