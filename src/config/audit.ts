@@ -92,7 +92,7 @@ export function audit(
   privateFile(paths.demo, 'high', 'the demo users file');
   if (opts.configFile && existsSync(opts.configFile)) {
     const text = readFileSync(opts.configFile, 'utf8');
-    if (/\b(apiKey|password|accessToken)\b/.test(text)) {
+    if (/\b(apiKey|password|accessToken|recoveryKey)\b/.test(text)) {
       privateFile(opts.configFile, 'high', 'the configuration (it holds secrets)');
     }
   }

@@ -176,6 +176,7 @@ export function applyEnv(input: unknown, env: NodeJS.ProcessEnv): Record<string,
       const prefix = `CLAWGATE_ACCOUNT_${envName(account['id'])}`;
       if (env[`${prefix}_PASSWORD`]) account['password'] = env[`${prefix}_PASSWORD`];
       if (env[`${prefix}_ACCESS_TOKEN`]) account['accessToken'] = env[`${prefix}_ACCESS_TOKEN`];
+      if (env[`${prefix}_RECOVERY_KEY`]) account['recoveryKey'] = env[`${prefix}_RECOVERY_KEY`];
     }
   }
   const proxy = out['proxy'] as { upstreams?: unknown } | undefined;

@@ -6,7 +6,8 @@ export const SAMPLE_CONFIG = `# clawgate configuration (YAML or JSON). Every key
 # CLAWGATE_TEMPORAL_TLS, CLAWGATE_TEMPORAL_PORT, CLAWGATE_TEMPORAL_UI_PORT, CLAWGATE_HOMESERVER_URL,
 # CLAWGATE_SYNAPSE_PORT, CLAWGATE_PROXY_PORT, CLAWGATE_HEALTH_PORT, CLAWGATE_LOG_LEVEL, and
 # CLAWGATE_MODEL_BASE_URL + CLAWGATE_MODEL (+ CLAWGATE_MODEL_API_KEY) for one model upstream;
-# secrets by name: CLAWGATE_ACCOUNT_<ID>_PASSWORD or _ACCESS_TOKEN, CLAWGATE_UPSTREAM_<NAME>_API_KEY.
+# secrets by name: CLAWGATE_ACCOUNT_<ID>_PASSWORD or _ACCESS_TOKEN, _RECOVERY_KEY,
+# CLAWGATE_UPSTREAM_<NAME>_API_KEY.
 # Relative paths are resolved against this file's folder. Run \`clawgate security audit\`
 # after every change.
 
@@ -64,6 +65,7 @@ gateway:
   #     password: change-me                 # or accessToken; logged in once, the token is kept
   #     rooms: ["!ops:example.org"]
   #     encryption: true                    # end-to-end encrypted rooms (Rust crypto)
+  #     recoveryKey: "EsT…"                 # key backup on the server; better by env var
 
 log:
   level: info

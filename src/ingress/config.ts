@@ -27,6 +27,11 @@ export const accountSchema = z
      * account's state folder). Off: encrypted rooms are not read, and nothing is posted in them.
      */
     encryption: z.boolean().default(false),
+    /**
+     * Recovery key (as Element shows it) of the server-side key backup: with it a new device
+     * of the bot restores its room keys. Keep it out of the file: CLAWGATE_ACCOUNT_<ID>_RECOVERY_KEY.
+     */
+    recoveryKey: z.string().min(1).optional(),
     /** Task queue of this account's Matrix I/O activities (default clawgate-matrix-<id>). */
     matrixTaskQueue: z.string().min(1).optional(),
   })

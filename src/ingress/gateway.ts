@@ -33,7 +33,7 @@ import {
 } from 'matrix-js-sdk';
 import type { Logger as SdkLogger } from 'matrix-js-sdk/lib/logger.js';
 import type { ISavedSync } from 'matrix-js-sdk/lib/store/index.js';
-import { EventShieldColour } from 'matrix-js-sdk/lib/crypto-api/index.js';
+import { decodeRecoveryKey, EventShieldColour } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import type { Logger } from 'pino';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { FilePolicyRegistry } from '../policy/registry.ts';
@@ -106,7 +106,13 @@ export interface AccountHealth {
   blocked: { since: string; reason: string } | null;
   error: string | null;
   /** Whether the account uses encryption, and whether its crypto module is working. */
-  encryption: { enabled: boolean; available: boolean; error: string | null };
+  encryption: {
+    enabled: boolean;
+    available: boolean;
+    error: string | null;
+    /** The server-side key backup, when a recovery key is configured. */
+    backup: { version: string | null; restored: number; error: string | null } | null;
+  };
   /** Event reaching the gateway to job start accepted by Temporal, over the last starts. */
   startLatencyMs: { count: number; p50: number | null; p99: number | null };
 }
@@ -203,6 +209,18 @@ class HandledSyncStore extends MemoryStore {
   }
 }
 
+let ignoringAborts = false;
+
+/** From a stop on, a request aborted by that stop and left unawaited is not a crash; anything else still is. */
+function ignoreAbortsFromNowOn(): void {
+  if (ignoringAborts) return;
+  ignoringAborts = true;
+  process.on('unhandledRejection', (reason) => {
+    if (reason instanceof Error && reason.name === 'AbortError') return;
+    throw reason;
+  });
+}
+
 /** Requests after which the homeserver knows something of the device's keys. */
 const KEY_REQUESTS =
   /\/_matrix\/client\/[^/]+\/(keys\/(upload|claim|signatures\/upload|device_signing\/upload)|room_keys\/)/;
@@ -220,10 +238,11 @@ export class GatewayAccount {
   private accumulator: SyncAccumulator | null = null;
   private restoredSync: ISavedSync | null = null;
   private persisting: Promise<void> = Promise.resolve();
-  private encryption: { enabled: boolean; available: boolean; error: string | null } = {
+  private encryption: AccountHealth['encryption'] = {
     enabled: false,
     available: false,
     error: null,
+    backup: null,
   };
   private worker: Worker | null = null;
   private workerRun: Promise<void> | null = null;
@@ -419,6 +438,7 @@ export class GatewayAccount {
       }
       await client.initRustCrypto({ cryptoDatabasePrefix: this.cryptoPrefix });
       this.encryption.available = true;
+      if (this.config.recoveryKey) await this.startKeyBackup(client, this.config.recoveryKey);
       this.log.info(
         { restored: restored !== null },
         restored ? 'encryption ready (crypto store restored)' : 'encryption ready (new crypto store)',
@@ -430,6 +450,56 @@ export class GatewayAccount {
         { err: error },
         'encryption is unavailable: the crypto module failed to load or start; plain rooms keep working',
       );
+    }
+  }
+
+  /**
+   * Server-side key backup under the recovery key from the configuration: made when the server
+   * has none, enabled when the key matches it, and restored from, so a new device of the bot
+   * (a lost state folder) gets the room keys back. A failure here leaves encryption working.
+   */
+  private async startKeyBackup(client: MatrixClient, recoveryKey: string): Promise<void> {
+    try {
+      const crypto = client.getCrypto();
+      if (!crypto) return;
+      const privateKey = decodeRecoveryKey(recoveryKey);
+      let version = (await crypto.getKeyBackupInfo())?.version ?? null;
+      if (!version) {
+        // The wasm module is loaded by now (initRustCrypto did); it derives the public key.
+        const { BackupDecryptionKey } = await import('@matrix-org/matrix-sdk-crypto-wasm');
+        const key = BackupDecryptionKey.fromBase64(
+          Buffer.from(privateKey).toString('base64').replace(/=+$/, ''),
+        );
+        const made = await client.http.authedRequest<{ version: string }>(
+          Method.Post,
+          '/room_keys/version',
+          undefined,
+          {
+            algorithm: 'm.megolm_backup.v1.curve25519-aes-sha2',
+            auth_data: { public_key: key.megolmV1PublicKey.publicKeyBase64 },
+          },
+        );
+        version = made.version;
+        this.log.info({ version }, 'made a key backup on the server');
+      }
+      await crypto.storeSessionBackupPrivateKey(privateKey, version);
+      // A fresh check (the first one is cached) finds the version and enables uploads to it.
+      const check = await crypto.checkKeyBackupAndEnable();
+      if (check?.backupInfo.version !== version || !check.trustInfo.matchesDecryptionKey) {
+        throw new Error(
+          `the recovery key does not open the server's key backup (version ${check?.backupInfo.version ?? 'none'})`,
+        );
+      }
+      const info = check.backupInfo;
+      const restored = await crypto.restoreKeyBackup();
+      this.encryption.backup = { version: info.version, restored: restored.imported, error: null };
+      this.log.info(
+        { version: info.version, total: restored.total, imported: restored.imported },
+        'key backup enabled; room keys restored from it',
+      );
+    } catch (error) {
+      this.encryption.backup = { version: null, restored: 0, error: (error as Error).message };
+      this.log.error({ err: error }, 'key backup unavailable; encryption works without it');
     }
   }
 
@@ -473,6 +543,10 @@ export class GatewayAccount {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    // Stopped while the SDK prepares its first /sync, the SDK still sends that request (with the
+    // aborted signal) and then leaves its rejection unawaited; without this the process would end
+    // with an unhandled rejection after a clean stop.
+    ignoreAbortsFromNowOn();
     this.client?.stopClient();
     if (this.worker && this.worker.getState() === 'RUNNING') this.worker.shutdown();
     await this.workerRun;

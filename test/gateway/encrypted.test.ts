@@ -4,12 +4,14 @@
 // stopped, or killed, while an encrypted approval is sent, and decrypts it after restarting;
 // with the crypto module unloadable it still serves plain rooms and says so in its health.
 import assert from 'node:assert/strict';
-import { mkdtempSync, truncateSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, truncateSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import { Direction, type MatrixClient } from 'matrix-js-sdk';
+import { encodeRecoveryKey } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import type { ClawgateConfigInput } from '../../src/config/config.ts';
 import type { RegisteredUser } from '../../src/devstack/synapse.ts';
 import { GATEWAY_FAULTS } from '../../src/ingress/gateway.ts';
@@ -350,4 +352,99 @@ test('killed during sync processing (after acting on a batch, before saving it):
   await botSays(requester, secretRoom, new RegExp(`^Plan for job ${jobId}: `));
   const failures = gateway.lines.filter((l) => /unable to decrypt/.test(String(l['msg'])));
   assert.deepEqual(failures, []);
+});
+
+test('key backup under the recovery key: a new device of the bot (its state folder lost) restores the room keys', async () => {
+  const { synapse } = testServers();
+  const bot3 = await registerTestUser('backupbot');
+  const roomId = await requester.createRoom({
+    name: 'backed up',
+    encrypted: true,
+    invite: [bot3.userId, approver.userId],
+  });
+  await approver.waitForMembership(roomId, 'invite');
+  await approver.joinRoom(roomId);
+  await stack.activatePolicy({
+    channel: 'matrix',
+    rooms: [secretRoom, plainRoom, freshRoom, roomId],
+    requesters: [requester.userId],
+    approvers: [approver.userId],
+  });
+  const recoveryKey = encodeRecoveryKey(randomBytes(32)) as string;
+  config.gateway?.accounts?.push({
+    id: 'backup',
+    homeserverUrl: synapse.baseUrl,
+    userId: bot3.userId,
+    password: bot3.password,
+    rooms: [roomId],
+    encryption: true,
+    recoveryKey,
+  });
+  await gateway?.kill('SIGTERM');
+  gateway = await GatewayProcess.start(config, { dir });
+  await botJoined(roomId, bot3.userId);
+  await botDeviceKnown(requester.client, bot3.userId);
+  await botDeviceKnown(approver.client, bot3.userId);
+  const request = await send(requester, roomId, '!claw summarise the readme');
+  await botSays(requester, roomId, /^Plan for job/, 60_000, bot3.userId);
+  await send(approver, roomId, '!approve', request);
+  await botSays(requester, roomId, /: succeeded\./, 60_000, bot3.userId);
+  // The bot backs up the room keys it received (the requester's and the approver's).
+  const backedUp = async () => {
+    const res = await fetch(`${synapse.baseUrl}/_matrix/client/v3/room_keys/version`, {
+      headers: { authorization: `Bearer ${bot3.accessToken}` },
+    });
+    return ((await res.json()) as { count?: number }).count ?? 0;
+  };
+  const deadline = Date.now() + 30_000;
+  while ((await backedUp()) < 2) {
+    if (Date.now() > deadline) throw new Error(`the bot backed up ${await backedUp()} room keys, not 2`);
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  // The state folder is lost: the next start logs in again (a new device) and restores the keys.
+  await gateway.kill('SIGTERM');
+  rmSync(join(dir, 'state', 'gateway', 'accounts', 'backup'), { recursive: true, force: true });
+  gateway = await GatewayProcess.start(config, { dir });
+  const restored = await gateway.waitForLog(
+    (l) => l['account'] === 'backup' && /room keys restored/.test(String(l['msg'])),
+    30_000,
+    'the room keys restored from the backup',
+  );
+  assert.ok(Number(restored['imported']) >= 2, JSON.stringify(restored));
+  type BackupHealth = {
+    accounts: Array<{
+      id: string;
+      state: string;
+      encryption: {
+        available: boolean;
+        backup: { version: string | null; restored: number; error: string | null } | null;
+      };
+    }>;
+  };
+  const backupHealth = async () => {
+    const health = (await fetch(gateway!.healthUrl).then((r) => r.json())) as BackupHealth;
+    return health.accounts.find((a) => a.id === 'backup');
+  };
+  assert.deepEqual((await backupHealth())?.encryption.backup, {
+    version: restored['version'],
+    restored: Number(restored['imported']),
+    error: null,
+  });
+  // A recovery key that does not open the server's backup: said in the health and the log,
+  // and encryption goes on working without the backup.
+  await gateway.kill('SIGTERM');
+  rmSync(join(dir, 'state', 'gateway', 'accounts', 'backup'), { recursive: true, force: true });
+  const account = config.gateway?.accounts?.find((a) => a.id === 'backup');
+  assert.ok(account);
+  account.recoveryKey = encodeRecoveryKey(randomBytes(32));
+  gateway = await GatewayProcess.start(config, { dir });
+  await gateway.waitForLog(
+    (l) => l['account'] === 'backup' && /key backup unavailable/.test(String(l['msg'])),
+    30_000,
+    'the wrong recovery key reported',
+  );
+  const wrong = await backupHealth();
+  assert.equal(wrong?.encryption.available, true);
+  assert.match(wrong?.encryption.backup?.error ?? '', /recovery key does not open the server's key backup/);
+  config.gateway!.accounts = config.gateway!.accounts!.filter((a) => a.id !== 'backup');
 });

@@ -108,8 +108,13 @@ export class GatewayProcess {
 
   async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     const started = Date.now();
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
-    await this.exited;
+    const running = this.child.exitCode === null && this.child.signalCode === null;
+    if (running) this.child.kill(signal);
+    const { code } = await this.exited;
+    // A stop asked for is a clean one: SIGTERM ends the gateway with exit code 0.
+    if (running && signal === 'SIGTERM' && code !== 0) {
+      throw new Error(`the gateway stopped with exit code ${code} after SIGTERM, not 0`);
+    }
     if (process.env['CLAWGATE_TEST_TIMINGS'] === '1') {
       console.error(`gateway ${signal}: exited after ${Date.now() - started} ms`);
     }

@@ -40,12 +40,16 @@ test('environment overrides, and secrets by name', () => {
       CLAWGATE_TEMPORAL_TLS: 'true',
       CLAWGATE_PROXY_PORT: '9000',
       CLAWGATE_ACCOUNT_OPS_BOT_PASSWORD: 'pw',
+      CLAWGATE_ACCOUNT_OPS_BOT_RECOVERY_KEY: 'EsTc recovery',
       CLAWGATE_UPSTREAM_OPENROUTER_API_KEY: 'sk-or-1',
     },
   );
   assert.deepEqual(merged['temporal'], { address: 'temporal:7233', tls: true });
   assert.deepEqual((merged['proxy'] as { listen: unknown }).listen, { port: 9000 });
-  assert.equal((merged['gateway'] as { accounts: Array<{ password: string }> }).accounts[0]?.password, 'pw');
+  const account = (merged['gateway'] as { accounts: Array<{ password: string; recoveryKey: string }> })
+    .accounts[0];
+  assert.equal(account?.password, 'pw');
+  assert.equal(account?.recoveryKey, 'EsTc recovery');
   assert.equal((merged['proxy'] as { upstreams: Array<{ apiKey: string }> }).upstreams[0]?.apiKey, 'sk-or-1');
   const model = applyEnv(
     {},
