@@ -187,10 +187,13 @@ export function encryptState(state: CryptoState, key: Buffer): Buffer {
   return Buffer.concat([MAGIC, iv, cipher.getAuthTag(), body]);
 }
 
+/** The way out of a crypto store that cannot be used, said in every such error. */
+export const STORE_RECOVERY =
+  'stop the gateway, move the account folder aside and start again: the bot gets a new device ' +
+  '(restore room keys from the key backup)';
+
 export function decryptState(bytes: Buffer, key: Buffer, path: string): CryptoState {
-  const recovery =
-    'stop the gateway, move the account folder aside and start again: the bot gets a new device ' +
-    '(restore room keys from the key backup)';
+  const recovery = STORE_RECOVERY;
   if (bytes.length < MAGIC.length + IV_BYTES + TAG_BYTES || !bytes.subarray(0, MAGIC.length).equals(MAGIC)) {
     throw new ClawgateError(
       ERROR_CODES.stateCorrupt,

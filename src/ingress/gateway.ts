@@ -52,6 +52,7 @@ import { join } from 'node:path';
 import { AccountState, type Credentials } from './account-state.ts';
 import {
   CryptoStateFile,
+  STORE_RECOVERY,
   processIndexedDb,
   restoreDatabases,
   snapshotDatabases,
@@ -303,6 +304,7 @@ export class GatewayAccount {
         );
         // A damaged store stops this account only, with the file and the way out named.
         restored = this.cryptoFile.read();
+        if (!restored) await this.refuseLostStore(credentials, this.cryptoFile.path);
         this.accumulator = new SyncAccumulator();
         if (restored) {
           this.lastToken = restored.syncToken;
@@ -416,6 +418,34 @@ export class GatewayAccount {
     }
     this.state.saveCredentials(credentials);
     return credentials;
+  }
+
+  /**
+   * No crypto store here, yet the homeserver holds keys of this device: the store was deleted
+   * (or the folder copied without it). A new store would make new keys under the same device, which
+   * the homeserver and every other member would refuse, so the account stops with the way out.
+   */
+  private async refuseLostStore(credentials: Credentials, path: string): Promise<void> {
+    const probe = createClient({
+      baseUrl: credentials.homeserverUrl,
+      accessToken: credentials.accessToken,
+      logger: sdkLogger(this.log),
+    });
+    const known = await this.retrying("ask the homeserver for this device's keys", () =>
+      probe.http.authedRequest<{ device_keys?: Record<string, Record<string, unknown>> }>(
+        Method.Post,
+        '/keys/query',
+        undefined,
+        { device_keys: { [credentials.userId]: [credentials.deviceId] } },
+      ),
+    );
+    if (known.device_keys?.[credentials.userId]?.[credentials.deviceId]) {
+      throw new ClawgateError(
+        ERROR_CODES.stateCorrupt,
+        `${path} is missing, but the homeserver already holds the keys of device ${credentials.deviceId}: ` +
+          `the keys that go with them are lost; ${STORE_RECOVERY}`,
+      );
+    }
   }
 
   private get cryptoPrefix(): string {

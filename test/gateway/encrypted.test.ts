@@ -304,6 +304,26 @@ test('a damaged crypto store stops that account only, with the file and the way 
   await botSays(requester, secretRoom, /: succeeded\./);
 });
 
+test('a deleted crypto store (the homeserver holds the keys of the device) stops that account only, with the way out', async () => {
+  await gateway?.kill('SIGTERM');
+  rmSync(join(dir, 'state', 'gateway', 'accounts', 'fresh', 'crypto-store.bin'));
+  gateway = await GatewayProcess.start(config, { dir });
+  type Health = { accounts: Array<{ id: string; state: string; error: string | null }> };
+  const read = async () => (await fetch(gateway!.healthUrl).then((r) => r.json())) as Health;
+  let health = await read();
+  for (let i = 0; i < 100 && health.accounts.some((a) => a.state === 'starting'); i++) {
+    await new Promise((r) => setTimeout(r, 200));
+    health = await read();
+  }
+  const byId = Object.fromEntries(health.accounts.map((a) => [a.id, a]));
+  assert.equal(byId['secure']?.state, 'syncing');
+  assert.equal(byId['fresh']?.state, 'failed');
+  assert.match(
+    byId['fresh']?.error ?? '',
+    /crypto-store\.bin is missing, but the homeserver already holds the keys of device [A-Z]+: .*move the account folder aside/,
+  );
+});
+
 test('with require_verified_device, only an approval from a device cross-signed by its owner counts; the refusal says why', async () => {
   await stack.activatePolicy({
     channel: 'matrix',
