@@ -52,13 +52,10 @@ export function addStackCommands(program: Command): void {
       const logPath = join(config.stateDir, 'clawgate.log');
       mkdirSync(dirname(logPath), { recursive: true, mode: 0o700 });
       const { pino } = await import('pino');
-      const { REDACTED_KEYS, installTemporalLogging } = await import('../stack/logging.ts');
-      const logger = pino(
-        {
-          name: 'clawgate',
-          level: config.log.level,
-          redact: { paths: [...REDACTED_KEYS, ...REDACTED_KEYS.map((k) => `*.${k}`)], censor: '[secret]' },
-        },
+      const { createLogger, installTemporalLogging } = await import('../stack/logging.ts');
+      const logger = createLogger(
+        'clawgate',
+        config.log.level,
         pino.destination({ dest: openSync(logPath, 'a', 0o600), sync: true }),
       );
       installTemporalLogging(logger);

@@ -2,7 +2,7 @@
 // redacted by key wherever they appear in a logged object. The Temporal worker runtime's own
 // warnings and errors go through the same logger.
 import { Runtime } from '@temporalio/worker';
-import { pino, type Logger } from 'pino';
+import { pino, type DestinationStream, type Logger, type LoggerOptions } from 'pino';
 
 export const REDACTED_KEYS = [
   'accessToken',
@@ -13,10 +13,13 @@ export const REDACTED_KEYS = [
   'authorization',
   'token',
   'jwt',
+  'recoveryKey',
+  'recovery_key',
 ];
 
-export function createLogger(name: string, level: string): Logger {
-  return pino({
+/** pino options every clawgate logger uses: its name, its level, secrets redacted by key. */
+export function loggerOptions(name: string, level: string): LoggerOptions {
+  return {
     name,
     level,
     redact: {
@@ -27,7 +30,11 @@ export function createLogger(name: string, level: string): Logger {
       ],
       censor: '[secret]',
     },
-  });
+  };
+}
+
+export function createLogger(name: string, level: string, destination?: DestinationStream): Logger {
+  return destination ? pino(loggerOptions(name, level), destination) : pino(loggerOptions(name, level));
 }
 
 let installed = false;
