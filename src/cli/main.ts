@@ -203,9 +203,7 @@ export function buildProgram(): Command {
     .option('--jwks <file>', 'public keys (default: the receipt keyring)')
     .addOption(keysOption())
     .action(async (id: string, opts: { log: string; jwks?: string; keys: string }) => {
-      const store = await ReceiptStore.open(opts.log);
-      const stored = store.get(id);
-      await store.close();
+      const stored = ReceiptStore.read(opts.log).get(id);
       if (!stored) throw new ClawgateError(ERROR_CODES.receiptNotFound, `no receipt ${id} in ${opts.log}`);
       const receipt = await verifyReceipt(
         stored.jws,
@@ -221,9 +219,7 @@ export function buildProgram(): Command {
     .option('--jwks <file>', 'public keys (default: the receipt keyring)')
     .addOption(keysOption())
     .action(async (opts: { job: string; log: string; jwks?: string; keys: string }) => {
-      const store = await ReceiptStore.open(opts.log);
-      const list = store.forJob(opts.job);
-      await store.close();
+      const list = ReceiptStore.read(opts.log).forJob(opts.job);
       const jwks = keysFor(readJwks(opts.jwks, opts.keys, ['receipt']), 'receipt');
       for (const stored of list) {
         const { payload } = await verifyReceipt(stored.jws, jwks);

@@ -1,33 +1,56 @@
-// The proxy's receipt store: an append-only log on disk, one JSON line per signed receipt.
-// `append` resolves only once the receipt is durable (written and fdatasync'ed), and writes
-// that arrive while a flush is under way are batched into the next one (group commit), so a
-// busy proxy pays one fsync per batch, not per call. A batch of one (no load) is written and
-// synced synchronously: on this project's machines that took 0.19 ms where the same through
-// the libuv thread pool took 0.52 ms (two round trips). Larger batches go through the thread
-// pool, which keeps the event loop free to gather the next batch. On start the log is read back: receipts
-// by id and by job, and each job's chain head, survive a restart. A torn last line (a crash
-// mid-write) is cut off, since its caller never got an answer.
+// The proxy's receipt store: a log on disk, one JSON line per signed receipt. `append` resolves
+// only once the receipt is durable (written and fdatasync'ed), and writes that arrive while a
+// flush is under way are batched into the next one (group commit), so a busy proxy pays one
+// fsync per batch, not per call. A batch of one (no load) is written and synced synchronously:
+// on this project's machines that took 0.19 ms where the same through the libuv thread pool
+// took 0.52 ms (two round trips). Larger batches go through the thread pool, which keeps the
+// event loop free to gather the next batch.
+//
+// The file is kept ahead of its data with zeros that are already on disk (written and synced
+// in the background, a few MiB at a time): a receipt overwrites zeros in place, so its
+// fdatasync has only the data to flush, not the file's size and block map (measured here with
+// the disk idle between writes: 0.14-0.15 ms at p50 against 0.22 ms for a plain append). The
+// log ends at the first zero byte; a JSON line never contains one.
+//
+// On start the log is read back: receipts by id and by job, and each job's chain head, survive
+// a restart. A torn last line (a crash mid-write) is cut off, since its caller never got an
+// answer. One writer at a time: a second proxy on the same log refuses to start. A reader
+// (`ReceiptStore.read`, the CLI) never changes the file.
 import {
   closeSync,
   existsSync,
+  fdatasync,
   fdatasyncSync,
+  fstatSync,
   ftruncateSync,
   mkdirSync,
   openSync,
   readFileSync,
+  rmSync,
+  write,
   writeSync,
 } from 'node:fs';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
-import { fdatasync, write } from 'node:fs';
+import { ClawgateError, ERROR_CODES } from '../errors.ts';
+import { writeFileAtomic } from '../storage/files.ts';
+import type { SignedReceipt } from './receipts.ts';
 
 const writeAsync = promisify(write) as (
   fd: number,
   buffer: Buffer,
   offset: number,
+  length: number,
+  position: number,
 ) => Promise<{ bytesWritten: number; buffer: Buffer }>;
 const fdatasyncAsync = promisify(fdatasync);
-import type { SignedReceipt } from './receipts.ts';
+
+/** How far ahead of the data the file is zero-filled, and when more is filled. */
+export interface Preallocation {
+  chunkBytes: number;
+  lowWaterBytes: number;
+}
+const DEFAULT_PREALLOCATION: Preallocation = { chunkBytes: 4 << 20, lowWaterBytes: 1 << 20 };
 
 interface LogLine {
   receipt_id: string;
@@ -43,52 +66,34 @@ export interface StoredReceipt {
   jws: string;
 }
 
-export class ReceiptStore {
-  private readonly byId = new Map<string, StoredReceipt>();
-  private readonly byJob = new Map<string, StoredReceipt[]>();
-  private readonly heads = new Map<string, string>();
-  private pending: Array<{ line: Buffer; resolve: () => void; reject: (e: unknown) => void }> = [];
-  private flushing: Promise<void> | undefined;
-  private readonly fd: number;
-  /** How many fdatasync calls the log took (batches), for the benchmark. */
-  syncs = 0;
-
-  private constructor(fd: number) {
-    this.fd = fd;
+function processRuns(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
 
-  static open(path: string): Promise<ReceiptStore> {
-    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    const recovered = existsSync(path) ? ReceiptStore.recover(path) : [];
-    const store = new ReceiptStore(openSync(path, 'a', 0o600));
-    for (const receipt of recovered) store.index(receipt);
-    return Promise.resolve(store);
-  }
-
-  /** Reads the log; cuts a torn last line off the file. */
-  private static recover(path: string): StoredReceipt[] {
-    const text = readFileSync(path, 'utf8');
-    const receipts: StoredReceipt[] = [];
-    let offset = 0;
-    for (const line of text.split('\n')) {
-      const end = offset + Buffer.byteLength(line) + 1;
-      if (line === '') {
-        offset = end;
-        continue;
-      }
-      const complete = end <= Buffer.byteLength(text);
-      let parsed: LogLine | undefined;
+/**
+ * Parses a log up to its first zero byte: the receipts of its complete lines, where its data
+ * ends, and where a torn or unreadable line starts, if there is one.
+ */
+function parseLog(bytes: Buffer): { receipts: StoredReceipt[]; end: number; tornAt: number | null } {
+  const zero = bytes.indexOf(0);
+  const data = zero < 0 ? bytes : bytes.subarray(0, zero);
+  const receipts: StoredReceipt[] = [];
+  let offset = 0;
+  while (offset < data.length) {
+    const newline = data.indexOf(0x0a, offset);
+    if (newline < 0) return { receipts, end: offset, tornAt: offset };
+    const line = data.subarray(offset, newline).toString('utf8');
+    if (line !== '') {
+      let parsed: LogLine;
       try {
-        parsed = complete ? (JSON.parse(line) as LogLine) : undefined;
+        parsed = JSON.parse(line) as LogLine;
       } catch {
-        parsed = undefined;
-      }
-      if (!parsed) {
-        const fd = openSync(path, 'r+');
-        ftruncateSync(fd, offset);
-        fdatasyncSync(fd);
-        closeSync(fd);
-        break;
+        return { receipts, end: offset, tornAt: offset };
       }
       receipts.push({
         receiptId: parsed.receipt_id,
@@ -96,9 +101,100 @@ export class ReceiptStore {
         payloadSha256: parsed.payload_sha256,
         jws: parsed.jws,
       });
-      offset = end;
     }
-    return receipts;
+    offset = newline + 1;
+  }
+  return { receipts, end: offset, tornAt: null };
+}
+
+export class ReceiptStore {
+  private readonly byId = new Map<string, StoredReceipt>();
+  private readonly byJob = new Map<string, StoredReceipt[]>();
+  private readonly heads = new Map<string, string>();
+  private pending: Array<{ line: Buffer; resolve: () => void; reject: (e: unknown) => void }> = [];
+  private flushing: Promise<void> | undefined;
+  private readonly fd: number | null;
+  private readonly lockPath: string | null;
+  private readonly prealloc: Preallocation;
+  /** Where the next receipt goes: the end of the data. */
+  private end = 0;
+  /** Bytes of the file on disk (data, then zeros); a write past them grows the file. */
+  private allocated = 0;
+  /** A zero fill under way, from `allocated` on. */
+  private extending: Promise<void> | undefined;
+  private closed = false;
+  /** How many fdatasync calls the log took (batches), for the benchmark. */
+  syncs = 0;
+
+  private constructor(fd: number | null, lockPath: string | null, prealloc: Preallocation) {
+    this.fd = fd;
+    this.lockPath = lockPath;
+    this.prealloc = prealloc;
+  }
+
+  /** Opens the log to write receipts, as its one writer. */
+  // eslint-disable-next-line @typescript-eslint/require-await -- errors as rejections, like any open
+  static async open(path: string, opts: { preallocation?: Preallocation } = {}): Promise<ReceiptStore> {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    const lockPath = `${path}.lock`;
+    if (existsSync(lockPath)) {
+      const pid = Number.parseInt(readFileSync(lockPath, 'utf8').trim(), 10);
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && processRuns(pid)) {
+        throw new ClawgateError(
+          ERROR_CODES.stateLocked,
+          `the receipt log ${path} is written by process ${pid}; one proxy per log ` +
+            '(stop that process, or give this proxy its own receiptsPath)',
+        );
+      }
+    }
+    writeFileAtomic(lockPath, `${process.pid}\n`);
+    // Created with its mode if missing, then written at offsets of clawgate's choosing.
+    closeSync(openSync(path, 'a', 0o600));
+    const fd = openSync(path, 'r+');
+    const store = new ReceiptStore(fd, lockPath, opts.preallocation ?? DEFAULT_PREALLOCATION);
+    const { receipts, end, tornAt } = parseLog(readFileSync(path));
+    if (tornAt !== null) {
+      // A torn last line: its call never got an answer. It goes, with anything after it.
+      ftruncateSync(fd, tornAt);
+      fdatasyncSync(fd);
+    }
+    for (const receipt of receipts) store.index(receipt);
+    store.end = end;
+    store.allocated = fstatSync(fd).size;
+    store.extendIfLow();
+    return store;
+  }
+
+  /** Reads a log without writing to it (a proxy may be writing it): what is complete now. */
+  static read(path: string): ReceiptStore {
+    if (!existsSync(path)) {
+      throw new ClawgateError(ERROR_CODES.receiptNotFound, `no receipt log at ${path}`);
+    }
+    const store = new ReceiptStore(null, null, DEFAULT_PREALLOCATION);
+    for (const receipt of parseLog(readFileSync(path)).receipts) store.index(receipt);
+    return store;
+  }
+
+  /** Zero-fills the next chunk in the background when the room ahead runs low. */
+  private extendIfLow(): void {
+    const fd = this.fd;
+    if (fd === null || this.extending || this.allocated - this.end >= this.prealloc.lowWaterBytes) return;
+    const from = this.allocated;
+    const zeros = Buffer.alloc(this.prealloc.chunkBytes);
+    this.extending = (async () => {
+      let done = 0;
+      while (done < zeros.length) {
+        done += (await writeAsync(fd, zeros, done, zeros.length - done, from + done)).bytesWritten;
+      }
+      await fdatasyncAsync(fd);
+      this.allocated = Math.max(this.allocated, from + zeros.length);
+    })()
+      .catch(() => {
+        // No room ahead (a full disk, say): receipts go past the end, slower but as durable.
+      })
+      .finally(() => {
+        this.extending = undefined;
+      });
   }
 
   private index(receipt: StoredReceipt): void {
@@ -152,24 +248,42 @@ export class ReceiptStore {
   /** Writes what is pending, in batches, once the current tick has queued what it will. */
   private async flush(): Promise<void> {
     await Promise.resolve();
+    const fd = this.fd;
     while (this.pending.length > 0) {
       const batch = this.pending;
       this.pending = [];
       try {
+        if (fd === null) throw new Error('this receipt log is open for reading only');
         const bytes = Buffer.concat(batch.map((p) => p.line));
+        // Never write where a zero fill is still going on.
+        while (this.extending && this.end + bytes.length > this.allocated) await this.extending;
+        const at = this.end;
+        let written = 0;
         if (batch.length === 1) {
           // A lone call (no load): the synchronous path answers it soonest.
-          let written = 0;
-          while (written < bytes.length) written += writeSync(this.fd, bytes, written);
-          fdatasyncSync(this.fd);
+          while (written < bytes.length) {
+            written += writeSync(fd, bytes, written, bytes.length - written, at + written);
+          }
+          fdatasyncSync(fd);
         } else {
           // Under load: keep the event loop free for the calls that will form the next batch.
-          let written = 0;
-          while (written < bytes.length) written += (await writeAsync(this.fd, bytes, written)).bytesWritten;
-          await fdatasyncAsync(this.fd);
+          while (written < bytes.length) {
+            const { bytesWritten } = await writeAsync(
+              fd,
+              bytes,
+              written,
+              bytes.length - written,
+              at + written,
+            );
+            written += bytesWritten;
+          }
+          await fdatasyncAsync(fd);
         }
+        this.end = at + bytes.length;
+        this.allocated = Math.max(this.allocated, this.end);
         this.syncs += 1;
         for (const p of batch) p.resolve();
+        this.extendIfLow();
       } catch (error) {
         for (const p of batch) p.reject(error);
       }
@@ -187,8 +301,13 @@ export class ReceiptStore {
     return [...(this.byJob.get(jobId) ?? [])];
   }
 
+  /** Waits for what is being written, closes the file and lets another writer have it. Idempotent. */
   async close(): Promise<void> {
     await this.flushing;
-    closeSync(this.fd);
+    await this.extending;
+    if (this.closed) return;
+    this.closed = true;
+    if (this.fd !== null) closeSync(this.fd);
+    if (this.lockPath !== null) rmSync(this.lockPath, { force: true });
   }
 }

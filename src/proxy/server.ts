@@ -323,6 +323,7 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     const jsonChunks: Buffer[] = [];
     let outcome: { status: ReceiptStatus; error: string | null } | undefined;
     let streaming = false;
+    let jsonContentType = 'application/json';
     let timer: NodeJS.Timeout | undefined;
 
     const finished = new Promise<void>((resolve) => {
@@ -367,21 +368,27 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
         upstreamStatus = upstreamRes.statusCode ?? 502;
         const contentType = upstreamRes.headers['content-type'] ?? 'application/json';
         streaming = contentType.startsWith('text/event-stream');
-        // Headers go out now; the body follows as it arrives. No content-length: the response
-        // ends (its last chunk) only after the receipt is on disk.
-        res.writeHead(upstreamStatus, {
-          'content-type': contentType,
-          'cache-control': 'no-cache',
-          'x-clawgate-receipt-id': receiptId,
-        });
-        res.flushHeaders();
+        jsonContentType = contentType;
+        if (streaming) {
+          // A stream's headers go out now and its events as they arrive. No content-length:
+          // the response ends (its last chunk) only after the receipt is on disk.
+          res.writeHead(upstreamStatus, {
+            'content-type': contentType,
+            'cache-control': 'no-cache',
+            'x-clawgate-receipt-id': receiptId,
+          });
+          res.flushHeaders();
+        }
+        // A JSON answer is one document: it goes out whole, in one write, once its receipt is
+        // on disk (the caller cannot use half of it anyway).
         upstreamRes.on('data', (chunk: Buffer) => {
           armTimer();
           responseHash.update(chunk);
           responseBytes += chunk.length;
-          if (streaming) usageScanner.push(chunk);
-          else jsonChunks.push(chunk);
-          res.write(chunk);
+          if (streaming) {
+            usageScanner.push(chunk);
+            res.write(chunk);
+          } else jsonChunks.push(chunk);
         });
         upstreamRes.once('end', () => {
           settle(upstreamStatus >= 200 && upstreamStatus < 300 ? 'ok' : 'upstream_error', null);
@@ -403,11 +410,10 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     await finished;
     const result = outcome ?? { status: 'upstream_failed' as const, error: 'no outcome' };
     let usage: Usage | null = usageScanner.usage;
-    if (!usage && jsonChunks.length > 0 && result.status === 'ok') {
+    const json = streaming ? null : Buffer.concat(jsonChunks);
+    if (!usage && json !== null && json.length > 0 && result.status === 'ok') {
       try {
-        usage = usageFrom(
-          (JSON.parse(Buffer.concat(jsonChunks).toString('utf8')) as { usage?: unknown }).usage,
-        );
+        usage = usageFrom((JSON.parse(json.toString('utf8')) as { usage?: unknown }).usage);
       } catch {
         usage = null;
       }
@@ -444,18 +450,24 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
       return;
     }
     if (result.status === 'aborted') return;
+    if (json !== null && (result.status === 'ok' || result.status === 'upstream_error')) {
+      res.writeHead(upstreamStatus, {
+        'content-type': jsonContentType,
+        'content-length': json.length,
+        'cache-control': 'no-cache',
+        'x-clawgate-receipt-id': receiptId,
+      });
+      res.end(json);
+      return;
+    }
     if (!res.headersSent) {
       const code = result.status === 'timeout' ? PROXY_ERRORS.upstreamTimeout : PROXY_ERRORS.upstreamFailed;
       sendError(res, httpStatus, code, result.error ?? 'upstream failure', receiptId);
       return;
     }
     if (result.status === 'ok' || result.status === 'upstream_error') {
-      // For a stream, the receipt id also closes the stream, as an SSE comment clients ignore.
-      if (streaming) {
-        res.end(`: clawgate-receipt ${receiptId}\n\n`);
-      } else {
-        res.end();
-      }
+      // The receipt id also closes the stream, as an SSE comment clients ignore.
+      res.end(`: clawgate-receipt ${receiptId}\n\n`);
       return;
     }
     // The upstream failed mid-answer: say so in the stream, then cut the connection so the
@@ -578,6 +590,7 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
           });
           httpAgent.destroy();
           httpsAgent.destroy();
+          await store.close();
         },
       });
     });

@@ -38,14 +38,18 @@ export function cstVerifier(deps: {
 }): VerifyCallToken {
   return async (token) => {
     try {
+      // The active policy is read once per call: the pin check and the model list agree on it.
+      let active: string | null | undefined;
+      const activeHash = (): string | null =>
+        active === undefined ? (active = deps.policies.activeHash()) : active;
       const claims = await verifyCapabilityToken(token, {
         jwks: deps.jwks,
         ...(deps.now ? { now: deps.now } : {}),
         isRevoked: (jti, job) => deps.revocations.isRevoked(jti, job),
-        activePolicyHash: () => deps.policies.activeHash(),
+        activePolicyHash: activeHash,
       });
       // The job's policy: the pinned one, else the active one of the channel.
-      const hash = claims.wpc_hash ?? deps.policies.activeHash();
+      const hash = claims.wpc_hash ?? activeHash();
       if (!hash) {
         return {
           ok: false,

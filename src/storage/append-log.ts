@@ -58,9 +58,9 @@ export class AppendLog<T> {
 
   private stat(): Stats | null {
     try {
-      return statSync(this.path);
+      // Checked on every token verification: a missing file is an answer, not an exception.
+      return statSync(this.path, { throwIfNoEntry: false }) ?? null;
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw this.corrupt(`cannot be read (${(error as NodeJS.ErrnoException).code ?? String(error)})`);
     }
   }

@@ -230,8 +230,23 @@ function tokenKey(jwks: { keys: JWK[] }, kid: unknown): JWK | undefined {
   );
 }
 
-/** Verifies a CST; returns its claims, or throws a ClawgateError with a stable code. */
-export async function verifyCapabilityToken(token: unknown, opts: VerifyOptions): Promise<CstClaims> {
+/**
+ * Tokens whose signature and claim shape were already checked, by JWKS: a token is presented on
+ * every model call of its job, and its bytes verify the same way every time under the same keys.
+ * Only what cannot change is cached (signature, header, claim shape, issuer, audience); time,
+ * revocation and the pinned policy are checked on every call. Bounded: the oldest go first.
+ */
+const verifiedTokens = new WeakMap<{ keys: JWK[] }, Map<string, { kid: string; claims: CstClaims }>>();
+const VERIFIED_TOKENS_MAX = 4096;
+
+/** The checks that depend on the token's bytes and the keys only; throws like `verifyCapabilityToken`. */
+function staticallyVerified(token: unknown, jwks: { keys: JWK[] }, audience: string): CstClaims {
+  const cache = typeof jwks === 'object' && jwks !== null ? verifiedTokens.get(jwks) : undefined;
+  if (typeof token === 'string' && cache) {
+    const hit = cache.get(token);
+    // The key must still be in the set (a JWKS object changed in place loses its keys' tokens).
+    if (hit && tokenKey(jwks, hit.kid) && audienceOf(hit.claims).includes(audience)) return hit.claims;
+  }
   if (typeof token !== 'string' || token === '') fail(ERROR_CODES.tokenMissing, 'no capability token');
   const parts = token.split('.');
   if (parts.length !== 3 || parts.some((p) => !/^[A-Za-z0-9_-]*$/.test(p))) {
@@ -250,7 +265,7 @@ export async function verifyCapabilityToken(token: unknown, opts: VerifyOptions)
     fail(ERROR_CODES.tokenTypeInvalid, `token type ${String(header.typ)} is not ${CST_TYPE}`);
   if (header.crit !== undefined)
     fail(ERROR_CODES.tokenMalformed, 'critical header parameters are not supported');
-  const jwk = tokenKey(opts.jwks, header.kid);
+  const jwk = tokenKey(jwks, header.kid);
   if (!jwk) fail(ERROR_CODES.tokenUnknownKey, `the token is signed by unknown key ${String(header.kid)}`);
   const [h, p, s] = parts as [string, string, string];
   const signature = Buffer.from(s, 'base64url');
@@ -278,10 +293,38 @@ export async function verifyCapabilityToken(token: unknown, opts: VerifyOptions)
   const claims = parsed.data;
   if (claims.iss !== CST_ISSUER)
     fail(ERROR_CODES.tokenIssuerInvalid, `issuer ${claims.iss} is not ${CST_ISSUER}`);
-  const audience = opts.audience ?? CST_AUDIENCE;
   const audiences = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
   if (!audiences.includes(audience))
     fail(ERROR_CODES.tokenAudienceInvalid, `the token is not for audience ${audience}`);
+  const frozen = deepFreeze(claims);
+  if (typeof jwks === 'object' && jwks !== null) {
+    let map = verifiedTokens.get(jwks);
+    if (!map) {
+      map = new Map();
+      verifiedTokens.set(jwks, map);
+    }
+    if (map.size >= VERIFIED_TOKENS_MAX) map.delete(map.keys().next().value as string);
+    map.set(token, { kid: header.kid as string, claims: frozen });
+  }
+  return frozen;
+}
+
+function audienceOf(claims: CstClaims): string[] {
+  return Array.isArray(claims.aud) ? claims.aud : [claims.aud];
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const inner of Object.values(value)) deepFreeze(inner);
+  }
+  return value;
+}
+
+/** Verifies a CST; returns its claims, or throws a ClawgateError with a stable code. */
+export async function verifyCapabilityToken(token: unknown, opts: VerifyOptions): Promise<CstClaims> {
+  const audience = opts.audience ?? CST_AUDIENCE;
+  const claims = staticallyVerified(token, opts.jwks, audience);
   const now = Math.floor((opts.now?.() ?? new Date()).getTime() / 1000);
   const tolerance = opts.clockToleranceSeconds ?? DEFAULT_CLOCK_TOLERANCE_SECONDS;
   // A verifier without a usable clock cannot tell a live token from an expired one.

@@ -157,7 +157,9 @@ test('attack: tampered payload, tampered signature, and every single changed cha
     `${h}.${b64({ ...claims, scope: { tools: ['exec'], models: [] } })}.${s}`,
     ERROR_CODES.tokenSignatureInvalid,
   );
-  await expectRefused(`${h}.${p}.${s.slice(0, -2)}AA`, ERROR_CODES.tokenSignatureInvalid);
+  // Two other last characters (a signature that already ends in AA gets gA: a real change either way).
+  const tail = s.endsWith('AA') ? 'gA' : 'AA';
+  await expectRefused(`${h}.${p}.${s.slice(0, -2)}${tail}`, ERROR_CODES.tokenSignatureInvalid);
   for (let i = 0; i < token.length; i++) {
     if (token[i] === '.') continue;
     const mutated = token.slice(0, i) + (token[i] === 'A' ? 'B' : 'A') + token.slice(i + 1);
@@ -338,4 +340,35 @@ test('property: malformed tokens are refused with clawgate errors only', async (
     ),
     { numRuns: 1000 },
   );
+});
+
+test('a token verified once is still checked on every call: expiry, revocation, policy, its key, the audience', async () => {
+  const { token, claims } = await mintCapabilityToken(
+    { ...request, job: { workflowId: 'job:!ops:x:$cached', runId: 'r' } },
+    signer,
+  );
+  // Verified (and remembered) once; the same claims come back, frozen so no caller can change them.
+  const first = await verifyCapabilityToken(token, options());
+  assert.equal(await verifyCapabilityToken(token, options()), first);
+  assert.ok(Object.isFrozen(first) && Object.isFrozen(first.scope.models));
+  await expectRefused(
+    token,
+    ERROR_CODES.tokenExpired,
+    options({ now: () => new Date(NOW.getTime() + 16 * 60_000) }),
+  );
+  await expectRefused(token, ERROR_CODES.tokenAudienceInvalid, options({ audience: 'another-service' }));
+  activePolicy = 'c'.repeat(64);
+  try {
+    await expectRefused(token, ERROR_CODES.policyHashMismatch);
+  } finally {
+    activePolicy = POLICY;
+  }
+  // A JWKS without the key, and the same JWKS object once its key is taken out.
+  await expectRefused(token, ERROR_CODES.tokenUnknownKey, options({ jwks: { keys: [] } }));
+  const own = { keys: [...jwks.keys] };
+  await verifyCapabilityToken(token, options({ jwks: own }));
+  own.keys.length = 0;
+  await expectRefused(token, ERROR_CODES.tokenUnknownKey, options({ jwks: own }));
+  revocations.revokeToken(claims.jti, 'test');
+  await expectRefused(token, ERROR_CODES.tokenRevoked);
 });
