@@ -19,6 +19,7 @@ const SEQUENTIAL = Number(process.env['BENCH_SEQUENTIAL'] ?? 1000);
 const CONCURRENT_CLIENTS = 100;
 const CONCURRENT_REQUESTS = Number(process.env['BENCH_CONCURRENT'] ?? 4000);
 const WARMUP = 200;
+const ROUNDS = 10;
 
 interface Target {
   name: string;
@@ -76,27 +77,53 @@ interface Run {
   rps: number;
 }
 
-async function sequential(target: Target, body: string): Promise<Run> {
-  // Warm-up answers are not checked (a peer's first calls may fail while it warms up).
-  for (let i = 0; i < WARMUP; i++) await call(target, body);
-  const totals: number[] = [];
-  const firsts: number[] = [];
-  const started = performance.now();
-  for (let i = 0; i < SEQUENTIAL; i++) {
-    const r = await call(target, body);
-    if (r.status !== 200) throw new Error(`${target.name}: status ${r.status}: ${r.text}`);
-    totals.push(r.totalMs);
-    firsts.push(r.firstByteMs);
+/**
+ * Sequential calls, interleaved: every target gets its share in each of ROUNDS rounds, so a
+ * slow spell of this shared machine falls on all of them alike instead of on one.
+ */
+async function sequential(targets: Target[], body: string): Promise<Map<string, Run | Error>> {
+  const live = new Map<string, { totals: number[]; firsts: number[]; elapsed: number }>();
+  const out = new Map<string, Run | Error>();
+  for (const target of targets) {
+    try {
+      // Warm-up answers are not checked (a peer's first calls may fail while it warms up).
+      for (let i = 0; i < WARMUP; i++) await call(target, body);
+      live.set(target.name, { totals: [], firsts: [], elapsed: 0 });
+    } catch (error) {
+      out.set(target.name, error as Error);
+    }
   }
-  const elapsed = performance.now() - started;
-  totals.sort((a, b) => a - b);
-  firsts.sort((a, b) => a - b);
-  return {
-    p50: percentile(totals, 50),
-    p99: percentile(totals, 99),
-    ttfb50: percentile(firsts, 50),
-    rps: (SEQUENTIAL / elapsed) * 1000,
-  };
+  const perRound = Math.ceil(SEQUENTIAL / ROUNDS);
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const target of targets) {
+      const acc = live.get(target.name);
+      if (!acc) continue;
+      const started = performance.now();
+      try {
+        for (let i = 0; i < perRound; i++) {
+          const r = await call(target, body);
+          if (r.status !== 200) throw new Error(`${target.name}: status ${r.status}: ${r.text}`);
+          acc.totals.push(r.totalMs);
+          acc.firsts.push(r.firstByteMs);
+        }
+      } catch (error) {
+        live.delete(target.name);
+        out.set(target.name, error as Error);
+      }
+      acc.elapsed += performance.now() - started;
+    }
+  }
+  for (const [name, acc] of live) {
+    acc.totals.sort((a, b) => a - b);
+    acc.firsts.sort((a, b) => a - b);
+    out.set(name, {
+      p50: percentile(acc.totals, 50),
+      p99: percentile(acc.totals, 99),
+      ttfb50: percentile(acc.firsts, 50),
+      rps: (acc.totals.length / acc.elapsed) * 1000,
+    });
+  }
+  return out;
 }
 
 async function concurrent(target: Target, body: string): Promise<Run> {
@@ -233,15 +260,17 @@ async function main(): Promise<void> {
     };
 
     console.log(
-      `${SEQUENTIAL} sequential calls (after ${WARMUP} warm-up), then ${CONCURRENT_REQUESTS} calls from ${CONCURRENT_CLIENTS} concurrent clients; ` +
+      `${SEQUENTIAL} sequential calls (after ${WARMUP} warm-up; the targets take turns in ${ROUNDS} rounds), then ${CONCURRENT_REQUESTS} calls from ${CONCURRENT_CLIENTS} concurrent clients; ` +
         'clawgate verifies a CST per call (signature, claims, revocation, pinned policy), signs a receipt and fdatasyncs it before the answer completes.',
     );
     const rows: string[][] = [];
     for (const kind of ['json', 'stream'] as const) {
       const results = new Map<string, { seq: Run; conc: Run }>();
+      const sequentialRuns = await sequential(targets, bodies[kind]);
       for (const target of targets) {
         try {
-          const seq = await sequential(target, bodies[kind]);
+          const seq = sequentialRuns.get(target.name);
+          if (seq instanceof Error || seq === undefined) throw seq ?? new Error('no sequential run');
           const conc = await concurrent(target, bodies[kind]);
           results.set(target.name, { seq, conc });
         } catch (error) {
@@ -294,7 +323,13 @@ async function main(): Promise<void> {
     const line = (cells: string[]): string => cells.map((c, i) => c.padStart(widths[i] ?? 0)).join('  ');
     console.log(line(header));
     for (const row of rows) console.log(line(row));
-    const receipts = readFileSync(join(dir, 'receipts.log'), 'utf8').split('\n').filter(Boolean).length;
+    // The log ends at its first zero byte (the zeros after it are laid down ahead of the data).
+    const log = readFileSync(join(dir, 'receipts.log'));
+    const receipts = log
+      .subarray(0, log.indexOf(0) < 0 ? log.length : log.indexOf(0))
+      .toString('utf8')
+      .split('\n')
+      .filter(Boolean).length;
     console.log(`clawgate wrote ${receipts} receipts in this run.`);
   } finally {
     for (const child of children) child.kill('SIGKILL');
