@@ -6,6 +6,7 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
+import { takePidLock } from '../storage/pid-lock.ts';
 import { ensurePrivateDir, writeFileAtomic } from '../storage/files.ts';
 
 const credentialsSchema = z
@@ -46,17 +47,12 @@ export class AccountState {
    * kill -9) is taken over; one held by a live process is refused with a message.
    */
   lock(): void {
-    if (existsSync(this.lockPath)) {
-      const pid = Number.parseInt(readFileSync(this.lockPath, 'utf8').trim(), 10);
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && processRuns(pid)) {
-        throw new ClawgateError(
-          ERROR_CODES.stateLocked,
-          `account ${this.accountId}: its state folder ${this.dir} is in use by process ${pid}; ` +
-            `stop that process first (if it is not a clawgate gateway, remove ${this.lockPath})`,
-        );
-      }
-    }
-    writeFileAtomic(this.lockPath, `${process.pid}\n`);
+    takePidLock(
+      this.lockPath,
+      (pid) =>
+        `account ${this.accountId}: its state folder ${this.dir} is in use by process ${pid}; ` +
+        `stop that process first (if it is not a clawgate gateway, remove ${this.lockPath})`,
+    );
     this.locked = true;
   }
 
@@ -105,14 +101,5 @@ export class AccountState {
   saveSyncToken(nextBatch: string): void {
     const record = { nextBatch, savedAt: new Date().toISOString() };
     writeFileAtomic(join(this.dir, 'sync.json'), `${JSON.stringify(record)}\n`);
-  }
-}
-
-function processRuns(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

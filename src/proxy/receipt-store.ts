@@ -35,7 +35,7 @@ import {
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
-import { writeFileAtomic } from '../storage/files.ts';
+import { takePidLock } from '../storage/pid-lock.ts';
 import type { SignedReceipt } from './receipts.ts';
 
 const writeAsync = promisify(write) as (
@@ -66,15 +66,6 @@ export interface StoredReceipt {
   jobId: string | null;
   payloadSha256: string;
   jws: string;
-}
-
-function processRuns(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /**
@@ -139,17 +130,12 @@ export class ReceiptStore {
   static async open(path: string, opts: { preallocation?: Preallocation } = {}): Promise<ReceiptStore> {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     const lockPath = `${path}.lock`;
-    if (existsSync(lockPath)) {
-      const pid = Number.parseInt(readFileSync(lockPath, 'utf8').trim(), 10);
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && processRuns(pid)) {
-        throw new ClawgateError(
-          ERROR_CODES.stateLocked,
-          `the receipt log ${path} is written by process ${pid}; one proxy per log ` +
-            '(stop that process, or give this proxy its own receiptsPath)',
-        );
-      }
-    }
-    writeFileAtomic(lockPath, `${process.pid}\n`);
+    takePidLock(
+      lockPath,
+      (pid) =>
+        `the receipt log ${path} is written by process ${pid}; one proxy per log ` +
+        '(stop that process, or give this proxy its own receiptsPath)',
+    );
     // Created with its mode if missing, then written at offsets of clawgate's choosing.
     closeSync(openSync(path, 'a', 0o600));
     const fd = openSync(path, 'r+');

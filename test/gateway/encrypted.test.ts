@@ -162,6 +162,17 @@ async function botSays(
   }
 }
 
+/** Once the bot has joined and the people's clients know its device: a request, its plan, !approve, success. */
+async function wholeJobWith(roomId: string, botUserId: string): Promise<void> {
+  await botJoined(roomId, botUserId);
+  await botDeviceKnown(requester.client, botUserId);
+  await botDeviceKnown(approver.client, botUserId);
+  const request = await send(requester, roomId, '!claw summarise the readme');
+  await botSays(requester, roomId, /^Plan for job/, 60_000, botUserId);
+  await send(approver, roomId, '!approve', request);
+  await botSays(requester, roomId, /: succeeded\./, 60_000, botUserId);
+}
+
 test('a whole job in an encrypted room: requests and approvals decrypted, everything the gateway posts encrypted', async () => {
   const request = await send(requester, secretRoom, '!claw summarise the readme');
   const plan = await botSays(requester, secretRoom, /^Plan for job j[a-z2-7]{9}/);
@@ -254,13 +265,7 @@ test('killed right after its first key upload, a new device comes back with the 
     30_000,
     'the fresh account restoring the store it saved before the upload',
   );
-  await botJoined(freshRoom, bot2.userId);
-  await botDeviceKnown(requester.client, bot2.userId);
-  await botDeviceKnown(approver.client, bot2.userId);
-  const request = await send(requester, freshRoom, '!claw summarise the readme');
-  await botSays(requester, freshRoom, /^Plan for job/, 60_000, bot2.userId);
-  await send(approver, freshRoom, '!approve', request);
-  await botSays(requester, freshRoom, /: succeeded\./, 60_000, bot2.userId);
+  await wholeJobWith(freshRoom, bot2.userId);
   const failures = gateway.lines.filter((l) =>
     /unable to decrypt|account failed to start/.test(String(l['msg'])),
   );
@@ -402,13 +407,7 @@ test('key backup under the recovery key: a new device of the bot (its state fold
   });
   await gateway?.kill('SIGTERM');
   gateway = await GatewayProcess.start(config, { dir });
-  await botJoined(roomId, bot3.userId);
-  await botDeviceKnown(requester.client, bot3.userId);
-  await botDeviceKnown(approver.client, bot3.userId);
-  const request = await send(requester, roomId, '!claw summarise the readme');
-  await botSays(requester, roomId, /^Plan for job/, 60_000, bot3.userId);
-  await send(approver, roomId, '!approve', request);
-  await botSays(requester, roomId, /: succeeded\./, 60_000, bot3.userId);
+  await wholeJobWith(roomId, bot3.userId);
   // The bot backs up the room keys it received (the requester's and the approver's).
   const backedUp = async () => {
     const res = await fetch(`${synapse.baseUrl}/_matrix/client/v3/room_keys/version`, {
