@@ -25,7 +25,7 @@ import {
   type JobStatus,
   type JobStatusView,
 } from '../temporal/job-contract.ts';
-import type { BundleEntryInput, PinnedPolicy, Plan } from '../temporal/job-types.ts';
+import type { BundleEntryInput, ControlState, PinnedPolicy, Plan } from '../temporal/job-types.ts';
 import {
   JOB_APPROVERS,
   JOB_POLICY_HASH,
@@ -104,6 +104,11 @@ const PATCHES = {
   foreignRoomQuiet: 'foreign-room-quiet-v1',
   /** The plan message carries a status line, edited in place as the job moves on. */
   statusLine: 'status-line-v1',
+  /**
+   * After the deciding approval: the reaction is posted while the token is minted (not before),
+   * and the control state read for that approval also decides read-only mode (no second read).
+   */
+  approvedFastPath: 'approved-fast-path-v1',
 } as const;
 
 const STATUS_LINES: Partial<Record<JobStatus, string>> = {
@@ -325,6 +330,9 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
     let decision: 'approved' | 'denied' | undefined;
     let denialReason = '';
     let processed = 0;
+    // The control state read for the deciding attempt, and its reaction still being posted.
+    let decidedUnder: ControlState | undefined;
+    let pendingReaction: Promise<unknown> | undefined;
     while (!decision && !expired) {
       await condition(() => attempts.length > processed || expired);
       while (processed < attempts.length && !decision) {
@@ -381,12 +389,19 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
           await say(`refusal/${attempt.eventId}`, `${attempt.sender}: not counted. ${reason}`);
           continue;
         }
-        await matrix.react({
+        const reaction = matrix.react({
           roomId: request.roomId,
           eventId: attempt.eventId,
           key: '✅',
           txnKey: `${job.workflowId}/react/${attempt.eventId}`,
         });
+        decidedUnder = control;
+        const deciding =
+          verdict.effect !== 'denial' &&
+          new Set([...accepted, attempt.sender]).size >= policy.rules.approvalsRequired;
+        if (deciding && patched(PATCHES.approvedFastPath)) {
+          pendingReaction = reaction;
+        } else await reaction;
         if (verdict.effect === 'denial') {
           decision = 'denied';
           denialReason = `denied by ${attempt.sender}: ${reason}`;
@@ -406,7 +421,11 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
 
     // Read-only triage mode: no token is minted until it is lifted (or the job is cancelled).
     let announced = false;
-    while ((await acts.readControlState()).readOnly) {
+    let control =
+      pendingReaction !== undefined && decidedUnder !== undefined
+        ? decidedUnder
+        : await acts.readControlState();
+    while (control.readOnly) {
       if (!announced) {
         setStatus('frozen');
         editStatusLine('frozen');
@@ -417,6 +436,7 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
         announced = true;
       }
       await sleep(READ_ONLY_POLL);
+      control = await acts.readControlState();
     }
 
     // 5. Mint the execution token: this job, this plan, the tools it needs, the pinned policy.
@@ -431,6 +451,8 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
       eventIds: approvalEvents,
     });
     entries.push({ type: 'token', body: { purpose: 'execution', jwt: token } });
+    // The approver's ✅ went out while the token was minted; it is done before any step runs.
+    if (pendingReaction) await pendingReaction;
 
     // 6. Execute the approved steps in order; nothing a step returns can change the next one.
     setStatus('executing');

@@ -273,7 +273,7 @@ test("a whole job from a person's message: request, plan in its thread, !approve
       /Status: succeeded/.test(String((e.content['m.new_content'] as { body?: string })?.body)),
     'the status line edited to succeeded',
   );
-  await recordHistory({ workflowId: jobWorkflowId(room1, eventId) }, 'gateway-whole-job');
+  await recordHistory({ workflowId: jobWorkflowId(room1, eventId) }, 'gateway-whole-job-approved-fast-path');
   // The auditor's command: the sealed bundle verifies offline; one changed byte names its entry.
   const file = join(stack.bundleDir, `${digest}.json`);
   const verified = await clawgate('verify', file, '--keys', stack.keysDir);
