@@ -2,11 +2,15 @@
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { ControlState } from '../temporal/job-types.ts';
 import {
+  activatePolicySignal,
   CONTROL_WORKFLOW_ID,
   controlStateQuery,
+  revokeSignal,
   setFreezeSignal,
   setModeSignal,
   type ControlSnapshot,
+  type SharedPolicy,
+  type SharedRevocation,
 } from '../workflows/control.ts';
 
 /**
@@ -62,4 +66,34 @@ export async function controlSnapshot(client: Client): Promise<ControlSnapshot |
     if (error instanceof WorkflowNotFoundError) return null;
     throw error;
   }
+}
+
+/** Shares a revocation made on this machine with every other one (through the control workflow). */
+export async function shareRevocation(
+  client: Client,
+  taskQueue: string,
+  revocation: SharedRevocation,
+): Promise<void> {
+  await client.workflow.signalWithStart('controlWorkflow', {
+    workflowId: CONTROL_WORKFLOW_ID,
+    taskQueue,
+    args: [],
+    signal: revokeSignal,
+    signalArgs: [revocation],
+  });
+}
+
+/** Shares a channel's newly active policy, with its signed document, with every other machine. */
+export async function sharePolicy(
+  client: Client,
+  taskQueue: string,
+  change: SharedPolicy & { channel: string; rollback: boolean },
+): Promise<void> {
+  await client.workflow.signalWithStart('controlWorkflow', {
+    workflowId: CONTROL_WORKFLOW_ID,
+    taskQueue,
+    args: [],
+    signal: activatePolicySignal,
+    signalArgs: [change],
+  });
 }

@@ -1,6 +1,7 @@
 // The `clawgate` command line. It only parses arguments and prints; the work is done by the
 // modules it calls. An error a person can cause prints one line saying what was wrong and
 // exits 1; anything else is a bug and exits 2.
+import type * as ControlStateApi from '../activities/control-state.ts';
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Client } from '@temporalio/client';
@@ -52,6 +53,65 @@ function readJwks(
 const keysOption = (): Option => new Option('--keys <dir>', 'keyring folder').default(`${stateDir()}/keys`);
 const registryOption = (): Option =>
   new Option('--registry <dir>', 'policy registry folder').default(`${stateDir()}/policy-registry`);
+
+type ShareOpts = { address?: string; namespace: string; taskQueue?: string };
+type ControlStateModule = typeof ControlStateApi;
+
+/** Where a change is shared with every machine: the Temporal of the control workflow. */
+function shareOptions(command: Command): Command {
+  return command
+    .option(
+      '--address <host:port>',
+      'Temporal frontend, to share the change with every machine (default: CLAWGATE_TEMPORAL_ADDRESS; without one, this state folder only)',
+      process.env['CLAWGATE_TEMPORAL_ADDRESS'],
+    )
+    .option(
+      '--namespace <name>',
+      'Temporal namespace',
+      process.env['CLAWGATE_TEMPORAL_NAMESPACE'] ?? 'default',
+    )
+    .option('--task-queue <name>', "the workers' job task queue (default: clawgate's job queue)");
+}
+
+/**
+ * Shares a change made in this state folder through the control workflow, so the processes of
+ * other machines apply it too. Without an address it says the change stayed here; when Temporal
+ * does not answer it fails (exit 1), saying the change holds here only.
+ */
+async function share(
+  opts: ShareOpts,
+  what: string,
+  fn: (client: Client, taskQueue: string, control: ControlStateModule) => Promise<void>,
+): Promise<void> {
+  if (!opts.address) {
+    out(`${what} holds in this state folder only (give --address to share it with every machine)`);
+    return;
+  }
+  const [{ Client, Connection }, control, { JOB_TASK_QUEUE }] = await Promise.all([
+    import('@temporalio/client'),
+    import('../activities/control-state.ts'),
+    import('../temporal/job-contract.ts'),
+  ]);
+  try {
+    const connection = await Connection.connect({ address: opts.address, connectTimeout: 5_000 });
+    try {
+      await fn(
+        new Client({ connection, namespace: opts.namespace }),
+        opts.taskQueue ?? JOB_TASK_QUEUE,
+        control,
+      );
+    } finally {
+      await connection.close();
+    }
+  } catch (error) {
+    throw new ClawgateError(
+      ERROR_CODES.usage,
+      `${what} holds in this state folder, but could not be shared through Temporal at ${opts.address} ` +
+        `(${error instanceof Error ? error.message : String(error)}); run the command again when Temporal answers`,
+    );
+  }
+  out(`${what} is shared through Temporal at ${opts.address}: every machine's processes apply it`);
+}
 
 export function buildProgram(): Command {
   const program = new Command('clawgate')
@@ -113,15 +173,31 @@ export function buildProgram(): Command {
       .requiredOption('--channel <name>', 'the policy channel (for example: matrix)')
       .option('--reason <text>', 'why, for the history')
       .option('--by <who>', 'who makes the change, for the history', process.env['USER'])
-      .addOption(registryOption())
-      .action((hash: string, opts: { channel: string; reason?: string; by?: string; registry: string }) => {
+      .addOption(registryOption());
+    shareOptions(policy.commands.at(-1) as Command).action(
+      async (
+        hash: string,
+        opts: { channel: string; reason?: string; by?: string; registry: string } & ShareOpts,
+      ) => {
         const registry = new FilePolicyRegistry(opts.registry);
         const event = registry[op](opts.channel, hash, {
           ...(opts.reason ? { reason: opts.reason } : {}),
           ...(opts.by ? { by: opts.by } : {}),
         });
         out(`${opts.channel}: active policy ${event.hash} (was ${event.previous ?? 'none'})`);
-      });
+        const { jws } = registry.get(event.hash);
+        await share(opts, 'this policy change', (client, taskQueue, { sharePolicy }) =>
+          sharePolicy(client, taskQueue, {
+            channel: opts.channel,
+            hash: event.hash,
+            jws,
+            by: opts.by ?? 'unknown',
+            reason: opts.reason ?? op,
+            rollback: op === 'rollback',
+          }),
+        );
+      },
+    );
   }
   policy
     .command('show [hash]')
@@ -319,15 +395,25 @@ export function buildProgram(): Command {
     .option('--job <workflow-id>', 'the job')
     .requiredOption('--reason <text>', 'why, for the record')
     .option('--by <who>', 'who revokes, for the record', process.env['USER'])
-    .option('--revocations <file>', 'revocation log', `${stateDir()}/revocations.log`)
-    .action((opts: { token?: string; job?: string; reason: string; by?: string; revocations: string }) => {
+    .option('--revocations <file>', 'revocation log', `${stateDir()}/revocations.log`);
+  shareOptions(program.commands.at(-1) as Command).action(
+    async (
+      opts: { token?: string; job?: string; reason: string; by?: string; revocations: string } & ShareOpts,
+    ) => {
       if (!opts.token === !opts.job)
         throw new ClawgateError(ERROR_CODES.usage, 'give exactly one of --token or --job');
+      // Here first: the revocation holds on this machine whatever happens to the sharing.
       const store = new FileRevocationStore(opts.revocations);
       if (opts.token) store.revokeToken(opts.token, opts.reason, opts.by || undefined);
       if (opts.job) store.revokeJob(opts.job, opts.reason, opts.by || undefined);
       out(`revoked ${opts.token ? `token ${opts.token}` : `every token of job ${opts.job ?? ''}`}`);
-    });
+      const record = store.list().at(-1);
+      if (!record) return;
+      await share(opts, 'this revocation', (client, taskQueue, { shareRevocation }) =>
+        shareRevocation(client, taskQueue, record),
+      );
+    },
+  );
 
   program
     .command('replay <workflow-id>')

@@ -88,8 +88,18 @@ export function addStackCommands(program: Command): void {
     .action(async (opts: { config?: string }) => {
       const config = await load(opts.config);
       const logger = await serviceLogger('clawgate-proxy', config.log.level);
-      const { ensureKeys, modelUpstreams, runProxy } = await import('../stack/components.ts');
+      const { ensureKeys, modelUpstreams, runControlMirror, runProxy } =
+        await import('../stack/components.ts');
       await ensureKeys(config);
+      // Revocations and policy changes made on other machines reach this proxy through Temporal.
+      const mirror = config.temporal.address
+        ? await runControlMirror(config, config.temporal.address, logger)
+        : undefined;
+      if (!mirror) {
+        logger.warn(
+          'no temporal.address: only revocations and policy changes made in this state folder reach this proxy',
+        );
+      }
       const upstream = await modelUpstreams(config);
       if (upstream.demo)
         logger.warn(
@@ -101,6 +111,7 @@ export function addStackCommands(program: Command): void {
       await proxy.close();
       await proxy.store.close();
       await upstream.demo?.close();
+      await mirror?.close();
       exitSoon();
     });
 
@@ -112,9 +123,11 @@ export function addStackCommands(program: Command): void {
     .action(async (opts: { config?: string; proxyUrl?: string }) => {
       const config = await load(opts.config);
       const logger = await serviceLogger('clawgate-worker', config.log.level);
-      const { DEMO_MODEL, ensureKeys, requireAddress, runWorker } = await import('../stack/components.ts');
+      const { DEMO_MODEL, ensureKeys, requireAddress, runControlMirror, runWorker } =
+        await import('../stack/components.ts');
       await ensureKeys(config);
       const address = requireAddress(config, 'clawgate worker');
+      const mirror = await runControlMirror(config, address, logger);
       const worker = await runWorker(config, {
         address,
         proxyUrl: opts.proxyUrl ?? `http://${config.proxy.listen.host}:${config.proxy.listen.port}`,
@@ -132,6 +145,7 @@ export function addStackCommands(program: Command): void {
       await Promise.race([untilStopped(logger), worker.run]);
       health.close();
       await worker.close();
+      await mirror.close();
       exitSoon();
     });
 

@@ -10,6 +10,7 @@ import { NativeConnection, Worker } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import { createJobActivities, PLANNER_PROMPT } from '../activities/job-activities.ts';
 import { readControlState } from '../activities/control-state.ts';
+import { startControlMirror, type ControlMirror } from '../control/mirror.ts';
 import type { ClawgateConfig } from '../config/config.ts';
 import { statePaths } from '../config/config.ts';
 import { toolPaths } from '../devstack/tools.ts';
@@ -198,6 +199,33 @@ export async function runGateway(
   );
   opts.logger.info({ health: gateway.healthUrl }, 'gateway running');
   return gateway;
+}
+
+/**
+ * Mirrors the revocations and active policies shared through the control workflow into this
+ * process's state folder (src/control/mirror.ts). One per process is enough.
+ */
+export async function runControlMirror(
+  config: ClawgateConfig,
+  address: string,
+  logger: Logger,
+): Promise<{ mirror: ControlMirror; close(): Promise<void> }> {
+  const paths = statePaths(config);
+  const { connection, client } = await connectTemporal(config, address);
+  const mirror = startControlMirror({
+    client,
+    revocations: new FileRevocationStore(paths.revocations),
+    registry: new FilePolicyRegistry(paths.registry),
+    policySigners: () => publicJwks(paths.keys, ['policy']),
+    log: logger.child({ component: 'control-mirror' }),
+  });
+  return {
+    mirror,
+    async close() {
+      await mirror.stop();
+      await connection.close();
+    },
+  };
 }
 
 export function requireAddress(config: ClawgateConfig, what: string): string {

@@ -20,6 +20,7 @@ import {
   ensureKeys,
   modelUpstreams,
   runGateway,
+  runControlMirror,
   runProxy,
   runWorker,
   type RunningUpstream,
@@ -65,7 +66,9 @@ export async function startStack(
   let proxy: RunningProxy | undefined;
   let worker: RunningWorker | undefined;
   let gateway: Gateway | undefined;
+  let mirror: { close(): Promise<void> } | undefined;
   const stop = async (): Promise<void> => {
+    await mirror?.close();
     await gateway?.stop();
     await worker?.close();
     await proxy?.close();
@@ -150,6 +153,7 @@ export async function startStack(
       logger: logger.child({ component: 'worker' }),
     });
     lines.push(`Worker           task queue ${config.temporal.taskQueue}; bundles in ${paths.bundles}`);
+    mirror = await runControlMirror(config, address, logger);
     progress('Gateway');
     gateway = await runGateway(config, { address, accounts, logger: logger.child({ component: 'gateway' }) });
     lines.push(`Gateway health   ${gateway.healthUrl}`);

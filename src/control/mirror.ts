@@ -1,0 +1,127 @@
+// Every long-running process mirrors the shared control state into its own state folder: the
+// revocations and the active policy of each channel that the control workflow holds are
+// appended to the local revocation log and registry, which the token checks read on every call.
+// So `clawgate revoke` or `clawgate policy rollback` on one machine reaches the proxies and
+// workers of every machine within a poll interval, while a machine that shares its state folder
+// sees the change at once, as before. The mirror only ever adds: a revocation is never undone,
+// and a policy arrives signed and is registered only if a key of the local signer allowlist
+// signed it.
+import type { Client } from '@temporalio/client';
+import type { Logger } from 'pino';
+import { controlSnapshot } from '../activities/control-state.ts';
+import type { JWK } from 'jose';
+import type { FilePolicyRegistry } from '../policy/registry.ts';
+import type { RevocationStore } from '../tokens/revocations.ts';
+import type { ControlSnapshot } from '../workflows/control.ts';
+
+export interface ControlMirrorOptions {
+  client: Client;
+  revocations: RevocationStore;
+  registry: FilePolicyRegistry;
+  /** Who may sign policies (the policy keys' public JWKS). */
+  policySigners: () => { keys: JWK[] };
+  log: Logger;
+  intervalMs?: number;
+  /** Longest wait for one read of the control state. */
+  timeoutMs?: number;
+}
+
+export interface ControlMirror {
+  /** Reads the shared state once and applies what is new here; returns what it applied. */
+  syncOnce(): Promise<{ revocations: number; policies: number }>;
+  /** When the last read succeeded (ms since the epoch), or null. */
+  lastSync(): number | null;
+  stop(): Promise<void>;
+}
+
+export function startControlMirror(opts: ControlMirrorOptions): ControlMirror {
+  const interval = opts.intervalMs ?? 1_000;
+  const timeout = opts.timeoutMs ?? 5_000;
+  let last: number | null = null;
+  let stopped = false;
+  let failing = false;
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<unknown> = Promise.resolve();
+  const refused = new Set<string>();
+
+  async function apply(snapshot: ControlSnapshot | null): Promise<{ revocations: number; policies: number }> {
+    let revocations = 0;
+    let policies = 0;
+    if (!snapshot) return { revocations, policies };
+    const known = new Set(opts.revocations.list().map((r) => `${r.kind}\n${r.id}`));
+    for (const r of snapshot.revocations ?? []) {
+      if (known.has(`${r.kind}\n${r.id}`)) continue;
+      const reason = `${r.reason} (shared from another machine, revoked at ${r.at})`;
+      if (r.kind === 'token') opts.revocations.revokeToken(r.id, reason, r.by);
+      else opts.revocations.revokeJob(r.id, reason, r.by);
+      known.add(`${r.kind}\n${r.id}`);
+      revocations += 1;
+    }
+    for (const [channel, policy] of Object.entries(snapshot.policies ?? {})) {
+      if (opts.registry.activeHash(channel) === policy.hash) continue;
+      try {
+        await opts.registry.register({ hash: policy.hash, jws: policy.jws }, opts.policySigners());
+        opts.registry.activate(channel, policy.hash, {
+          by: policy.by,
+          reason: `${policy.reason} (shared from another machine)`,
+        });
+        policies += 1;
+      } catch (error) {
+        // Not signed by a key this machine trusts, say: the local policy stays, and it is said once.
+        const key = `${channel}\n${policy.hash}`;
+        if (!refused.has(key)) {
+          refused.add(key);
+          opts.log.error(
+            { err: error, channel, hash: policy.hash },
+            'a shared policy is refused here; this machine keeps its active policy',
+          );
+        }
+      }
+    }
+    return { revocations, policies };
+  }
+
+  async function syncOnce(): Promise<{ revocations: number; policies: number }> {
+    const snapshot = await opts.client.connection.withDeadline(Date.now() + timeout, () =>
+      controlSnapshot(opts.client),
+    );
+    const applied = await apply(snapshot);
+    last = Date.now();
+    if (applied.revocations > 0 || applied.policies > 0) {
+      opts.log.info(applied, 'control state from other machines applied here');
+    }
+    return applied;
+  }
+
+  const tick = (): void => {
+    if (stopped) return;
+    running = syncOnce()
+      .then(() => {
+        if (failing) opts.log.info('the shared control state is readable again');
+        failing = false;
+      })
+      .catch((error: unknown) => {
+        if (!failing) {
+          opts.log.warn(
+            { err: error },
+            'the shared control state cannot be read; revocations and policy changes made on other machines do not reach this one until it can',
+          );
+        }
+        failing = true;
+      })
+      .finally(() => {
+        if (!stopped) timer = setTimeout(tick, interval);
+      });
+  };
+  tick();
+
+  return {
+    syncOnce,
+    lastSync: () => last,
+    async stop() {
+      stopped = true;
+      clearTimeout(timer);
+      await running;
+    },
+  };
+}
