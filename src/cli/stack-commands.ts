@@ -106,7 +106,9 @@ export function addStackCommands(program: Command): void {
           { url: upstream.demo.url },
           'no upstream configured: the local DEMO upstream (not a model)',
         );
-      const proxy = await runProxy(config, upstream.upstreams, logger);
+      const proxy = await runProxy(config, upstream.upstreams, logger, () => ({
+        control: mirror ? mirror.mirror.status() : 'not shared: no temporal.address',
+      }));
       await untilStopped(logger);
       await proxy.close();
       await proxy.store.close();
@@ -139,7 +141,8 @@ export function addStackCommands(program: Command): void {
         const state = worker.worker.getState();
         const ok = req.url === '/health' && state === 'RUNNING';
         res.writeHead(req.url === '/health' ? (ok ? 200 : 503) : 404, { 'content-type': 'application/json' });
-        res.end(`${JSON.stringify({ ok, state, taskQueue: config.temporal.taskQueue })}\n`);
+        const control = mirror.mirror.status();
+        res.end(`${JSON.stringify({ ok, state, taskQueue: config.temporal.taskQueue, control })}\n`);
       });
       health.listen(config.worker.health.port, config.worker.health.host);
       await Promise.race([untilStopped(logger), worker.run]);

@@ -31,6 +31,8 @@ export interface ControlMirror {
   syncOnce(): Promise<{ revocations: number; policies: number }>;
   /** When the last read succeeded (ms since the epoch), or null. */
   lastSync(): number | null;
+  /** For health endpoints: the last good read, and the error since, if reads fail. */
+  status(): { lastSync: string | null; error: string | null };
   stop(): Promise<void>;
 }
 
@@ -40,6 +42,7 @@ export function startControlMirror(opts: ControlMirrorOptions): ControlMirror {
   let last: number | null = null;
   let stopped = false;
   let failing = false;
+  let lastError: string | null = null;
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<unknown> = Promise.resolve();
   const refused = new Set<string>();
@@ -99,8 +102,10 @@ export function startControlMirror(opts: ControlMirrorOptions): ControlMirror {
       .then(() => {
         if (failing) opts.log.info('the shared control state is readable again');
         failing = false;
+        lastError = null;
       })
       .catch((error: unknown) => {
+        lastError = error instanceof Error ? error.message : String(error);
         if (!failing) {
           opts.log.warn(
             { err: error },
@@ -118,6 +123,7 @@ export function startControlMirror(opts: ControlMirrorOptions): ControlMirror {
   return {
     syncOnce,
     lastSync: () => last,
+    status: () => ({ lastSync: last === null ? null : new Date(last).toISOString(), error: lastError }),
     async stop() {
       stopped = true;
       clearTimeout(timer);

@@ -65,6 +65,8 @@ export interface ProxyDeps {
   receiptKey: ReceiptSigningKey;
   store: ReceiptStore;
   now?: () => Date;
+  /** More to say in GET /healthz (the shared control state's mirror, say). */
+  health?: () => Record<string, unknown>;
 }
 
 export interface RunningProxy {
@@ -559,7 +561,7 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
       handling = handleReceipts(req, res, url);
     else if (req.method === 'GET' && url.pathname === '/healthz') {
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ ok: true, proxy_id: config.proxyId }));
+      res.end(JSON.stringify({ ok: true, proxy_id: config.proxyId, ...(deps.health?.() ?? {}) }));
       return;
     } else {
       req.resume();

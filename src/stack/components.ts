@@ -85,6 +85,7 @@ export async function runProxy(
   config: ClawgateConfig,
   upstreams: UpstreamConfig[],
   logger: Logger,
+  health?: () => Record<string, unknown>,
 ): Promise<RunningProxy> {
   const paths = statePaths(config);
   const registry = new FilePolicyRegistry(paths.registry);
@@ -103,6 +104,7 @@ export async function runProxy(
       revocations: new FileRevocationStore(paths.revocations),
       policies: registryPolicySource(registry, config.policy.channel),
     }),
+    ...(health ? { health } : {}),
   });
   logger.info({ url: proxy.url, upstreams: upstreams.map((u) => u.name) }, 'proxy listening');
   return proxy;

@@ -175,6 +175,14 @@ test('clawgate proxy and clawgate worker run alone from the configuration, answe
       );
       if (status !== 200) await new Promise((r) => setTimeout(r, 250));
     }
+    // Both mirror the control state shared through Temporal, and say how that goes.
+    const health = (await fetch(url).then((r) => r.json())) as {
+      control?: { lastSync: string | null; error: string | null };
+    };
+    assert.ok(
+      health.control && 'lastSync' in health.control && 'error' in health.control,
+      JSON.stringify(health),
+    );
     // JSON log lines on stdout.
     const first = JSON.parse(output.split('\n')[0] ?? '{}') as { name?: string; msg?: string };
     assert.equal(first.name, `clawgate-${part}`);
