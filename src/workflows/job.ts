@@ -400,6 +400,8 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
           verdict.effect !== 'denial' &&
           new Set([...accepted, attempt.sender]).size >= policy.rules.approvalsRequired;
         if (deciding && patched(PATCHES.approvedFastPath)) {
+          // Awaited after the mint; marked handled now so a failure meanwhile is not "unhandled".
+          reaction.catch(() => undefined);
           pendingReaction = reaction;
         } else await reaction;
         if (verdict.effect === 'denial') {
