@@ -53,12 +53,24 @@ export function startControlMirror(opts: ControlMirrorOptions): ControlMirror {
     if (!snapshot) return { revocations, policies };
     const known = new Set(opts.revocations.list().map((r) => `${r.kind}\n${r.id}`));
     for (const r of snapshot.revocations ?? []) {
-      if (known.has(`${r.kind}\n${r.id}`)) continue;
-      const reason = `${r.reason} (shared from another machine, revoked at ${r.at})`;
-      if (r.kind === 'token') opts.revocations.revokeToken(r.id, reason, r.by);
-      else opts.revocations.revokeJob(r.id, reason, r.by);
-      known.add(`${r.kind}\n${r.id}`);
-      revocations += 1;
+      const key = `${r.kind}\n${r.id}`;
+      if (known.has(key)) continue;
+      const reason = `${String(r.reason).slice(0, 1_800)} (shared from another machine, revoked at ${r.at})`;
+      try {
+        if (r.kind === 'token') opts.revocations.revokeToken(r.id, reason, r.by);
+        else opts.revocations.revokeJob(r.id, reason, r.by);
+        revocations += 1;
+      } catch (error) {
+        // A record this log cannot hold (an id too long, say): said once; the others still land.
+        if (!refused.has(key)) {
+          refused.add(key);
+          opts.log.error(
+            { err: error, kind: r.kind, id: r.id },
+            'a shared revocation cannot be recorded here',
+          );
+        }
+      }
+      known.add(key);
     }
     for (const [channel, policy] of Object.entries(snapshot.policies ?? {})) {
       if (opts.registry.activeHash(channel) === policy.hash) continue;
