@@ -163,18 +163,19 @@ export function buildProgram(): Command {
       out(`${result.new ? 'registered' : 'already registered'} ${result.hash}`);
     });
   for (const op of ['activate', 'rollback'] as const) {
-    policy
-      .command(`${op} <hash>`)
-      .description(
-        op === 'activate'
-          ? 'make a registered policy the active one of a channel'
-          : 'go back to a policy that was active on the channel before',
-      )
-      .requiredOption('--channel <name>', 'the policy channel (for example: matrix)')
-      .option('--reason <text>', 'why, for the history')
-      .option('--by <who>', 'who makes the change, for the history', process.env['USER'])
-      .addOption(registryOption());
-    shareOptions(policy.commands.at(-1) as Command).action(
+    shareOptions(
+      policy
+        .command(`${op} <hash>`)
+        .description(
+          op === 'activate'
+            ? 'make a registered policy the active one of a channel'
+            : 'go back to a policy that was active on the channel before',
+        )
+        .requiredOption('--channel <name>', 'the policy channel (for example: matrix)')
+        .option('--reason <text>', 'why, for the history')
+        .option('--by <who>', 'who makes the change, for the history', process.env['USER'])
+        .addOption(registryOption()),
+    ).action(
       async (
         hash: string,
         opts: { channel: string; reason?: string; by?: string; registry: string } & ShareOpts,
@@ -388,15 +389,16 @@ export function buildProgram(): Command {
       out(`approvals ${frozen ? 'frozen' : 'unfrozen'} (by ${opts.by}: ${opts.reason})`);
     });
   }
-  program
-    .command('revoke')
-    .description('revoke one capability token, or every token of a job (durable; checked on every call)')
-    .option('--token <jti>', 'the token id')
-    .option('--job <workflow-id>', 'the job')
-    .requiredOption('--reason <text>', 'why, for the record')
-    .option('--by <who>', 'who revokes, for the record', process.env['USER'])
-    .option('--revocations <file>', 'revocation log', `${stateDir()}/revocations.log`);
-  shareOptions(program.commands.at(-1) as Command).action(
+  shareOptions(
+    program
+      .command('revoke')
+      .description('revoke one capability token, or every token of a job (durable; checked on every call)')
+      .option('--token <jti>', 'the token id')
+      .option('--job <workflow-id>', 'the job')
+      .requiredOption('--reason <text>', 'why, for the record')
+      .option('--by <who>', 'who revokes, for the record', process.env['USER'])
+      .option('--revocations <file>', 'revocation log', `${stateDir()}/revocations.log`),
+  ).action(
     async (
       opts: { token?: string; job?: string; reason: string; by?: string; revocations: string } & ShareOpts,
     ) => {

@@ -111,7 +111,6 @@ export function addStackCommands(program: Command): void {
       }));
       await untilStopped(logger);
       await proxy.close();
-      await proxy.store.close();
       await upstream.demo?.close();
       await mirror?.close();
       exitSoon();

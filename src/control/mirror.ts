@@ -27,10 +27,6 @@ export interface ControlMirrorOptions {
 }
 
 export interface ControlMirror {
-  /** Reads the shared state once and applies what is new here; returns what it applied. */
-  syncOnce(): Promise<{ revocations: number; policies: number }>;
-  /** When the last read succeeded (ms since the epoch), or null. */
-  lastSync(): number | null;
   /** For health endpoints: the last good read, and the error since, if reads fail. */
   status(): { lastSync: string | null; error: string | null };
   stop(): Promise<void>;
@@ -133,8 +129,6 @@ export function startControlMirror(opts: ControlMirrorOptions): ControlMirror {
   tick();
 
   return {
-    syncOnce,
-    lastSync: () => last,
     status: () => ({ lastSync: last === null ? null : new Date(last).toISOString(), error: lastError }),
     async stop() {
       stopped = true;

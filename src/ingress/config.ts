@@ -105,6 +105,7 @@ export const gatewayConfigSchema = z
 export type GatewayConfig = z.infer<typeof gatewayConfigSchema>;
 export type GatewayConfigInput = z.input<typeof gatewayConfigSchema>;
 export type AccountConfig = z.infer<typeof accountSchema>;
+export type AccountConfigInput = z.input<typeof accountSchema>;
 
 export function matrixTaskQueueOf(account: AccountConfig): string {
   return account.matrixTaskQueue ?? `${MATRIX_TASK_QUEUE}-${account.id}`;

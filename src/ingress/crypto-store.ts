@@ -193,11 +193,10 @@ export const STORE_RECOVERY =
   '(restore room keys from the key backup)';
 
 export function decryptState(bytes: Buffer, key: Buffer, path: string): CryptoState {
-  const recovery = STORE_RECOVERY;
   if (bytes.length < MAGIC.length + IV_BYTES + TAG_BYTES || !bytes.subarray(0, MAGIC.length).equals(MAGIC)) {
     throw new ClawgateError(
       ERROR_CODES.stateCorrupt,
-      `${path} is not a clawgate crypto store (truncated or another file); ${recovery}`,
+      `${path} is not a clawgate crypto store (truncated or another file); ${STORE_RECOVERY}`,
     );
   }
   const iv = bytes.subarray(MAGIC.length, MAGIC.length + IV_BYTES);
@@ -212,12 +211,12 @@ export function decryptState(bytes: Buffer, key: Buffer, path: string): CryptoSt
   } catch {
     throw new ClawgateError(
       ERROR_CODES.stateCorrupt,
-      `${path} does not decrypt with its key (damaged, or the key file was replaced); ${recovery}`,
+      `${path} does not decrypt with its key (damaged, or the key file was replaced); ${STORE_RECOVERY}`,
     );
   }
   const state = deserialize(plain) as CryptoState;
   if (!state || !Array.isArray(state.databases)) {
-    throw new ClawgateError(ERROR_CODES.stateCorrupt, `${path} holds no crypto store; ${recovery}`);
+    throw new ClawgateError(ERROR_CODES.stateCorrupt, `${path} holds no crypto store; ${STORE_RECOVERY}`);
   }
   return state;
 }

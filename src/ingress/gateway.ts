@@ -520,11 +520,10 @@ export class GatewayAccount {
           `the recovery key does not open the server's key backup (version ${check?.backupInfo.version ?? 'none'})`,
         );
       }
-      const info = check.backupInfo;
       const restored = await crypto.restoreKeyBackup();
-      this.encryption.backup = { version: info.version, restored: restored.imported, error: null };
+      this.encryption.backup = { version, restored: restored.imported, error: null };
       this.log.info(
-        { version: info.version, total: restored.total, imported: restored.imported },
+        { version, total: restored.total, imported: restored.imported },
         'key backup enabled; room keys restored from it',
       );
     } catch (error) {

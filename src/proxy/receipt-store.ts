@@ -116,8 +116,6 @@ export class ReceiptStore {
   /** A zero fill under way, from `allocated` on. */
   private extending: Promise<void> | undefined;
   private closed = false;
-  /** How many fdatasync calls the log took (batches), for the benchmark. */
-  syncs = 0;
 
   private constructor(fd: number | null, lockPath: string | null, prealloc: Preallocation) {
     this.fd = fd;
@@ -269,7 +267,6 @@ export class ReceiptStore {
         }
         this.end = at + bytes.length;
         this.allocated = Math.max(this.allocated, this.end);
-        this.syncs += 1;
         for (const p of batch) p.resolve();
         this.extendIfLow();
       } catch (error) {

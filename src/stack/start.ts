@@ -72,7 +72,6 @@ export async function startStack(
     await gateway?.stop();
     await worker?.close();
     await proxy?.close();
-    await proxy?.store.close();
     await upstream?.demo?.close();
     await Promise.all([temporal?.stop(), synapse?.stop()]);
   };

@@ -18,7 +18,7 @@ import { GATEWAY_FAULTS } from '../../src/ingress/gateway.ts';
 import { shortJobId } from '../../src/ingress/job-ids.ts';
 import { jobWorkflowId } from '../../src/temporal/job-contract.ts';
 import { threadRelation } from '../../src/ingress/matrix-io.ts';
-import { GatewayProcess, gatewayStderr } from '../harness/gateway-process.ts';
+import { GatewayProcess, gatewayStderr, gatewayTestConfig } from '../harness/gateway-process.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';
 import { startWorkerStack, type WorkerStack } from '../harness/stack.ts';
@@ -65,25 +65,15 @@ before(async () => {
     requesters: [requester.userId],
     approvers: [approver.userId],
   });
-  const { synapse, temporal } = testServers();
-  config = {
-    stateDir: join(dir, 'state'),
-    temporal: { address: temporal.address, namespace: temporal.namespace, taskQueue: stack.taskQueue },
-    policy: { registryDir: stack.registryDir, channel: 'matrix' },
-    gateway: {
-      health: { host: '127.0.0.1', port: 0 },
-      accounts: [
-        {
-          id: 'secure',
-          homeserverUrl: synapse.baseUrl,
-          userId: bot.userId,
-          accessToken: bot.accessToken,
-          rooms: [secretRoom, plainRoom],
-          encryption: true,
-        },
-      ],
+  config = gatewayTestConfig(dir, stack, [
+    {
+      id: 'secure',
+      userId: bot.userId,
+      accessToken: bot.accessToken,
+      rooms: [secretRoom, plainRoom],
+      encryption: true,
     },
-  };
+  ]);
   gateway = await GatewayProcess.start(config, { dir });
   for (const roomId of [secretRoom, plainRoom]) await botJoined(roomId);
   await botDeviceKnown(requester.client);

@@ -16,7 +16,7 @@ import { shortJobId } from '../../src/ingress/job-ids.ts';
 import { publicJwks } from '../../src/keys/keyring.ts';
 import { jobWorkflowId, statusQuery } from '../../src/temporal/job-contract.ts';
 import { threadRelation } from '../../src/ingress/matrix-io.ts';
-import { GatewayProcess } from '../harness/gateway-process.ts';
+import { GatewayProcess, gatewayTestConfig } from '../harness/gateway-process.ts';
 import { recordHistory } from '../harness/histories.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';
@@ -67,32 +67,21 @@ before(async () => {
     approvers: [approver.userId],
     limits: { requests_per_requester_per_hour: 3, open_jobs_per_room: 4 },
   });
-  const { synapse, temporal } = testServers();
-  config = {
-    stateDir: join(dir, 'state'),
-    temporal: { address: temporal.address, namespace: temporal.namespace, taskQueue: stack.taskQueue },
-    policy: { registryDir: stack.registryDir, channel: 'matrix' },
-    gateway: {
-      health: { host: '127.0.0.1', port: 0 },
-      accounts: [
-        {
-          id: 'alpha',
-          homeserverUrl: synapse.baseUrl,
-          userId: botA.userId,
-          accessToken: botA.accessToken,
-          rooms: [room1, room3],
-        },
-        {
-          id: 'beta',
-          homeserverUrl: synapse.baseUrl,
-          userId: botB.userId,
-          // This account logs in with its password (once: the token it gets is kept).
-          password: botB.password,
-          rooms: [room2],
-        },
-      ],
+  config = gatewayTestConfig(dir, stack, [
+    {
+      id: 'alpha',
+      userId: botA.userId,
+      accessToken: botA.accessToken,
+      rooms: [room1, room3],
     },
-  };
+    {
+      id: 'beta',
+      userId: botB.userId,
+      // This account logs in with its password (once: the token it gets is kept).
+      password: botB.password,
+      rooms: [room2],
+    },
+  ]);
   gateway = await GatewayProcess.start(config, { dir });
   // The bots accept their invites on their first sync.
   for (const [roomId, bot] of [

@@ -5,8 +5,31 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ClawgateConfigInput } from '../../src/config/config.ts';
+import type { AccountConfigInput } from '../../src/ingress/config.ts';
+import { testServers } from './servers.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
+
+/**
+ * The configuration of a gateway under test: state in `dir`, the run's Temporal and the worker
+ * stack's task queue and registry, health on a free port, these accounts on the run's Synapse.
+ */
+export function gatewayTestConfig(
+  dir: string,
+  stack: { taskQueue: string; registryDir: string },
+  accounts: Array<Omit<AccountConfigInput, 'homeserverUrl'>>,
+): ClawgateConfigInput {
+  const { synapse, temporal } = testServers();
+  return {
+    stateDir: join(dir, 'state'),
+    temporal: { address: temporal.address, namespace: temporal.namespace, taskQueue: stack.taskQueue },
+    policy: { registryDir: stack.registryDir, channel: 'matrix' },
+    gateway: {
+      health: { host: '127.0.0.1', port: 0 },
+      accounts: accounts.map((a) => ({ homeserverUrl: synapse.baseUrl, ...a })),
+    },
+  };
+}
 
 /** Everything the gateway processes of this test file wrote on stderr. */
 export const gatewayStderr: string[] = [];

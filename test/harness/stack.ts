@@ -128,7 +128,6 @@ export async function startWorkerStack(): Promise<WorkerStack> {
       await running;
       await temporal.close();
       await proxy.close();
-      await proxy.store.close();
       await upstream.close();
     },
   };

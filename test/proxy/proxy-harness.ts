@@ -66,12 +66,10 @@ export async function startProxyUnderTest(opts: {
     dir,
     async restart() {
       await handle.proxy.close();
-      await handle.proxy.store.close();
       handle.proxy = await start();
     },
     async close() {
       await handle.proxy.close();
-      await handle.proxy.store.close();
       await upstream.close();
     },
   };

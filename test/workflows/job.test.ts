@@ -191,7 +191,6 @@ after(async () => {
   await running;
   await temporal.close();
   await proxy.close();
-  await proxy.store.close();
   await upstream.close();
   holdServer.closeAllConnections();
   holdServer.close();
