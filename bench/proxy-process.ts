@@ -10,12 +10,19 @@ import { startProxy } from '../src/proxy/server.ts';
 import { cstVerifier, registryPolicySource } from '../src/proxy/token-check.ts';
 import { FileRevocationStore } from '../src/tokens/revocations.ts';
 
-const input = JSON.parse(process.argv[2] ?? '{}') as { upstreamUrl: string; state: string };
+const input = JSON.parse(process.argv[2] ?? '{}') as {
+  /** Upstream URL by the model it serves. */
+  upstreams: Record<string, string>;
+  state: string;
+};
 const config = parseProxyConfig({
   listen: { host: '127.0.0.1', port: 0 },
-  upstreams: [
-    { name: 'demo', baseUrl: `${input.upstreamUrl}/v1`, apiKey: 'bench-key', models: ['demo-echo'] },
-  ],
+  upstreams: Object.entries(input.upstreams).map(([model, url]) => ({
+    name: model,
+    baseUrl: `${url}/v1`,
+    apiKey: 'bench-key',
+    models: [model],
+  })),
   receiptsPath: join(input.state, 'receipts.log'),
 });
 const keys = join(input.state, 'keys');

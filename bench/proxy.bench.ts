@@ -3,6 +3,16 @@
 // Portkey's open-source gateway, a peer people use for the same job. JSON and streaming,
 // sequential and with 100 concurrent clients. Prints added latency (p50, p99) over direct,
 // time-to-first-byte difference for streams, requests per second, and each proxy's RSS.
+//
+// Two references are measured in the same run so the figures can be read against what this
+// machine allows: a bare Node pass-through proxy, and the same with one fdatasync per call (the
+// least a proxy pays to have a record on disk before the caller's answer completes).
+//
+// Under load, two upstreams: one that answers at once (the 100 clients then saturate the
+// machine, and the added latency is mostly queueing behind the proxy's work per call), and one
+// paced like a model (BENCH_PACED_MS on average before its answer, from half to one and a half
+// times that, the same for the same message on every path; BENCH_PACED_CHUNK_MS between stream
+// events), where the added latency is what a caller of a real model would see.
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { Agent, request } from 'node:http';
@@ -20,12 +30,17 @@ const CONCURRENT_CLIENTS = 100;
 const CONCURRENT_REQUESTS = Number(process.env['BENCH_CONCURRENT'] ?? 4000);
 const WARMUP = 200;
 const ROUNDS = 10;
+const PACED_MS = Number(process.env['BENCH_PACED_MS'] ?? 200);
+const PACED_CHUNK_MS = Number(process.env['BENCH_PACED_CHUNK_MS'] ?? 5);
+const PACED_REQUESTS = Number(process.env['BENCH_PACED_CONCURRENT'] ?? 4000);
 
 interface Target {
   name: string;
   url: string;
   headers: Record<string, string>;
   pid?: number;
+  /** A reference measured sequentially only (not a proxy to compare under load). */
+  floor?: boolean;
 }
 
 const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENT_CLIENTS });
@@ -126,16 +141,21 @@ async function sequential(targets: Target[], body: string): Promise<Map<string, 
   return out;
 }
 
-async function concurrent(target: Target, body: string): Promise<Run> {
+async function concurrent(
+  target: Target,
+  body: string | ((i: number) => string),
+  requests = CONCURRENT_REQUESTS,
+): Promise<Run> {
   const totals: number[] = [];
   const firsts: number[] = [];
   let next = 0;
   const started = performance.now();
   await Promise.all(
     Array.from({ length: CONCURRENT_CLIENTS }, async () => {
-      while (next < CONCURRENT_REQUESTS) {
+      while (next < requests) {
+        const i = next;
         next += 1;
-        const r = await call(target, body);
+        const r = await call(target, typeof body === 'string' ? body : body(i));
         if (r.status !== 200) throw new Error(`${target.name}: status ${r.status}: ${r.text}`);
         totals.push(r.totalMs);
         firsts.push(r.firstByteMs);
@@ -149,9 +169,34 @@ async function concurrent(target: Target, body: string): Promise<Run> {
     p50: percentile(totals, 50),
     p99: percentile(totals, 99),
     ttfb50: percentile(firsts, 50),
-    rps: (CONCURRENT_REQUESTS / elapsed) * 1000,
+    rps: (requests / elapsed) * 1000,
   };
 }
+
+/** Starts a bench process that answers its URL in its first message. */
+async function child(
+  children: ChildProcess[],
+  script: string,
+  arg: unknown,
+): Promise<{ url: string; pid: number | undefined }> {
+  const process_ = fork(join(import.meta.dirname, script), [JSON.stringify(arg)]);
+  children.push(process_);
+  const url = await new Promise<string>((resolve, reject) => {
+    process_.once('message', (m: { url: string }) => resolve(m.url));
+    process_.once('exit', (code) => reject(new Error(`${script} exited with ${code}`)));
+  });
+  return { url, pid: process_.pid };
+}
+
+function table(header: string[], rows: string[][]): void {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]?.length ?? 0)));
+  const line = (cells: string[]): string => cells.map((c, i) => c.padStart(widths[i] ?? 0)).join('  ');
+  console.log(line(header));
+  for (const row of rows) console.log(line(row));
+}
+
+const failure = (error: unknown): string =>
+  `failed: ${error instanceof Error ? error.message.slice(0, 120) : String(error)}`;
 
 function rssMiB(pid: number | undefined): string {
   if (pid === undefined) return '-';
@@ -163,19 +208,20 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'clawgate-bench-proxy-'));
   const children: ChildProcess[] = [];
   try {
-    const upstreamProcess = fork(join(import.meta.dirname, 'upstream-process.ts'));
-    children.push(upstreamProcess);
-    const upstream = {
-      url: await new Promise<string>((resolve) =>
-        upstreamProcess.once('message', (m: { url: string }) => resolve(m.url)),
-      ),
-    };
+    const instant = await child(children, 'upstream-process.ts', { models: ['demo-echo'] });
+    const paced = await child(children, 'upstream-process.ts', {
+      models: ['demo-paced'],
+      firstByteDelayMs: PACED_MS / 2,
+      firstByteJitterMs: PACED_MS,
+      chunkDelayMs: PACED_CHUNK_MS,
+    });
     // clawgate's proxy, in a process of its own, with real keys, a registry and an active policy.
     const keys = join(dir, 'keys');
     for (const purpose of ['token', 'receipt', 'policy'] as const) await generateKeyring(keys, purpose);
     const example = JSON.parse(
       readFileSync(join(import.meta.dirname, '../examples/policy.json'), 'utf8'),
-    ) as unknown;
+    ) as { model_access: { allowed_models: string[] } };
+    example.model_access.allowed_models = ['demo-echo', 'demo-paced'];
     const policy = parseWpc(example);
     const registry = new FilePolicyRegistry(join(dir, 'registry'));
     const { hash } = await registry.register(
@@ -183,24 +229,26 @@ async function main(): Promise<void> {
       publicJwks(keys, ['policy']),
     );
     registry.activate('matrix', hash);
-    const clawgate = fork(join(import.meta.dirname, 'proxy-process.ts'), [
-      JSON.stringify({ upstreamUrl: upstream.url, state: dir }),
-    ]);
-    children.push(clawgate);
-    const clawgateUrl = await new Promise<string>((resolve) =>
-      clawgate.once('message', (m: { url: string }) => resolve(m.url)),
-    );
+    const clawgate = await child(children, 'proxy-process.ts', {
+      upstreams: { 'demo-echo': instant.url, 'demo-paced': paced.url },
+      state: dir,
+    });
     const { token } = await mintCapabilityToken(
       {
         purpose: 'planning',
         job: { workflowId: 'bench-job', runId: 'bench-run' },
         roomId: '!ops:localhost',
-        scope: { tools: [], models: ['demo-echo'] },
+        scope: { tools: [], models: ['demo-echo', 'demo-paced'] },
         wpcHash: hash,
         ttlSeconds: 3600,
       },
       loadSigner(keys, 'token'),
     );
+    const passThrough = await child(children, 'floor-process.ts', { upstreamUrl: instant.url });
+    const passThroughSync = await child(children, 'floor-process.ts', {
+      upstreamUrl: instant.url,
+      logPath: join(dir, 'floor.log'),
+    });
 
     // Portkey's gateway, in a process of its own, held to loopback.
     const portkeyPort = await freeLoopbackPort();
@@ -228,11 +276,11 @@ async function main(): Promise<void> {
       message: 'Portkey gateway',
     });
 
-    const targets: Target[] = [
-      { name: 'direct', url: upstream.url, headers: { authorization: 'Bearer bench-key' } },
+    const targetsFor = (upstreamUrl: string): Target[] => [
+      { name: 'direct', url: upstreamUrl, headers: { authorization: 'Bearer bench-key' } },
       {
         name: 'clawgate',
-        url: clawgateUrl,
+        url: clawgate.url,
         headers: { authorization: `Bearer ${token}` },
         pid: clawgate.pid,
       },
@@ -242,53 +290,68 @@ async function main(): Promise<void> {
         headers: {
           authorization: 'Bearer bench-key',
           'x-portkey-provider': 'openai',
-          'x-portkey-custom-host': `${upstream.url}/v1`,
+          'x-portkey-custom-host': `${upstreamUrl}/v1`,
         },
         pid: portkey.pid,
       },
     ];
-    const bodies = {
-      json: JSON.stringify({
-        model: 'demo-echo',
-        messages: [{ role: 'user', content: 'measure the overhead of this call' }],
-      }),
-      stream: JSON.stringify({
-        model: 'demo-echo',
-        stream: true,
-        messages: [{ role: 'user', content: 'measure the overhead of this streamed call' }],
-      }),
-    };
+    const floors: Target[] = [
+      {
+        name: 'node pass-through',
+        url: passThrough.url,
+        headers: { authorization: 'Bearer bench-key' },
+        floor: true,
+      },
+      {
+        name: 'pass-through+fdatasync',
+        url: passThroughSync.url,
+        headers: { authorization: 'Bearer bench-key' },
+        floor: true,
+      },
+    ];
+    const bodyOf = (kind: 'json' | 'stream', model: string, n?: number): string =>
+      JSON.stringify({
+        model,
+        ...(kind === 'stream' ? { stream: true } : {}),
+        messages: [
+          {
+            role: 'user',
+            content: `measure the overhead of this ${kind === 'stream' ? 'streamed ' : ''}call${n === undefined ? '' : ` ${n}`}`,
+          },
+        ],
+      });
 
     console.log(
       `${SEQUENTIAL} sequential calls (after ${WARMUP} warm-up; the targets take turns in ${ROUNDS} rounds), then ${CONCURRENT_REQUESTS} calls from ${CONCURRENT_CLIENTS} concurrent clients; ` +
         'clawgate verifies a CST per call (signature, claims, revocation, pinned policy), signs a receipt and fdatasyncs it before the answer completes.',
     );
     const rows: string[][] = [];
+    const pacedRows: string[][] = [];
+    const failures: string[] = [];
     for (const kind of ['json', 'stream'] as const) {
-      const results = new Map<string, { seq: Run; conc: Run }>();
-      const sequentialRuns = await sequential(targets, bodies[kind]);
-      for (const target of targets) {
+      const body = bodyOf(kind, 'demo-echo');
+      const targets = targetsFor(instant.url);
+      const results = new Map<string, { seq: Run; conc?: Run }>();
+      const sequentialRuns = await sequential([...targets, ...floors], body);
+      for (const target of [...targets, ...floors]) {
         try {
           const seq = sequentialRuns.get(target.name);
           if (seq instanceof Error || seq === undefined) throw seq ?? new Error('no sequential run');
-          const conc = await concurrent(target, bodies[kind]);
-          results.set(target.name, { seq, conc });
+          const conc = target.floor ? undefined : await concurrent(target, body);
+          results.set(target.name, { seq, ...(conc ? { conc } : {}) });
         } catch (error) {
           // A peer that fails here is reported, not hidden; clawgate or direct failing ends the run.
           if (target.name !== 'portkey') throw error;
-          rows.push([
-            kind,
-            target.name,
-            `failed: ${error instanceof Error ? error.message.slice(0, 90) : String(error)}`,
-          ]);
+          failures.push(`${kind} ${target.name}, unpaced: ${failure(error)}`);
         }
       }
       const direct = results.get('direct');
-      if (!direct) throw new Error('no direct run');
-      for (const target of targets) {
+      if (!direct?.conc) throw new Error('no direct run');
+      for (const target of [...targets, ...floors]) {
         const r = results.get(target.name);
         if (!r) continue;
-        const added = (a: number, b: number): string => (target.name === 'direct' ? '-' : (a - b).toFixed(3));
+        const added = (a: number | undefined, b: number): string =>
+          target.name === 'direct' || a === undefined ? '-' : (a - b).toFixed(3);
         rows.push([
           kind,
           target.name,
@@ -297,32 +360,66 @@ async function main(): Promise<void> {
           added(r.seq.p99, direct.seq.p99),
           kind === 'stream' ? added(r.seq.ttfb50, direct.seq.ttfb50) : '-',
           r.seq.rps.toFixed(0),
-          added(r.conc.p50, direct.conc.p50),
-          added(r.conc.p99, direct.conc.p99),
-          r.conc.rps.toFixed(0),
-          (r.conc.rps / direct.conc.rps).toFixed(2),
+          added(r.conc?.p50, direct.conc.p50),
+          added(r.conc?.p99, direct.conc.p99),
+          r.conc ? r.conc.rps.toFixed(0) : '-',
+          r.conc ? (r.conc.rps / direct.conc.rps).toFixed(2) : '-',
           rssMiB(target.pid),
         ]);
       }
+
+      // The paced upstream: 100 clients calling a model that takes its time.
+      // Call i carries the same message on every path, so it waits the same upstream.
+      const pacedBody = (i: number): string => bodyOf(kind, 'demo-paced', i);
+      const pacedResults = new Map<string, Run>();
+      for (const target of targetsFor(paced.url)) {
+        try {
+          pacedResults.set(target.name, await concurrent(target, pacedBody, PACED_REQUESTS));
+        } catch (error) {
+          if (target.name !== 'portkey') throw error;
+          failures.push(`${kind} ${target.name}, paced: ${failure(error)}`);
+        }
+      }
+      const pacedDirect = pacedResults.get('direct');
+      if (!pacedDirect) throw new Error('no direct run against the paced upstream');
+      for (const [name, r] of pacedResults) {
+        const added = (a: number, b: number): string => (name === 'direct' ? '-' : (a - b).toFixed(3));
+        pacedRows.push([
+          kind,
+          name,
+          r.p50.toFixed(3),
+          r.p99.toFixed(3),
+          added(r.p50, pacedDirect.p50),
+          added(r.p99, pacedDirect.p99),
+          kind === 'stream' ? added(r.ttfb50, pacedDirect.ttfb50) : '-',
+          r.rps.toFixed(0),
+        ]);
+      }
     }
-    const header = [
-      'body',
-      'path',
-      'seq p50 ms',
-      'added p50',
-      'added p99',
-      'added TTFB p50',
-      'seq rps',
-      'load added p50',
-      'load added p99',
-      'load rps',
-      'rps/direct',
-      'RSS',
-    ];
-    const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]?.length ?? 0)));
-    const line = (cells: string[]): string => cells.map((c, i) => c.padStart(widths[i] ?? 0)).join('  ');
-    console.log(line(header));
-    for (const row of rows) console.log(line(row));
+    table(
+      [
+        'body',
+        'path',
+        'seq p50 ms',
+        'added p50',
+        'added p99',
+        'added TTFB p50',
+        'seq rps',
+        'load added p50',
+        'load added p99',
+        'load rps',
+        'rps/direct',
+        'RSS',
+      ],
+      rows,
+    );
+    console.log(
+      `\n${PACED_REQUESTS} calls from ${CONCURRENT_CLIENTS} concurrent clients to an upstream paced like a model ` +
+        `(${PACED_MS / 2}-${(PACED_MS * 3) / 2} ms before its answer, the same for the same message on every path` +
+        `${PACED_CHUNK_MS > 0 ? `, ${PACED_CHUNK_MS} ms between stream events` : ''}):`,
+    );
+    table(['body', 'path', 'p50 ms', 'p99 ms', 'added p50', 'added p99', 'added TTFB p50', 'rps'], pacedRows);
+    for (const line of failures) console.log(line);
     // The log ends at its first zero byte (the zeros after it are laid down ahead of the data).
     const log = readFileSync(join(dir, 'receipts.log'));
     const receipts = log

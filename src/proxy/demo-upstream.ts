@@ -3,6 +3,7 @@
 // server-sent event stream, and `GET /v1/models`. It stands in for a paid provider in tests,
 // benchmarks and the demo; it answers by echoing the last user message, word by word when
 // streaming, with configurable delays and faults. It is not a model.
+import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
@@ -19,6 +20,12 @@ export interface DemoUpstreamOptions {
   models?: string[];
   /** Delay before the response (JSON) or before the first chunk (stream), in ms. */
   firstByteDelayMs?: number;
+  /**
+   * Up to this many ms more, as a model's answer time varies (without it, callers that start
+   * together stay in step). The share of it a call waits is drawn from the SHA-256 of its last
+   * user message, so the same messages wait the same whichever path they came by.
+   */
+  firstByteJitterMs?: number;
   /** Delay between stream chunks, in ms. */
   chunkDelayMs?: number;
   /** When set, requests must carry `Authorization: Bearer <apiKey>`. */
@@ -65,10 +72,18 @@ async function readBody(req: IncomingMessage): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-function answerFor(request: ChatRequest): string {
+function lastUserText(request: ChatRequest): string {
   const last = [...(request.messages ?? [])].reverse().find((m) => m.role === 'user');
-  const text = typeof last?.content === 'string' ? last.content : '';
-  return `echo: ${text}`;
+  return typeof last?.content === 'string' ? last.content : '';
+}
+
+function answerFor(request: ChatRequest): string {
+  return `echo: ${lastUserText(request)}`;
+}
+
+/** The share of `firstByteJitterMs` a call waits, in [0, 1), drawn from its last user message. */
+export function jitterShare(text: string): number {
+  return createHash('sha256').update(text).digest().readUInt32BE(0) / 2 ** 32;
 }
 
 /** Rough token counts (words), so usage figures exist and move with the text. */
@@ -120,7 +135,8 @@ export async function startDemoUpstream(opts: DemoUpstreamOptions = {}): Promise
       return;
     }
     if (fault === 'hang') return; // never answers; the caller's timeout must act
-    await sleep(opts.firstByteDelayMs ?? 0);
+    const jitter = opts.firstByteJitterMs ? opts.firstByteJitterMs * jitterShare(lastUserText(request)) : 0;
+    await sleep((opts.firstByteDelayMs ?? 0) + jitter);
     if (fault === 'error-500') {
       sendJson(res, 500, { error: { message: 'demo upstream failure', type: 'server_error' } });
       return;
