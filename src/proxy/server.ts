@@ -217,6 +217,17 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
   const upstreamByModel = new Map<string, UpstreamConfig>();
   for (const upstream of config.upstreams)
     for (const model of upstream.models) upstreamByModel.set(model, upstream);
+  // Each upstream's chat endpoint, worked out once.
+  const targets = new Map<UpstreamConfig, { target: URL; isHttps: boolean }>();
+  const targetOf = (upstream: UpstreamConfig): { target: URL; isHttps: boolean } => {
+    let found = targets.get(upstream);
+    if (!found) {
+      const target = new URL(`${upstream.baseUrl.replace(/\/$/, '')}/chat/completions`);
+      found = { target, isHttps: target.protocol === 'https:' };
+      targets.set(upstream, found);
+    }
+    return found;
+  };
   const httpAgent = new HttpAgent({ keepAlive: true, maxSockets: 256 });
   const httpsAgent = new HttpsAgent({ keepAlive: true, maxSockets: 256 });
 
@@ -316,8 +327,7 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     call: { body: Buffer; upstream: UpstreamConfig; base: () => Record<string, unknown>; receiptId: string },
   ): Promise<void> {
     const { body, upstream, receiptId } = call;
-    const target = new URL(`${upstream.baseUrl.replace(/\/$/, '')}/chat/completions`);
-    const isHttps = target.protocol === 'https:';
+    const { target, isHttps } = targetOf(upstream);
     const responseHash: Hash = createHash('sha256');
     let responseBytes = 0;
     let upstreamStatus = 0;
@@ -372,14 +382,14 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
         streaming = contentType.startsWith('text/event-stream');
         jsonContentType = contentType;
         if (streaming) {
-          // A stream's headers go out now and its events as they arrive. No content-length:
-          // the response ends (its last chunk) only after the receipt is on disk.
+          // A stream's headers go out with its first event (one write, not two), and its events
+          // as they arrive. No content-length: the response ends (its last chunk) only after the
+          // receipt is on disk.
           res.writeHead(upstreamStatus, {
             'content-type': contentType,
             'cache-control': 'no-cache',
             'x-clawgate-receipt-id': receiptId,
           });
-          res.flushHeaders();
         }
         // A JSON answer is one document: it goes out whole, in one write, once its receipt is
         // on disk (the caller cannot use half of it anyway).
