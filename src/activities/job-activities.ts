@@ -24,7 +24,7 @@ import type {
   StepResult,
 } from '../temporal/job-types.ts';
 import { mintCapabilityToken, verifyCapabilityToken } from '../tokens/cst.ts';
-import type { RevocationStore } from '../tokens/revocations.ts';
+import { freshRevocationCheck, type RevocationStore } from '../tokens/revocations.ts';
 import { runTool } from '../tools/runner.ts';
 
 export interface JobActivityDeps {
@@ -40,6 +40,8 @@ export interface JobActivityDeps {
   bundleDir: string;
   /** The operators' controls (read-only mode, approval freeze); normal when absent. */
   controlState?: () => ControlState | Promise<ControlState>;
+  /** Why revocations cannot be trusted now (a stale mirror of the shared state), or null. */
+  controlStale?: () => string | null;
 }
 
 export const PLANNER_PROMPT = [
@@ -328,7 +330,7 @@ export function createJobActivities(deps: JobActivityDeps) {
         claims = await verifyCapabilityToken(input.token, {
           jwks: tokenJwks(),
           expectedJob: input.job,
-          isRevoked: (jti, job) => deps.revocations.isRevoked(jti, job),
+          isRevoked: freshRevocationCheck(deps.revocations, deps.controlStale),
           // Drift fails closed: a rollback or a new activation reaches running jobs here.
           activePolicyHash: () =>
             input.channel ? deps.registry.activeHash(input.channel) : input.policyHash,

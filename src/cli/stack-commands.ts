@@ -106,9 +106,17 @@ export function addStackCommands(program: Command): void {
           { url: upstream.demo.url },
           'no upstream configured: the local DEMO upstream (not a model)',
         );
-      const proxy = await runProxy(config, upstream.upstreams, logger, () => ({
-        control: mirror ? mirror.mirror.status() : 'not shared: no temporal.address',
-      }));
+      const proxy = await runProxy(
+        config,
+        upstream.upstreams,
+        logger,
+        () => ({
+          control: mirror
+            ? { ...mirror.mirror.status(), refusing: mirror.stale?.() ?? null }
+            : 'not shared: no temporal.address',
+        }),
+        mirror?.stale,
+      );
       await untilStopped(logger);
       await proxy.close();
       await upstream.demo?.close();
@@ -134,13 +142,14 @@ export function addStackCommands(program: Command): void {
         proxyUrl: opts.proxyUrl ?? `http://${config.proxy.listen.host}:${config.proxy.listen.port}`,
         planningModel: config.worker.planningModel ?? config.proxy.upstreams?.[0]?.models[0] ?? DEMO_MODEL,
         logger,
+        controlStale: mirror.stale,
       });
       const { createServer } = await import('node:http');
       const health = createServer((req, res) => {
         const state = worker.worker.getState();
         const ok = req.url === '/health' && state === 'RUNNING';
         res.writeHead(req.url === '/health' ? (ok ? 200 : 503) : 404, { 'content-type': 'application/json' });
-        const control = mirror.mirror.status();
+        const control = { ...mirror.mirror.status(), refusing: mirror.stale?.() ?? null };
         res.end(`${JSON.stringify({ ok, state, taskQueue: config.temporal.taskQueue, control })}\n`);
       });
       health.listen(config.worker.health.port, config.worker.health.host);

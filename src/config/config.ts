@@ -34,6 +34,12 @@ export const configSchema = z
         port: port.default(7233),
         uiPort: port.default(8233),
         taskQueue: z.string().min(1).default(JOB_TASK_QUEUE),
+        /**
+         * When the shared control state (revocations and policies from other machines) has gone
+         * unread this long, token checks refuse every token until it is read again; null: keep
+         * checking with what this state folder holds.
+         */
+        controlStaleAfterSeconds: z.number().int().min(2).max(86_400).nullable().default(30),
       })
       .strict()
       .prefault({}),

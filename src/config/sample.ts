@@ -22,6 +22,10 @@ temporal:
   port: 7233                                # embedded dev server: gRPC
   uiPort: 8233                              # embedded dev server: Web UI
   taskQueue: clawgate-jobs
+  # Revocations and policy changes made on other machines arrive through Temporal. When they
+  # cannot be read for this long, every token check refuses (REVOCATION_CHECK_FAILED) until they
+  # can; null keeps checking with what this state folder holds.
+  controlStaleAfterSeconds: 30
 
 matrix:
   # An existing homeserver; leave it out to run an embedded Synapse with a demo room and users.

@@ -6,6 +6,11 @@
 // sees the change at once, as before. The mirror only ever adds: a revocation is never undone,
 // and a policy arrives signed and is registered only if a key of the local signer allowlist
 // signed it.
+//
+// A machine that cannot read the shared state cannot know what was revoked elsewhere. Past a
+// limit (`temporal.controlStaleAfterSeconds`, 30 s by default) its token checks refuse every
+// token with REVOCATION_CHECK_FAILED, naming how long the state has gone unread, until a read
+// succeeds again: when in doubt, refuse.
 import type { Client } from '@temporalio/client';
 import type { Logger } from 'pino';
 import { controlSnapshot } from '../activities/control-state.ts';
@@ -29,12 +34,18 @@ export interface ControlMirrorOptions {
 export interface ControlMirror {
   /** For health endpoints: the last good read, and the error since, if reads fail. */
   status(): { lastSync: string | null; error: string | null };
+  /**
+   * Why this machine's copy of the shared state cannot be trusted for token checks (no good read
+   * for longer than `maxStaleMs`, counted from the start before the first), or null.
+   */
+  staleness(maxStaleMs: number): string | null;
   stop(): Promise<void>;
 }
 
 export function startControlMirror(opts: ControlMirrorOptions): ControlMirror {
   const interval = opts.intervalMs ?? 1_000;
   const timeout = opts.timeoutMs ?? 5_000;
+  const started = Date.now();
   let last: number | null = null;
   let stopped = false;
   let failing = false;
@@ -130,6 +141,15 @@ export function startControlMirror(opts: ControlMirrorOptions): ControlMirror {
 
   return {
     status: () => ({ lastSync: last === null ? null : new Date(last).toISOString(), error: lastError }),
+    staleness(maxStaleMs) {
+      const now = Date.now();
+      if (now - (last ?? started) <= maxStaleMs) return null;
+      const limit = `${Math.round(maxStaleMs / 1000)} s`;
+      const why = lastError ? ` (${lastError.slice(0, 300)})` : '';
+      return last === null
+        ? `the shared control state has not been read since this process started ${Math.round((now - started) / 1000)} s ago (limit ${limit})${why}: revocations made on other machines may be missing here`
+        : `the shared control state was last read ${Math.round((now - last) / 1000)} s ago (limit ${limit})${why}: revocations made on other machines may be missing here`;
+    },
     async stop() {
       stopped = true;
       clearTimeout(timer);

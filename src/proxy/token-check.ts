@@ -5,7 +5,7 @@ import { ClawgateError, ERROR_CODES, type ErrorCode } from '../errors.ts';
 import type { FilePolicyRegistry } from '../policy/registry.ts';
 import type { Wpc } from '../policy/wpc.ts';
 import { verifyCapabilityToken, type VerifyOptions } from '../tokens/cst.ts';
-import type { RevocationStore } from '../tokens/revocations.ts';
+import { freshRevocationCheck, type RevocationStore } from '../tokens/revocations.ts';
 import type { TokenCheck, VerifyCallToken } from './server.ts';
 
 /** Where the proxy reads policies: the active hash of its channel and documents by hash. */
@@ -35,7 +35,10 @@ export function cstVerifier(deps: {
   revocations: RevocationStore;
   policies: PolicySource;
   now?: () => Date;
+  /** Why revocations cannot be trusted now (a stale mirror of the shared state), or null. */
+  stale?: () => string | null;
 }): VerifyCallToken {
+  const isRevoked = freshRevocationCheck(deps.revocations, deps.stale);
   return async (token) => {
     try {
       // The active policy is read once per call: the pin check and the model list agree on it.
@@ -45,7 +48,7 @@ export function cstVerifier(deps: {
       const claims = await verifyCapabilityToken(token, {
         jwks: deps.jwks,
         ...(deps.now ? { now: deps.now } : {}),
-        isRevoked: (jti, job) => deps.revocations.isRevoked(jti, job),
+        isRevoked,
         activePolicyHash: activeHash,
       });
       // The job's policy: the pinned one, else the active one of the channel.

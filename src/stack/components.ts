@@ -86,6 +86,8 @@ export async function runProxy(
   upstreams: UpstreamConfig[],
   logger: Logger,
   health?: () => Record<string, unknown>,
+  /** Why token checks must refuse now (a stale mirror of the shared control state), or null. */
+  stale?: () => string | null,
 ): Promise<RunningProxy> {
   const paths = statePaths(config);
   const registry = new FilePolicyRegistry(paths.registry);
@@ -103,6 +105,7 @@ export async function runProxy(
       jwks: publicJwks(paths.keys, ['token']),
       revocations: new FileRevocationStore(paths.revocations),
       policies: registryPolicySource(registry, config.policy.channel),
+      ...(stale ? { stale } : {}),
     }),
     ...(health ? { health } : {}),
   });
@@ -118,7 +121,14 @@ export interface RunningWorker {
 
 export async function runWorker(
   config: ClawgateConfig,
-  opts: { address: string; proxyUrl: string; planningModel: string; logger: Logger },
+  opts: {
+    address: string;
+    proxyUrl: string;
+    planningModel: string;
+    logger: Logger;
+    /** Why token checks must refuse now (a stale mirror of the shared control state), or null. */
+    controlStale?: (() => string | null) | undefined;
+  },
 ): Promise<RunningWorker> {
   const paths = statePaths(config);
   ensurePrivateDir(paths.bundles);
@@ -144,6 +154,7 @@ export async function runWorker(
     workspaceFor: () => paths.workspace,
     bundleDir: paths.bundles,
     controlState: () => readControlState(client),
+    ...(opts.controlStale ? { controlStale: opts.controlStale } : {}),
   });
   opts.logger.info('bundling the workflow code (a few seconds)');
   const workerConnection = await NativeConnection.connect({
@@ -205,13 +216,15 @@ export async function runGateway(
 
 /**
  * Mirrors the revocations and active policies shared through the control workflow into this
- * process's state folder (src/control/mirror.ts). One per process is enough.
+ * process's state folder (src/control/mirror.ts). One per process is enough. `stale` is for the
+ * process's token checks: a reason to refuse once the shared state has gone unread longer than
+ * `temporal.controlStaleAfterSeconds` (absent when that is null).
  */
 export async function runControlMirror(
   config: ClawgateConfig,
   address: string,
   logger: Logger,
-): Promise<{ mirror: ControlMirror; close(): Promise<void> }> {
+): Promise<{ mirror: ControlMirror; stale: (() => string | null) | undefined; close(): Promise<void> }> {
   const paths = statePaths(config);
   const { connection, client } = await connectTemporal(config, address);
   const mirror = startControlMirror({
@@ -221,8 +234,10 @@ export async function runControlMirror(
     policySigners: () => publicJwks(paths.keys, ['policy']),
     log: logger.child({ component: 'control-mirror' }),
   });
+  const limit = config.temporal.controlStaleAfterSeconds;
   return {
     mirror,
+    stale: limit === null ? undefined : () => mirror.staleness(limit * 1000),
     async close() {
       await mirror.stop();
       await connection.close();

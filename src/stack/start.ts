@@ -141,8 +141,19 @@ export async function startStack(
         : `Model upstream   ${upstream.upstreams.map((u) => `${u.name} ${u.baseUrl}`).join(', ')}`,
     );
 
+    // The mirror first: the proxy's and the worker's token checks ask it whether they may trust
+    // the revocations they hold.
+    const shared = await runControlMirror(config, address, logger);
+    mirror = shared;
+    const controlStale = shared.stale;
     progress('Proxy');
-    proxy = await runProxy(config, upstream.upstreams, logger.child({ component: 'proxy' }));
+    proxy = await runProxy(
+      config,
+      upstream.upstreams,
+      logger.child({ component: 'proxy' }),
+      undefined,
+      controlStale,
+    );
     lines.push(`Model proxy      ${proxy.url} (receipts in ${paths.receipts})`);
     progress('Worker (bundling the workflow code)');
     worker = await runWorker(config, {
@@ -150,9 +161,9 @@ export async function startStack(
       proxyUrl: proxy.url,
       planningModel,
       logger: logger.child({ component: 'worker' }),
+      controlStale,
     });
     lines.push(`Worker           task queue ${config.temporal.taskQueue}; bundles in ${paths.bundles}`);
-    mirror = await runControlMirror(config, address, logger);
     progress('Gateway');
     gateway = await runGateway(config, { address, accounts, logger: logger.child({ component: 'gateway' }) });
     lines.push(`Gateway health   ${gateway.healthUrl}`);

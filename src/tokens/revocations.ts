@@ -96,3 +96,19 @@ export class FileRevocationStore implements RevocationStore {
     return [...this.log.records()];
   }
 }
+
+/**
+ * A revocation check that refuses while `stale` gives a reason (a mirror of the control state
+ * shared between machines that has not been read for too long: src/control/mirror.ts), then
+ * asks the store. For token checks; revoking goes to the store directly.
+ */
+export function freshRevocationCheck(
+  revocations: Pick<RevocationStore, 'isRevoked'>,
+  stale: (() => string | null) | undefined,
+): (jti: string, workflowId: string) => boolean {
+  return (jti, workflowId) => {
+    const reason = stale?.();
+    if (reason) throw new Error(reason);
+    return revocations.isRevoked(jti, workflowId);
+  };
+}

@@ -4,6 +4,7 @@
 // The test has a namespace of its own, so its control workflow is its alone.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { connect, createServer, type Socket } from 'node:net';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -244,4 +245,91 @@ test('a shared policy signed by a key machine B does not trust is refused there,
     b.registry.list().some((p) => p.hash === forged.hash),
     false,
   );
+});
+
+test('a machine that cannot read the shared control state refuses every token past the limit, and serves again once it can', async () => {
+  const hash = b.registry.activeHash('matrix');
+  assert.ok(hash, 'the first test activated a policy');
+  // Machine C reaches Temporal through a relay this test can cut and restore.
+  const [host, port] = testServers().temporal.address.split(':') as [string, string];
+  const sockets = new Set<Socket>();
+  const relay = createServer((inbound) => {
+    const outbound = connect(Number(port), host);
+    for (const socket of [inbound, outbound]) {
+      sockets.add(socket);
+      socket.on('error', () => {
+        inbound.destroy();
+        outbound.destroy();
+      });
+      socket.on('close', () => sockets.delete(socket));
+    }
+    inbound.pipe(outbound).pipe(inbound);
+  });
+  await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+  const relayPort = (relay.address() as { port: number }).port;
+  const machineC = mkdtempSync(join(tmpdir(), 'clawgate-machine-c-'));
+  const c = {
+    revocations: new FileRevocationStore(join(machineC, 'revocations.log')),
+    registry: new FilePolicyRegistry(join(machineC, 'policy-registry')),
+  };
+  // C runs the policy B runs (the shared state's latest is the forged one C refuses).
+  await c.registry.register(b.registry.get(hash), publicJwks(keys, ['policy']));
+  c.registry.activate('matrix', hash);
+  const cConnection = await Connection.connect({ address: `127.0.0.1:${relayPort}` });
+  const cMirror = startControlMirror({
+    client: new Client({ connection: cConnection, namespace }),
+    revocations: c.revocations,
+    registry: c.registry,
+    policySigners: () => publicJwks(keys, ['policy']),
+    log: pino({ level: 'silent' }),
+    intervalMs: 100,
+    timeoutMs: 500,
+  });
+  try {
+    const { token } = await mintCapabilityToken(
+      {
+        purpose: 'planning',
+        job: { workflowId: 'job:!room:x:$machine-c', runId: 'r' },
+        roomId: '!room:x',
+        scope: { tools: [], models: ['demo-echo'] },
+        wpcHash: hash,
+        ttlSeconds: 600,
+      },
+      loadSigner(keys, 'token'),
+    );
+    const verify = cstVerifier({
+      jwks: publicJwks(keys, ['token']),
+      revocations: c.revocations,
+      policies: registryPolicySource(c.registry, 'matrix'),
+      stale: () => cMirror.staleness(2_000),
+    });
+    await until('machine C reading the shared state', () => cMirror.status().lastSync);
+    assert.equal((await verify(token)).ok, true);
+
+    // Temporal out of reach: the token still passes within the limit, then every check refuses.
+    relay.close();
+    for (const socket of sockets) socket.destroy();
+    assert.equal((await verify(token)).ok, true, 'a read 100 ms ago is within the limit');
+    const refused = await until('machine C refusing', async () => {
+      const check = await verify(token);
+      return check.ok ? null : check;
+    });
+    assert.equal(refused.code, 'REVOCATION_CHECK_FAILED');
+    assert.equal(refused.status, 401);
+    assert.match(
+      refused.reason,
+      /the shared control state was last read \d+ s ago \(limit 2 s\).*revocations made on other machines may be missing here/,
+    );
+    assert.ok(cMirror.status().error, 'the failing read is reported in the status');
+
+    // Reachable again: the next good read ends the refusals.
+    await new Promise<void>((resolve) => relay.listen(relayPort, '127.0.0.1', resolve));
+    await until('machine C serving again', async () => (await verify(token)).ok, 60_000);
+    assert.equal(cMirror.staleness(2_000), null);
+  } finally {
+    await cMirror.stop();
+    await cConnection.close();
+    relay.close();
+    for (const socket of sockets) socket.destroy();
+  }
 });

@@ -74,6 +74,8 @@ let taskQueue: string;
 let matrixQueue: string;
 let running: Promise<void>;
 let policyRegistry: FilePolicyRegistry;
+/** What the worker's token checks hear from the mirror of the shared control state (null: fresh). */
+let controlStaleReason: string | null = null;
 let mainPolicy: string;
 let quickPolicy: string;
 
@@ -177,6 +179,7 @@ before(async () => {
     },
     bundleDir: join(state, 'bundles'),
     controlState: () => readControlState(temporal.client),
+    controlStale: () => controlStaleReason,
   });
   ({ worker, taskQueue } = await temporal.createWorker({ workflowBundle, activities }));
   ({ worker: matrixWorker, taskQueue: matrixQueue } = await temporal.createWorker({
@@ -530,6 +533,26 @@ test('a policy change reaches a running job: its pinned token fails closed and n
     assert.equal(record.body.exit_status, null);
   } finally {
     policyRegistry.rollback('matrix', mainPolicy, 'end of the policy change test');
+  }
+});
+
+test('a worker whose shared control state is stale refuses its step tokens: nothing runs, the refusal is in the bundle', async () => {
+  const { handle, eventId } = await request('!claw while the shared state is unread');
+  await waitForThreadNotice(eventId, /^Plan for job/);
+  controlStaleReason =
+    'the shared control state was last read 45 s ago (limit 30 s): revocations made on other machines may be missing here';
+  try {
+    await sendApproval(approver, '!approve', {}, handle);
+    const result = (await handle.result()) as JobResult;
+    assert.equal(result.status, 'failed');
+    const record = bundleOf(result.bundleDigest).entries.find(
+      (e: { type: string }) => e.type === 'tool_record',
+    );
+    assert.equal(record.body.denial.code, 'REVOCATION_CHECK_FAILED');
+    assert.match(record.body.denial.reason, /the shared control state was last read 45 s ago/);
+    assert.equal(record.body.exit_status, null, 'nothing ran');
+  } finally {
+    controlStaleReason = null;
   }
 });
 

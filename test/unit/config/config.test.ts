@@ -22,6 +22,26 @@ test('no file at all: embedded defaults, everything on loopback', () => {
   assert.equal(config.proxy.upstreams, undefined);
   assert.equal(config.proxy.listen.host, '127.0.0.1');
   assert.equal(statePaths(config).registry, '/srv/state/policy-registry');
+  // Fail closed by default: token checks refuse once the shared control state is 30 s unread.
+  assert.equal(config.temporal.controlStaleAfterSeconds, 30);
+});
+
+test('the staleness limit of the shared control state: seconds, or null to keep serving', () => {
+  assert.equal(
+    parseConfig({ temporal: { controlStaleAfterSeconds: null } }).temporal.controlStaleAfterSeconds,
+    null,
+  );
+  assert.equal(
+    parseConfig({ temporal: { controlStaleAfterSeconds: 120 } }).temporal.controlStaleAfterSeconds,
+    120,
+  );
+  for (const bad of [0, 1, 1.5, '30', 86_401]) {
+    assert.throws(
+      () => parseConfig({ temporal: { controlStaleAfterSeconds: bad } }),
+      /temporal\.controlStaleAfterSeconds: /,
+      `refused: ${JSON.stringify(bad)}`,
+    );
+  }
 });
 
 test('the sample printed by `clawgate config sample` is valid and spells the defaults', () => {
