@@ -63,6 +63,20 @@ function cli(...args: string[]) {
     env: { ...process.env, CLAWGATE_TEMPORAL_ADDRESS: '' },
   });
 }
+/** A planning token of a job in !room:x, pinned to a policy, signed by the token key. */
+const planningToken = (workflowId: string, hash: string) =>
+  mintCapabilityToken(
+    {
+      purpose: 'planning',
+      job: { workflowId, runId: 'r' },
+      roomId: '!room:x',
+      scope: { tools: [], models: ['demo-echo'] },
+      wpcHash: hash,
+      ttlSeconds: 600,
+    },
+    loadSigner(keys, 'token'),
+  );
+
 const shared = () => [
   '--address',
   testServers().temporal.address,
@@ -144,17 +158,7 @@ test('a policy activated on machine A becomes the active policy on machine B, si
 test('a token revoked on machine A is refused on machine B; an unreachable Temporal is an error, the revocation holds here', async () => {
   const hash = b.registry.activeHash('matrix');
   assert.ok(hash, 'the previous test activated a policy');
-  const { token, claims } = await mintCapabilityToken(
-    {
-      purpose: 'planning',
-      job: { workflowId: 'job:!room:x:$shared', runId: 'r' },
-      roomId: '!room:x',
-      scope: { tools: [], models: ['demo-echo'] },
-      wpcHash: hash,
-      ttlSeconds: 600,
-    },
-    loadSigner(keys, 'token'),
-  );
+  const { token, claims } = await planningToken('job:!room:x:$shared', hash);
   const verify = cstVerifier({
     jwks: publicJwks(keys, ['token']),
     revocations: b.revocations,
@@ -286,17 +290,7 @@ test('a machine that cannot read the shared control state refuses every token pa
     timeoutMs: 500,
   });
   try {
-    const { token } = await mintCapabilityToken(
-      {
-        purpose: 'planning',
-        job: { workflowId: 'job:!room:x:$machine-c', runId: 'r' },
-        roomId: '!room:x',
-        scope: { tools: [], models: ['demo-echo'] },
-        wpcHash: hash,
-        ttlSeconds: 600,
-      },
-      loadSigner(keys, 'token'),
-    );
+    const { token } = await planningToken('job:!room:x:$machine-c', hash);
     const verify = cstVerifier({
       jwks: publicJwks(keys, ['token']),
       revocations: c.revocations,

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createServer, type Server } from 'node:http';
 import { after, before, test } from 'node:test';
-import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
+import { WorkflowExecutionAlreadyStartedError, type WorkflowHandle } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
 import { createJobActivities } from '../../src/activities/job-activities.ts';
 import {
@@ -259,6 +259,18 @@ const jwksOf = () => publicJwks(join(state, 'keys'));
 
 const bundleOf = (digest: string | null) =>
   JSON.parse(readFileSync(join(state, 'bundles', `${digest}.json`), 'utf8'));
+
+/** Approves a job whose first step is expected to be refused; the job's result and that step's record. */
+async function approveIntoRefusal(handle: WorkflowHandle) {
+  await sendApproval(approver, '!approve', {}, handle);
+  const result = (await handle.result()) as JobResult;
+  assert.equal(result.status, 'failed');
+  const record = bundleOf(result.bundleDigest).entries.find(
+    (e: { type: string }) => e.type === 'tool_record',
+  );
+  assert.equal(record.body.exit_status, null, 'the step did not run');
+  return record.body as { denial: { code: string; reason: string } };
+}
 
 test('happy path: request, plan in the thread, approval, steps in the sandbox, sealed bundle that verifies', async () => {
   const { handle, eventId } = await request('!claw summarise the readme');
@@ -519,18 +531,12 @@ test('a policy change reaches a running job: its pinned token fails closed and n
   await waitForThreadNotice(eventId, /^Plan for job/);
   policyRegistry.activate('matrix', quickPolicy, 'policy change during a job');
   try {
-    await sendApproval(approver, '!approve', {}, handle);
-    const result = (await handle.result()) as JobResult;
-    assert.equal(result.status, 'failed');
-    const record = bundleOf(result.bundleDigest).entries.find(
-      (e: { type: string }) => e.type === 'tool_record',
-    );
+    const step = await approveIntoRefusal(handle);
     assert.equal(
-      record.body.denial.code,
+      step.denial.code,
       'POLICY_HASH_MISMATCH',
       'the drifted token did not verify, so nothing ran',
     );
-    assert.equal(record.body.exit_status, null);
   } finally {
     policyRegistry.rollback('matrix', mainPolicy, 'end of the policy change test');
   }
@@ -542,15 +548,9 @@ test('a worker whose shared control state is stale refuses its step tokens: noth
   controlStaleReason =
     'the shared control state was last read 45 s ago (limit 30 s): revocations made on other machines may be missing here';
   try {
-    await sendApproval(approver, '!approve', {}, handle);
-    const result = (await handle.result()) as JobResult;
-    assert.equal(result.status, 'failed');
-    const record = bundleOf(result.bundleDigest).entries.find(
-      (e: { type: string }) => e.type === 'tool_record',
-    );
-    assert.equal(record.body.denial.code, 'REVOCATION_CHECK_FAILED');
-    assert.match(record.body.denial.reason, /the shared control state was last read 45 s ago/);
-    assert.equal(record.body.exit_status, null, 'nothing ran');
+    const step = await approveIntoRefusal(handle);
+    assert.equal(step.denial.code, 'REVOCATION_CHECK_FAILED');
+    assert.match(step.denial.reason, /the shared control state was last read 45 s ago/);
   } finally {
     controlStaleReason = null;
   }
