@@ -67,6 +67,11 @@ export interface ProxyDeps {
   now?: () => Date;
   /** More to say in GET /healthz (the shared control state's mirror, say). */
   health?: () => Record<string, unknown>;
+  /**
+   * Why token checks refuse every call now (a stale mirror of the shared control state), or
+   * null: GET /healthz then answers 503 with the reason, so a load balancer can route away.
+   */
+  refusing?: () => string | null;
 }
 
 export interface RunningProxy {
@@ -570,8 +575,16 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     else if (req.method === 'GET' && url.pathname.startsWith('/v1/receipts'))
       handling = handleReceipts(req, res, url);
     else if (req.method === 'GET' && url.pathname === '/healthz') {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ ok: true, proxy_id: config.proxyId, ...(deps.health?.() ?? {}) }));
+      const refusing = deps.refusing?.() ?? null;
+      res.writeHead(refusing ? 503 : 200, { 'content-type': 'application/json' });
+      res.end(
+        JSON.stringify({
+          ok: !refusing,
+          proxy_id: config.proxyId,
+          ...(refusing ? { refusing } : {}),
+          ...(deps.health?.() ?? {}),
+        }),
+      );
       return;
     } else {
       req.resume();

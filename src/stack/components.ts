@@ -108,6 +108,7 @@ export async function runProxy(
       ...(stale ? { stale } : {}),
     }),
     ...(health ? { health } : {}),
+    ...(stale ? { refusing: stale } : {}),
   });
   logger.info({ url: proxy.url, upstreams: upstreams.map((u) => u.name) }, 'proxy listening');
   return proxy;

@@ -35,6 +35,7 @@ export async function startProxyUnderTest(opts: {
   verifyToken: VerifyCallToken;
   upstream?: DemoUpstreamOptions;
   config?: Partial<ProxyConfigInput>;
+  refusing?: () => string | null;
 }): Promise<ProxyUnderTest> {
   const upstream = await startDemoUpstream({ apiKey: 'upstream-secret-key', ...opts.upstream });
   const dir = mkdtempSync(join(tmpdir(), 'clawgate-proxy-'));
@@ -56,6 +57,7 @@ export async function startProxyUnderTest(opts: {
     startProxy({
       config,
       verifyToken: opts.verifyToken,
+      ...(opts.refusing ? { refusing: opts.refusing } : {}),
       receiptKey: signer,
       store: await ReceiptStore.open(config.receiptsPath),
     });

@@ -365,3 +365,23 @@ describe('faults', () => {
     }
   });
 });
+
+test('GET /healthz answers 503 with the reason while token checks refuse every call, 200 otherwise', async () => {
+  let refusing: string | null = 'the shared control state was last read 40 s ago (limit 30 s)';
+  const guarded = await startProxyUnderTest({ verifyToken, refusing: () => refusing });
+  try {
+    const stale = await fetch(`${guarded.proxy.url}/healthz`);
+    assert.equal(stale.status, 503);
+    assert.deepEqual(await stale.json(), {
+      ok: false,
+      proxy_id: 'clawgate-proxy',
+      refusing: 'the shared control state was last read 40 s ago (limit 30 s)',
+    });
+    refusing = null;
+    const fresh = await fetch(`${guarded.proxy.url}/healthz`);
+    assert.equal(fresh.status, 200);
+    assert.deepEqual(await fresh.json(), { ok: true, proxy_id: 'clawgate-proxy' });
+  } finally {
+    await guarded.close();
+  }
+});
