@@ -9,7 +9,7 @@ import {
   setFreezeSignal,
   setModeSignal,
   type ControlSnapshot,
-  type SharedPolicy,
+  type PolicyActivation,
   type SharedRevocation,
 } from '../workflows/control.ts';
 
@@ -87,7 +87,7 @@ export async function shareRevocation(
 export async function sharePolicy(
   client: Client,
   taskQueue: string,
-  change: SharedPolicy & { channel: string; rollback: boolean },
+  change: PolicyActivation,
 ): Promise<void> {
   await client.workflow.signalWithStart('controlWorkflow', {
     workflowId: CONTROL_WORKFLOW_ID,

@@ -106,17 +106,10 @@ export function addStackCommands(program: Command): void {
           { url: upstream.demo.url },
           'no upstream configured: the local DEMO upstream (not a model)',
         );
-      const proxy = await runProxy(
-        config,
-        upstream.upstreams,
-        logger,
-        () => ({
-          control: mirror
-            ? { ...mirror.mirror.status(), refusing: mirror.stale?.() ?? null }
-            : 'not shared: no temporal.address',
-        }),
-        mirror?.stale,
-      );
+      const proxy = await runProxy(config, upstream.upstreams, logger, {
+        health: () => ({ control: mirror ? mirror.health() : 'not shared: no temporal.address' }),
+        stale: mirror?.stale,
+      });
       await untilStopped(logger);
       await proxy.close();
       await upstream.demo?.close();
@@ -149,7 +142,7 @@ export function addStackCommands(program: Command): void {
         const state = worker.worker.getState();
         const ok = req.url === '/health' && state === 'RUNNING';
         res.writeHead(req.url === '/health' ? (ok ? 200 : 503) : 404, { 'content-type': 'application/json' });
-        const control = { ...mirror.mirror.status(), refusing: mirror.stale?.() ?? null };
+        const control = mirror.health();
         res.end(`${JSON.stringify({ ok, state, taskQueue: config.temporal.taskQueue, control })}\n`);
       });
       health.listen(config.worker.health.port, config.worker.health.host);

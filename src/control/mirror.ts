@@ -51,7 +51,7 @@ export function startControlMirror(opts: ControlMirrorOptions): ControlMirror {
   let failing = false;
   let lastError: string | null = null;
   let timer: NodeJS.Timeout | undefined;
-  let running: Promise<unknown> = Promise.resolve();
+  let running: Promise<void> = Promise.resolve();
   const refused = new Set<string>();
 
   async function apply(snapshot: ControlSnapshot | null): Promise<{ revocations: number; policies: number }> {
@@ -103,7 +103,7 @@ export function startControlMirror(opts: ControlMirrorOptions): ControlMirror {
     return { revocations, policies };
   }
 
-  async function syncOnce(): Promise<{ revocations: number; policies: number }> {
+  async function syncOnce(): Promise<void> {
     const snapshot = await opts.client.connection.withDeadline(Date.now() + timeout, () =>
       controlSnapshot(opts.client),
     );
@@ -112,7 +112,6 @@ export function startControlMirror(opts: ControlMirrorOptions): ControlMirror {
     if (applied.revocations > 0 || applied.policies > 0) {
       opts.log.info(applied, 'control state from other machines applied here');
     }
-    return applied;
   }
 
   const tick = (): void => {

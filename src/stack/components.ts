@@ -85,10 +85,14 @@ export async function runProxy(
   config: ClawgateConfig,
   upstreams: UpstreamConfig[],
   logger: Logger,
-  health?: () => Record<string, unknown>,
-  /** Why token checks must refuse now (a stale mirror of the shared control state), or null. */
-  stale?: () => string | null,
+  opts: {
+    /** More to say in GET /healthz. */
+    health?: () => Record<string, unknown>;
+    /** Why token checks must refuse now (a stale mirror of the shared control state), or null. */
+    stale?: (() => string | null) | undefined;
+  } = {},
 ): Promise<RunningProxy> {
+  const { health, stale } = opts;
   const paths = statePaths(config);
   const registry = new FilePolicyRegistry(paths.registry);
   const proxyConfig = parseProxyConfig({
@@ -215,17 +219,27 @@ export async function runGateway(
   return gateway;
 }
 
+export interface RunningControlMirror {
+  mirror: ControlMirror;
+  /**
+   * For the process's token checks: a reason to refuse once the shared state has gone unread
+   * longer than `temporal.controlStaleAfterSeconds` (absent when that is null).
+   */
+  stale: (() => string | null) | undefined;
+  /** For health answers: the mirror's last good read, its error, and the refusal if any. */
+  health(): { lastSync: string | null; error: string | null; refusing: string | null };
+  close(): Promise<void>;
+}
+
 /**
  * Mirrors the revocations and active policies shared through the control workflow into this
- * process's state folder (src/control/mirror.ts). One per process is enough. `stale` is for the
- * process's token checks: a reason to refuse once the shared state has gone unread longer than
- * `temporal.controlStaleAfterSeconds` (absent when that is null).
+ * process's state folder (src/control/mirror.ts). One per process is enough.
  */
 export async function runControlMirror(
   config: ClawgateConfig,
   address: string,
   logger: Logger,
-): Promise<{ mirror: ControlMirror; stale: (() => string | null) | undefined; close(): Promise<void> }> {
+): Promise<RunningControlMirror> {
   const paths = statePaths(config);
   const { connection, client } = await connectTemporal(config, address);
   const mirror = startControlMirror({
@@ -236,9 +250,11 @@ export async function runControlMirror(
     log: logger.child({ component: 'control-mirror' }),
   });
   const limit = config.temporal.controlStaleAfterSeconds;
+  const stale = limit === null ? undefined : () => mirror.staleness(limit * 1000);
   return {
     mirror,
-    stale: limit === null ? undefined : () => mirror.staleness(limit * 1000),
+    stale,
+    health: () => ({ ...mirror.status(), refusing: stale?.() ?? null }),
     async close() {
       await mirror.stop();
       await connection.close();

@@ -23,6 +23,7 @@ import {
   runControlMirror,
   runProxy,
   runWorker,
+  type RunningControlMirror,
   type RunningUpstream,
   type RunningWorker,
 } from './components.ts';
@@ -66,7 +67,7 @@ export async function startStack(
   let proxy: RunningProxy | undefined;
   let worker: RunningWorker | undefined;
   let gateway: Gateway | undefined;
-  let mirror: { close(): Promise<void> } | undefined;
+  let mirror: RunningControlMirror | undefined;
   const stop = async (): Promise<void> => {
     await mirror?.close();
     await gateway?.stop();
@@ -143,17 +144,11 @@ export async function startStack(
 
     // The mirror first: the proxy's and the worker's token checks ask it whether they may trust
     // the revocations they hold.
-    const shared = await runControlMirror(config, address, logger);
-    mirror = shared;
-    const controlStale = shared.stale;
+    mirror = await runControlMirror(config, address, logger);
     progress('Proxy');
-    proxy = await runProxy(
-      config,
-      upstream.upstreams,
-      logger.child({ component: 'proxy' }),
-      undefined,
-      controlStale,
-    );
+    proxy = await runProxy(config, upstream.upstreams, logger.child({ component: 'proxy' }), {
+      stale: mirror.stale,
+    });
     lines.push(`Model proxy      ${proxy.url} (receipts in ${paths.receipts})`);
     progress('Worker (bundling the workflow code)');
     worker = await runWorker(config, {
@@ -161,7 +156,7 @@ export async function startStack(
       proxyUrl: proxy.url,
       planningModel,
       logger: logger.child({ component: 'worker' }),
-      controlStale,
+      controlStale: mirror.stale,
     });
     lines.push(`Worker           task queue ${config.temporal.taskQueue}; bundles in ${paths.bundles}`);
     progress('Gateway');

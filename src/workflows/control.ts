@@ -38,6 +38,9 @@ export interface SharedPolicy {
   reason: string;
 }
 
+/** A policy change on one channel, as it is shared: the policy, where, and whether it went back. */
+export type PolicyActivation = SharedPolicy & { channel: string; rollback: boolean };
+
 export interface ControlSnapshot {
   readOnly: boolean;
   approvalsFrozen: boolean;
@@ -50,8 +53,7 @@ export interface ControlSnapshot {
 export const setModeSignal = defineSignal<[ControlChange & { mode: 'read-only' | 'normal' }]>('setMode');
 export const setFreezeSignal = defineSignal<[ControlChange & { frozen: boolean }]>('setFreeze');
 export const revokeSignal = defineSignal<[SharedRevocation]>('revoke');
-export const activatePolicySignal =
-  defineSignal<[SharedPolicy & { channel: string; rollback: boolean }]>('activatePolicy');
+export const activatePolicySignal = defineSignal<[PolicyActivation]>('activatePolicy');
 export const controlStateQuery = defineQuery<ControlSnapshot>('controlState');
 
 /** Changes kept in the query answer; the full record is the workflow history. */
