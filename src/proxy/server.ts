@@ -118,6 +118,10 @@ function sendError(
   res.end(body);
 }
 
+function internalError(res: ServerResponse, error: unknown): void {
+  sendError(res, 500, 'INTERNAL', `proxy error: ${error instanceof Error ? error.message : String(error)}`);
+}
+
 function bearer(req: IncomingMessage): string | undefined {
   const header = req.headers.authorization;
   if (!header) return undefined;
@@ -134,6 +138,16 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
       PROXY_ERRORS.bodyTooLarge,
       `request body of ${declared} bytes exceeds the limit of ${limit}`,
     );
+  }
+  // Usually the whole body came with the headers and waits in the stream's buffer (its length
+  // declared, and never exceeded, by content-length): taken at once, without a turn of the loop.
+  if (Number.isFinite(declared) && declared > 0 && req.readableLength === declared) {
+    const body = req.read() as Buffer | null;
+    if (body?.length === declared) {
+      req.resume(); // nothing is left but the end of the stream
+      return body;
+    }
+    if (body) req.unshift(body);
   }
   const chunks: Buffer[] = [];
   let size = 0;
@@ -223,12 +237,26 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
   for (const upstream of config.upstreams)
     for (const model of upstream.models) upstreamByModel.set(model, upstream);
   // Each upstream's chat endpoint, worked out once.
-  const targets = new Map<UpstreamConfig, { target: URL; isHttps: boolean }>();
-  const targetOf = (upstream: UpstreamConfig): { target: URL; isHttps: boolean } => {
+  interface Target {
+    /** The endpoint's request options (parsed from its URL once, not on every call). */
+    options: { protocol: string; hostname: string; port: string; path: string };
+    isHttps: boolean;
+  }
+  const targets = new Map<UpstreamConfig, Target>();
+  const targetOf = (upstream: UpstreamConfig): Target => {
     let found = targets.get(upstream);
     if (!found) {
-      const target = new URL(`${upstream.baseUrl.replace(/\/$/, '')}/chat/completions`);
-      found = { target, isHttps: target.protocol === 'https:' };
+      const url = new URL(`${upstream.baseUrl.replace(/\/$/, '')}/chat/completions`);
+      found = {
+        options: {
+          protocol: url.protocol,
+          // A bracketed IPv6 literal is a host name without its brackets to node:http.
+          hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+          port: url.port,
+          path: `${url.pathname}${url.search}`,
+        },
+        isHttps: url.protocol === 'https:',
+      };
       targets.set(upstream, found);
     }
     return found;
@@ -332,7 +360,7 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     call: { body: Buffer; upstream: UpstreamConfig; base: () => Record<string, unknown>; receiptId: string },
   ): Promise<void> {
     const { body, upstream, receiptId } = call;
-    const { target, isHttps } = targetOf(upstream);
+    const { options, isHttps } = targetOf(upstream);
     const responseHash: Hash = createHash('sha256');
     let responseBytes = 0;
     let upstreamStatus = 0;
@@ -344,7 +372,8 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     let timer: NodeJS.Timeout | undefined;
 
     const finished = new Promise<void>((resolve) => {
-      const upstreamReq = (isHttps ? httpsRequest : httpRequest)(target, {
+      const upstreamReq = (isHttps ? httpsRequest : httpRequest)({
+        ...options,
         method: 'POST',
         agent: isHttps ? httpsAgent : httpAgent,
         headers: {
@@ -568,6 +597,11 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
   }
 
   const server = createServer((req, res) => {
+    // The model call, the one route on every call's path, is matched without parsing a URL.
+    if (req.method === 'POST' && req.url === '/v1/chat/completions') {
+      handleChat(req, res).catch((error: unknown) => internalError(res, error));
+      return;
+    }
     const url = new URL(req.url ?? '/', 'http://proxy.invalid');
     let handling: Promise<void>;
     if (req.method === 'POST' && url.pathname === '/v1/chat/completions') handling = handleChat(req, res);
@@ -591,14 +625,7 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
       sendError(res, 404, PROXY_ERRORS.notFound, `no route ${req.method ?? ''} ${url.pathname}`);
       return;
     }
-    handling.catch((error: unknown) => {
-      sendError(
-        res,
-        500,
-        'INTERNAL',
-        `proxy error: ${error instanceof Error ? error.message : String(error)}`,
-      );
-    });
+    handling.catch((error: unknown) => internalError(res, error));
   });
   server.keepAliveTimeout = 65_000;
   return new Promise((resolve) => {

@@ -159,6 +159,36 @@ describe('allowed calls', () => {
     assert.equal(receipt.payload.usage?.completion_tokens, 5);
   });
 
+  test('a body that arrives in pieces, with or without its length declared, is forwarded whole', async () => {
+    // Most bodies come with their headers and are taken at once; these come later, in pieces.
+    for (const declared of [true, false]) {
+      const body = chatBody('demo-echo', `pieces ${declared ? 'with' : 'without'} a length`);
+      const before = p.upstream.received.length;
+      const answer = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+        const req = request(`${p.proxy.url}/v1/chat/completions?from=test`, {
+          method: 'POST',
+          headers: {
+            'content-type': 'application/json',
+            authorization: `Bearer ${tokens['job-a']}`,
+            ...(declared ? { 'content-length': Buffer.byteLength(body) } : {}),
+          },
+        });
+        req.on('response', (res) => {
+          let text = '';
+          res.on('data', (chunk: Buffer) => (text += chunk.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+        });
+        req.on('error', reject);
+        req.flushHeaders();
+        const cut = Math.floor(body.length / 2);
+        setTimeout(() => req.write(body.slice(0, cut)), 30);
+        setTimeout(() => req.end(body.slice(cut)), 60);
+      });
+      assert.equal(answer.status, 200, answer.text);
+      assert.equal(p.upstream.received[before]?.toString(), body, 'the upstream got the exact bytes');
+    }
+  });
+
   test('GET /v1/models lists only the models the token may use', async () => {
     const response = await fetch(`${p.proxy.url}/v1/models`, {
       headers: { authorization: `Bearer ${tokens['job-a']}` },
