@@ -427,14 +427,24 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
         }
         // A JSON answer is one document: it goes out whole, in one write, once its receipt is
         // on disk (the caller cannot use half of it anyway).
-        upstreamRes.on('data', (chunk: Buffer) => {
-          armTimer();
+        const account = (chunk: Buffer): void => {
+          if (!outcome) armTimer();
           responseHash.update(chunk);
           responseBytes += chunk.length;
+          if (streaming) usageScanner.push(chunk);
+        };
+        upstreamRes.on('data', (chunk: Buffer) => {
           if (streaming) {
-            usageScanner.push(chunk);
+            // The event goes to the caller first (the write leaves on the next tick); it is
+            // hashed and scanned for usage in a microtask, which runs after that write and, in
+            // the order of the chunks, before the outcome is read (a settled call resumes in a
+            // later microtask).
             res.write(chunk);
-          } else jsonChunks.push(chunk);
+            queueMicrotask(() => account(chunk));
+          } else {
+            account(chunk);
+            jsonChunks.push(chunk);
+          }
         });
         upstreamRes.once('end', () => {
           settle(upstreamStatus >= 200 && upstreamStatus < 300 ? 'ok' : 'upstream_error', null);

@@ -370,6 +370,46 @@ describe('faults', () => {
     }
   });
 
+  test('a stream of events apart is hashed whole, and its finished call leaves no timer behind', async () => {
+    // Events 20 ms apart reach the proxy one by one; the upstream timeout (300 ms) is re-armed
+    // by each, and must not outlive the call (it would hold the process and fire on a call
+    // long finished).
+    const paced = await startProxyUnderTest({
+      verifyToken,
+      upstream: { chunkDelayMs: 20 },
+      config: { limits: { upstreamTimeoutMs: 300 } },
+    });
+    try {
+      const call = async (text: string) => {
+        const response = await fetch(`${paced.proxy.url}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${tokens['job-a']}` },
+          body: chatBody('demo-echo', text, true),
+        });
+        return { response, bytes: Buffer.from(await response.arrayBuffer()) };
+      };
+      const timers = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+      await call('warm up');
+      const before = timers();
+      const first = await call('one two three four five six');
+      assert.equal(first.response.status, 200);
+      await new Promise((r) => setImmediate(r));
+      assert.equal(timers(), before, 'no timer of the finished call is left running');
+      const receiptId = first.response.headers.get('x-clawgate-receipt-id') ?? '';
+      const trailer = `: clawgate-receipt ${receiptId}\n\n`;
+      const passed = first.bytes.subarray(0, first.bytes.length - Buffer.byteLength(trailer));
+      assert.deepEqual(passed, paced.upstream.sent.at(-1), 'the events reached the caller unchanged');
+      const stored = paced.proxy.store.get(receiptId);
+      assert.ok(stored);
+      const receipt = (await verifyReceipt(stored.jws, paced.jwks)).payload;
+      assert.equal(receipt.response_sha256, sha256(passed), 'every event is in the hash, in order');
+      assert.equal(receipt.response_bytes, passed.length);
+      assert.equal(receipt.usage?.completion_tokens, 7, 'the usage in the last event was found');
+    } finally {
+      await paced.close();
+    }
+  });
+
   test('an upstream that does not answer in time gets 504 and a timeout receipt', async () => {
     const hung = await startProxyUnderTest({
       verifyToken,
