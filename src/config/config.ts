@@ -231,6 +231,9 @@ export function parseConfig(
   if (config.worker.workspace) config.worker.workspace = abs(config.worker.workspace);
   if (config.policy.initial) config.policy.initial = abs(config.policy.initial);
   if (config.policy.registryDir) config.policy.registryDir = abs(config.policy.registryDir);
+  for (const upstream of config.proxy.upstreams ?? []) {
+    if (upstream.caFile) upstream.caFile = abs(upstream.caFile);
+  }
   return config;
 }
 

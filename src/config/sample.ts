@@ -49,6 +49,10 @@ proxy:
   #     baseUrl: https://openrouter.ai/api/v1
   #     apiKey: sk-or-...
   #     models: [anthropic/claude-sonnet-4]
+  #   - name: internal-vllm                 # behind your own CA: its certificate must chain to
+  #     baseUrl: https://vllm.internal:8000/v1
+  #     caFile: internal-ca.pem             # these CAs (PEM), not the system's
+  #     models: [qwen2.5-coder]
 
 worker:
   health: { host: 127.0.0.1, port: 8791 }  # clawgate worker: GET /health

@@ -1,6 +1,9 @@
 // The proxy's configuration: where it listens, its upstreams (the only place provider API keys
 // live), its limits, and where receipts go. Validated with zod; an error names the path.
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { z } from 'zod';
+import { ClawgateError, ERROR_CODES } from '../errors.ts';
 
 export const upstreamSchema = z
   .object({
@@ -12,8 +15,22 @@ export const upstreamSchema = z
     apiKey: z.string().min(1).optional(),
     /** Model ids this upstream serves. */
     models: z.array(z.string().min(1)).min(1),
+    /**
+     * A PEM file of the certificate authorities this upstream's TLS certificate must chain to,
+     * instead of the system's (an internal vLLM or llama.cpp server behind your own CA).
+     */
+    caFile: z.string().min(1).optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((upstream, ctx) => {
+    if (upstream.caFile !== undefined && !upstream.baseUrl.startsWith('https:')) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['caFile'],
+        message: 'a CA file is for an https:// upstream; this baseUrl is plain HTTP',
+      });
+    }
+  });
 
 export const proxyConfigSchema = z
   .object({
@@ -74,6 +91,43 @@ export function formatConfigPath(path: ReadonlyArray<PropertyKey>): string {
 
 export class ProxyConfigError extends Error {
   override readonly name = 'ProxyConfigError';
+}
+
+/**
+ * The CA certificates (PEM) of each upstream that names a `caFile`, read and checked once, at
+ * start: a missing, unreadable or non-certificate file stops the proxy with its path named,
+ * rather than failing each call later.
+ */
+export function loadUpstreamCas(config: ProxyConfig): Map<UpstreamConfig, string> {
+  const cas = new Map<UpstreamConfig, string>();
+  config.upstreams.forEach((upstream, i) => {
+    if (upstream.caFile === undefined) return;
+    const where = `upstreams[${i}].caFile (${upstream.caFile})`;
+    let pem: string;
+    try {
+      pem = readFileSync(upstream.caFile, 'utf8');
+    } catch (error) {
+      throw new ClawgateError(
+        ERROR_CODES.configInvalid,
+        `${where}: cannot be read (${(error as NodeJS.ErrnoException).code ?? String(error)})`,
+      );
+    }
+    const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+    if (blocks.length === 0)
+      throw new ClawgateError(ERROR_CODES.configInvalid, `${where}: holds no PEM certificate`);
+    blocks.forEach((block, j) => {
+      try {
+        new X509Certificate(block);
+      } catch (error) {
+        throw new ClawgateError(
+          ERROR_CODES.configInvalid,
+          `${where}: certificate ${j + 1} cannot be parsed (${error instanceof Error ? error.message : String(error)})`,
+        );
+      }
+    });
+    cas.set(upstream, pem);
+  });
+  return cas;
 }
 
 export function parseProxyConfig(input: unknown): ProxyConfig {

@@ -5,6 +5,7 @@
 // streaming, with configurable delays and faults. It is not a model.
 import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 
 export type DemoUpstreamFault =
@@ -35,6 +36,8 @@ export interface DemoUpstreamOptions {
   afterFirstChunk?: () => Promise<void>;
   /** The answer to give, from the request's messages (default: echo the last user message). */
   answer?: (messages: Array<{ role?: unknown; content?: unknown }>) => string;
+  /** Serve over TLS with this key and certificate (PEM), as a provider's endpoint is. */
+  tls?: { key: string; cert: string };
 }
 
 export interface DemoUpstream {
@@ -198,17 +201,18 @@ export async function startDemoUpstream(opts: DemoUpstreamOptions = {}): Promise
     res.end('data: [DONE]\n\n');
   }
 
-  const server = createServer((req, res) => {
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     handle(req, res).catch((error: unknown) => {
       if (!res.headersSent) sendJson(res, 500, { error: { message: String(error), type: 'server_error' } });
       else res.destroy();
     });
-  });
+  };
+  const server: Server = opts.tls ? createTlsServer(opts.tls, onRequest) : createServer(onRequest);
   server.keepAliveTimeout = 60_000;
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`,
     server,
     received,
     authorizations,

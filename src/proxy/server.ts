@@ -15,7 +15,7 @@ import {
 } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import type { ProxyConfig, UpstreamConfig } from './config.ts';
+import { loadUpstreamCas, type ProxyConfig, type UpstreamConfig } from './config.ts';
 import type { ReceiptStore } from './receipt-store.ts';
 import {
   sha256,
@@ -236,31 +236,36 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
   const upstreamByModel = new Map<string, UpstreamConfig>();
   for (const upstream of config.upstreams)
     for (const model of upstream.models) upstreamByModel.set(model, upstream);
-  // Each upstream's chat endpoint, worked out once.
+  // Each upstream's chat endpoint (and the CAs its certificate must chain to), worked out once,
+  // at start: a CA file that cannot be used stops the proxy here, not each call later.
   interface Target {
     /** The endpoint's request options (parsed from its URL once, not on every call). */
-    options: { protocol: string; hostname: string; port: string; path: string };
+    options: { protocol: string; hostname: string; port: string; path: string; ca?: string };
     isHttps: boolean;
   }
+  let cas: Map<UpstreamConfig, string>;
+  try {
+    cas = loadUpstreamCas(config);
+  } catch (error) {
+    return store.close().then(() => Promise.reject(error as Error));
+  }
   const targets = new Map<UpstreamConfig, Target>();
-  const targetOf = (upstream: UpstreamConfig): Target => {
-    let found = targets.get(upstream);
-    if (!found) {
-      const url = new URL(`${upstream.baseUrl.replace(/\/$/, '')}/chat/completions`);
-      found = {
-        options: {
-          protocol: url.protocol,
-          // A bracketed IPv6 literal is a host name without its brackets to node:http.
-          hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
-          port: url.port,
-          path: `${url.pathname}${url.search}`,
-        },
-        isHttps: url.protocol === 'https:',
-      };
-      targets.set(upstream, found);
-    }
-    return found;
-  };
+  for (const upstream of config.upstreams) {
+    const url = new URL(`${upstream.baseUrl.replace(/\/$/, '')}/chat/completions`);
+    const ca = cas.get(upstream);
+    targets.set(upstream, {
+      options: {
+        protocol: url.protocol,
+        // A bracketed IPv6 literal is a host name without its brackets to node:http.
+        hostname: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+        port: url.port,
+        path: `${url.pathname}${url.search}`,
+        ...(ca === undefined ? {} : { ca }),
+      },
+      isHttps: url.protocol === 'https:',
+    });
+  }
+  const targetOf = (upstream: UpstreamConfig): Target => targets.get(upstream) as Target;
   const httpAgent = new HttpAgent({ keepAlive: true, maxSockets: 256 });
   const httpsAgent = new HttpsAgent({ keepAlive: true, maxSockets: 256 });
 

@@ -36,6 +36,8 @@ export async function startProxyUnderTest(opts: {
   upstream?: DemoUpstreamOptions;
   config?: Partial<ProxyConfigInput>;
   refusing?: () => string | null;
+  /** More settings of the demo upstream's entry in the proxy's config (`caFile`, say). */
+  upstreamConfig?: { caFile?: string };
 }): Promise<ProxyUnderTest> {
   const upstream = await startDemoUpstream({ apiKey: 'upstream-secret-key', ...opts.upstream });
   const dir = mkdtempSync(join(tmpdir(), 'clawgate-proxy-'));
@@ -48,6 +50,7 @@ export async function startProxyUnderTest(opts: {
         baseUrl: `${upstream.url}/v1`,
         apiKey: 'upstream-secret-key',
         models: ['demo-echo', 'demo-echo-large'],
+        ...opts.upstreamConfig,
       },
     ],
     receiptsPath: join(dir, 'receipts.log'),

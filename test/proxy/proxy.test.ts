@@ -5,18 +5,21 @@ import { createHash } from 'node:crypto';
 import { request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { RECEIPT_ERRORS, verifyReceipt, type SignedReceipt } from '../../src/proxy/receipts.ts';
-import { PROXY_ERRORS, type VerifyCallToken } from '../../src/proxy/server.ts';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { parseProxyConfig } from '../../src/proxy/config.ts';
+import { ReceiptStore } from '../../src/proxy/receipt-store.ts';
+import { PROXY_ERRORS, startProxy, type VerifyCallToken } from '../../src/proxy/server.ts';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ERROR_CODES } from '../../src/errors.ts';
+import { fileURLToPath } from 'node:url';
+import { ClawgateError, ERROR_CODES } from '../../src/errors.ts';
 import { generateKeyring, loadSigner, publicJwks } from '../../src/keys/keyring.ts';
 import { FilePolicyRegistry, signWpc } from '../../src/policy/registry.ts';
 import { parseWpc } from '../../src/policy/wpc.ts';
 import { cstVerifier, registryPolicySource } from '../../src/proxy/token-check.ts';
 import { mintCapabilityToken } from '../../src/tokens/cst.ts';
 import { FileRevocationStore } from '../../src/tokens/revocations.ts';
-import { startProxyUnderTest, type ProxyUnderTest } from './proxy-harness.ts';
+import { receiptKeyPair, startProxyUnderTest, type ProxyUnderTest } from './proxy-harness.ts';
 
 const sha256 = (b: Uint8Array | string): string => createHash('sha256').update(b).digest('hex');
 
@@ -454,4 +457,113 @@ test('GET /healthz answers 503 with the reason while token checks refuse every c
   } finally {
     await guarded.close();
   }
+});
+
+describe('an HTTPS upstream', () => {
+  // The demo upstream served over TLS with a certificate for 127.0.0.1 signed by a test CA
+  // (test/fixtures/tls, made by its make.sh): the proxy trusts what the upstream's caFile names.
+  const fixture = (name: string): string =>
+    fileURLToPath(new URL(`../fixtures/tls/${name}`, import.meta.url));
+  const tls = {
+    key: readFileSync(fixture('upstream-key.pem'), 'utf8'),
+    cert: readFileSync(fixture('upstream-cert.pem'), 'utf8'),
+  };
+
+  test('is reached over TLS when its certificate chains to the CA file, JSON and stream', async () => {
+    const secure = await startProxyUnderTest({
+      verifyToken,
+      upstream: { tls },
+      upstreamConfig: { caFile: fixture('test-ca.pem') },
+    });
+    try {
+      assert.match(secure.upstream.url, /^https:/);
+      for (const stream of [false, true]) {
+        const response = await fetch(`${secure.proxy.url}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${tokens['job-a']}` },
+          body: chatBody('demo-echo', 'over tls', stream),
+        });
+        const text = await response.text();
+        assert.equal(response.status, 200, text);
+        assert.ok(text.includes(stream ? '"content":" tls"' : '"content":"echo: over tls"'), text);
+        assert.equal(secure.upstream.authorizations.at(-1), 'Bearer upstream-secret-key');
+        const stored = secure.proxy.store.get(response.headers.get('x-clawgate-receipt-id') ?? '');
+        assert.ok(stored);
+        const receipt = (await verifyReceipt(stored.jws, secure.jwks)).payload;
+        assert.equal(receipt.status, 'ok');
+        assert.equal(receipt.upstream?.url, `${secure.upstream.url}/v1`);
+      }
+    } finally {
+      await secure.close();
+    }
+  });
+
+  test('is refused, with nothing sent to it, when its certificate does not chain to the CA file', async () => {
+    // Neither another CA nor the system's trust the test CA: the call fails closed, and the
+    // upstream key never leaves the proxy.
+    for (const caFile of [fixture('other-ca.pem'), undefined]) {
+      const impostor = await startProxyUnderTest({
+        verifyToken,
+        upstream: { tls },
+        ...(caFile ? { upstreamConfig: { caFile } } : {}),
+      });
+      try {
+        const response = await fetch(`${impostor.proxy.url}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${tokens['job-a']}` },
+          body: chatBody('demo-echo', 'to an impostor'),
+        });
+        assert.equal(response.status, 502);
+        const error = ((await response.json()) as { error: { code: string; message: string } }).error;
+        assert.equal(error.code, PROXY_ERRORS.upstreamFailed);
+        assert.match(error.message, /certificate/i);
+        assert.equal(impostor.upstream.received.length, 0, 'no request reached the upstream');
+        const stored = impostor.proxy.store.get(response.headers.get('x-clawgate-receipt-id') ?? '');
+        assert.ok(stored);
+        const receipt = (await verifyReceipt(stored.jws, impostor.jwks)).payload;
+        assert.equal(receipt.status, 'upstream_failed');
+        assert.match(receipt.error ?? '', /certificate/i);
+      } finally {
+        await impostor.close();
+      }
+    }
+  });
+
+  test('a CA file that cannot be used stops the proxy at start, naming it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'clawgate-proxy-ca-'));
+    const notPem = join(dir, 'not-a-ca.pem');
+    writeFileSync(notPem, 'this is not a certificate\n');
+    const broken = join(dir, 'broken.pem');
+    writeFileSync(broken, '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n');
+    const cases: Array<[string, RegExp]> = [
+      [join(dir, 'missing.pem'), /upstreams\[0\]\.caFile \(.*missing\.pem\): cannot be read \(ENOENT\)/],
+      [notPem, /upstreams\[0\]\.caFile \(.*not-a-ca\.pem\): holds no PEM certificate/],
+      [broken, /upstreams\[0\]\.caFile \(.*broken\.pem\): certificate 1 cannot be parsed/],
+    ];
+    for (const [caFile, message] of cases) {
+      const config = parseProxyConfig({
+        listen: { host: '127.0.0.1', port: 0 },
+        upstreams: [{ name: 'internal', baseUrl: 'https://127.0.0.1:9/v1', caFile, models: ['m'] }],
+        receiptsPath: join(dir, 'receipts.log'),
+      });
+      const store = await ReceiptStore.open(config.receiptsPath);
+      const { signer } = await receiptKeyPair();
+      await assert.rejects(startProxy({ config, store, receiptKey: signer, verifyToken }), (error: Error) => {
+        assert.ok(error instanceof ClawgateError);
+        assert.equal(error.code, ERROR_CODES.configInvalid);
+        assert.match(error.message, message);
+        return true;
+      });
+      // The receipt log was let go: another proxy may open it.
+      await (await ReceiptStore.open(config.receiptsPath)).close();
+    }
+    assert.throws(
+      () =>
+        parseProxyConfig({
+          upstreams: [{ name: 'plain', baseUrl: 'http://127.0.0.1:9/v1', caFile: notPem, models: ['m'] }],
+          receiptsPath: join(dir, 'receipts.log'),
+        }),
+      /upstreams\[0\]\.caFile: a CA file is for an https:\/\/ upstream/,
+    );
+  });
 });

@@ -26,6 +26,22 @@ test('no file at all: embedded defaults, everything on loopback', () => {
   assert.equal(config.temporal.controlStaleAfterSeconds, 30);
 });
 
+test("an upstream's CA file: relative to the config file, and for https:// upstreams only", () => {
+  const upstream = { name: 'internal', baseUrl: 'https://vllm.internal:8000/v1', models: ['m'] };
+  const config = parseConfig(
+    { proxy: { upstreams: [{ ...upstream, caFile: 'internal-ca.pem' }] } },
+    { baseDir: '/srv' },
+  );
+  assert.equal(config.proxy.upstreams?.[0]?.caFile, '/srv/internal-ca.pem');
+  assert.throws(
+    () =>
+      parseConfig({
+        proxy: { upstreams: [{ ...upstream, baseUrl: 'http://vllm.internal:8000/v1', caFile: 'ca.pem' }] },
+      }),
+    /proxy\.upstreams\[0\]\.caFile: a CA file is for an https:\/\/ upstream/,
+  );
+});
+
 test('the staleness limit of the shared control state: seconds, or null to keep serving', () => {
   assert.equal(
     parseConfig({ temporal: { controlStaleAfterSeconds: null } }).temporal.controlStaleAfterSeconds,
