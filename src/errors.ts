@@ -59,6 +59,7 @@ export const ERROR_CODES = {
   egressDenied: 'EGRESS_DENIED',
   // Gateway
   configInvalid: 'CONFIG_INVALID',
+  portInUse: 'PORT_IN_USE',
   stateLocked: 'STATE_LOCKED',
   stateCorrupt: 'STATE_CORRUPT',
   auditFailed: 'AUDIT_FAILED',

@@ -479,4 +479,9 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-if (import.meta.main) process.exitCode = await main(process.argv.slice(2));
+if (import.meta.main) {
+  process.exitCode = await main(process.argv.slice(2));
+  // A command that failed while starting services may leave a handle open (Temporal's native
+  // runtime keeps the process alive): its error is printed, so it ends instead of hanging.
+  if (process.exitCode !== 0) setTimeout(() => process.exit(), 1000).unref();
+}

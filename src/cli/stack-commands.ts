@@ -125,7 +125,7 @@ export function addStackCommands(program: Command): void {
     .action(async (opts: { config?: string; proxyUrl?: string }) => {
       const config = await load(opts.config);
       const logger = await serviceLogger('clawgate-worker', config.log.level);
-      const { DEMO_MODEL, ensureKeys, requireAddress, runControlMirror, runWorker } =
+      const { DEMO_MODEL, ensureKeys, listen, requireAddress, runControlMirror, runWorker } =
         await import('../stack/components.ts');
       await ensureKeys(config);
       const address = requireAddress(config, 'clawgate worker');
@@ -145,7 +145,13 @@ export function addStackCommands(program: Command): void {
         const control = mirror.health();
         res.end(`${JSON.stringify({ ok, state, taskQueue: config.temporal.taskQueue, control })}\n`);
       });
-      health.listen(config.worker.health.port, config.worker.health.host);
+      try {
+        await listen(health, config.worker.health, 'worker health endpoint', 'worker.health.port');
+      } catch (error) {
+        await worker.close();
+        await mirror.close();
+        throw error;
+      }
       await Promise.race([untilStopped(logger), worker.run]);
       health.close();
       await worker.close();

@@ -643,8 +643,19 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     handling.catch((error: unknown) => internalError(res, error));
   });
   server.keepAliveTimeout = 65_000;
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
+    // A port another process holds: the error goes to the caller, and the receipt log is let go.
+    const failed = (error: Error): void => {
+      httpAgent.destroy();
+      httpsAgent.destroy();
+      store.close().then(
+        () => reject(error),
+        () => reject(error),
+      );
+    };
+    server.once('error', failed);
     server.listen(config.listen.port, config.listen.host, () => {
+      server.off('error', failed);
       const { port } = server.address() as AddressInfo;
       resolve({
         url: `http://${config.listen.host}:${port}`,

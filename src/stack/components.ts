@@ -3,6 +3,7 @@
 // gateway. `clawgate start` runs all three in one process next to the embedded servers;
 // `clawgate proxy|worker|gateway` run one each, as the docker-compose services do.
 import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
+import type { Server } from 'node:http';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
@@ -101,19 +102,25 @@ export async function runProxy(
     limits: { maxBodyBytes: config.proxy.maxBodyBytes, upstreamTimeoutMs: config.proxy.upstreamTimeoutMs },
     receiptsPath: paths.receipts,
   });
-  const proxy = await startProxy({
-    config: proxyConfig,
-    store: await ReceiptStore.open(proxyConfig.receiptsPath),
-    receiptKey: loadSigner(paths.keys, 'receipt'),
-    verifyToken: cstVerifier({
-      jwks: publicJwks(paths.keys, ['token']),
-      revocations: new FileRevocationStore(paths.revocations),
-      policies: registryPolicySource(registry, config.policy.channel),
-      ...(stale ? { stale } : {}),
-    }),
-    ...(health ? { health } : {}),
-    ...(stale ? { refusing: stale } : {}),
+  const receiptKey = loadSigner(paths.keys, 'receipt');
+  const verifyToken = cstVerifier({
+    jwks: publicJwks(paths.keys, ['token']),
+    revocations: new FileRevocationStore(paths.revocations),
+    policies: registryPolicySource(registry, config.policy.channel),
+    ...(stale ? { stale } : {}),
   });
+  // From here on, startProxy owns the store: it lets it go if it cannot start.
+  const store = await ReceiptStore.open(proxyConfig.receiptsPath);
+  const proxy = await listening('model proxy', 'proxy.listen.port or CLAWGATE_PROXY_PORT', () =>
+    startProxy({
+      config: proxyConfig,
+      store,
+      receiptKey,
+      verifyToken,
+      ...(health ? { health } : {}),
+      ...(stale ? { refusing: stale } : {}),
+    }),
+  );
   logger.info({ url: proxy.url, upstreams: upstreams.map((u) => u.name) }, 'proxy listening');
   return proxy;
 }
@@ -196,24 +203,69 @@ function bwrapPath(): string {
   }
 }
 
+/**
+ * Runs `start` (something that listens); a port another process holds becomes an error that says
+ * which part wanted it and which setting moves it, instead of a bare EADDRINUSE.
+ */
+export async function listening<T>(what: string, setting: string, start: () => Promise<T>): Promise<T> {
+  try {
+    return await start();
+  } catch (error) {
+    const e = error as NodeJS.ErrnoException & { address?: string; port?: number };
+    if (e.code !== 'EADDRINUSE') throw error;
+    throw new ClawgateError(
+      ERROR_CODES.portInUse,
+      `${what}: ${e.address ?? 'the address'}:${e.port ?? '?'} is already in use by another process; ` +
+        `stop it, or give the ${what} another port (${setting})`,
+      { cause: error },
+    );
+  }
+}
+
+/** Listens with a plain HTTP server, resolving once it listens; EADDRINUSE as `listening` says. */
+export function listen(
+  server: Server,
+  at: { host: string; port: number },
+  what: string,
+  setting: string,
+): Promise<void> {
+  return listening(
+    what,
+    setting,
+    () =>
+      new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(at.port, at.host, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      }),
+  );
+}
+
 export async function runGateway(
   config: ClawgateConfig,
   opts: { address: string; accounts: AccountConfig[]; logger: Logger; fault?: string },
 ): Promise<Gateway> {
   const paths = statePaths(config);
-  const gateway = await Gateway.start(
-    {
-      stateDir: paths.gateway,
-      temporal: {
-        address: opts.address,
-        namespace: config.temporal.namespace,
-        jobTaskQueue: config.temporal.taskQueue,
-      },
-      policy: { registryDir: paths.registry, channel: config.policy.channel },
-      health: config.gateway.health,
-      accounts: opts.accounts,
-    },
-    { logger: opts.logger, ...(opts.fault ? { fault: opts.fault } : {}) },
+  const gateway = await listening(
+    'gateway health endpoint',
+    'gateway.health.port or CLAWGATE_HEALTH_PORT',
+    () =>
+      Gateway.start(
+        {
+          stateDir: paths.gateway,
+          temporal: {
+            address: opts.address,
+            namespace: config.temporal.namespace,
+            jobTaskQueue: config.temporal.taskQueue,
+          },
+          policy: { registryDir: paths.registry, channel: config.policy.channel },
+          health: config.gateway.health,
+          accounts: opts.accounts,
+        },
+        { logger: opts.logger, ...(opts.fault ? { fault: opts.fault } : {}) },
+      ),
   );
   opts.logger.info({ health: gateway.healthUrl }, 'gateway running');
   return gateway;

@@ -459,6 +459,21 @@ test('GET /healthz answers 503 with the reason while token checks refuse every c
   }
 });
 
+test('a listen port another process holds: start fails with EADDRINUSE, and the receipt log is let go', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'clawgate-proxy-port-'));
+  const config = parseProxyConfig({
+    listen: { host: '127.0.0.1', port: Number(new URL(p.proxy.url).port) },
+    upstreams: [{ name: 'demo', baseUrl: `${p.upstream.url}/v1`, models: ['demo-echo'] }],
+    receiptsPath: join(dir, 'receipts.log'),
+  });
+  const store = await ReceiptStore.open(config.receiptsPath);
+  const { signer } = await receiptKeyPair();
+  await assert.rejects(startProxy({ config, store, receiptKey: signer, verifyToken }), {
+    code: 'EADDRINUSE',
+  });
+  await (await ReceiptStore.open(config.receiptsPath)).close();
+});
+
 describe('an HTTPS upstream', () => {
   // The demo upstream served over TLS with a certificate for 127.0.0.1 signed by a test CA
   // (test/fixtures/tls, made by its make.sh): the proxy trusts what the upstream's caFile names.

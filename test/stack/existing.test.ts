@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -188,5 +189,53 @@ test('clawgate proxy and clawgate worker run alone from the configuration, answe
     assert.equal(first.name, `clawgate-${part}`);
     child.kill('SIGTERM');
     assert.equal(await exited, 0, output);
+  }
+});
+
+test('clawgate proxy and clawgate worker on a port another process holds: a clear error, exit 1, nothing left running', async () => {
+  const { temporal } = testServers();
+  const dir = mkdtempSync(join(tmpdir(), 'clawgate-taken-'));
+  // A listener of this test holds the port both parts are configured to use.
+  const holder = createNetServer();
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+  cleanups.push(() => new Promise<void>((resolve) => holder.close(() => resolve())));
+  const taken = (holder.address() as AddressInfo).port;
+  writeFileSync(
+    join(dir, 'clawgate.yaml'),
+    [
+      'stateDir: state',
+      `temporal: { address: "${temporal.address}", namespace: ${temporal.namespace}, taskQueue: ${uniqueId('taken')} }`,
+      `proxy: { listen: { port: ${taken} } }`,
+      `worker: { health: { port: ${taken} } }`,
+    ].join('\n'),
+  );
+  const env: NodeJS.ProcessEnv = { ...process.env, CLAWGATE_CONFIG: join(dir, 'clawgate.yaml') };
+  delete env['CLAWGATE_STATE_DIR'];
+  for (const [part, message] of [
+    [
+      'proxy',
+      `model proxy: 127.0.0.1:${taken} is already in use by another process; stop it, or give the model proxy another port (proxy.listen.port or CLAWGATE_PROXY_PORT)`,
+    ],
+    [
+      'worker',
+      `worker health endpoint: 127.0.0.1:${taken} is already in use by another process; stop it, or give the worker health endpoint another port (worker.health.port)`,
+    ],
+  ] as const) {
+    const child = spawn(bin, [part], { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+    child.stdout.resume();
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    cleanups.push(async () => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      await exited;
+    });
+    // It ends by itself (a Temporal connection left open must not keep it running).
+    const code = await Promise.race([
+      exited,
+      new Promise<string>((r) => setTimeout(() => r('still running'), 60_000)),
+    ]);
+    assert.equal(code, 1, `clawgate ${part}: ${stderr}`);
+    assert.equal(stderr.trim(), `clawgate: ${message}`);
   }
 });
