@@ -3,7 +3,7 @@
 // gateway. `clawgate start` runs all three in one process next to the embedded servers;
 // `clawgate proxy|worker|gateway` run one each, as the docker-compose services do.
 import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
-import type { Server } from 'node:http';
+import { createServer as createNetServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
@@ -207,7 +207,12 @@ function bwrapPath(): string {
  * Runs `start` (something that listens); a port another process holds becomes an error that says
  * which part wanted it and which setting moves it, instead of a bare EADDRINUSE.
  */
-export async function listening<T>(what: string, setting: string, start: () => Promise<T>): Promise<T> {
+export async function listening<T>(
+  what: string,
+  setting: string,
+  start: () => Promise<T>,
+  hint = '',
+): Promise<T> {
   try {
     return await start();
   } catch (error) {
@@ -216,18 +221,19 @@ export async function listening<T>(what: string, setting: string, start: () => P
     throw new ClawgateError(
       ERROR_CODES.portInUse,
       `${what}: ${e.address ?? 'the address'}:${e.port ?? '?'} is already in use by another process; ` +
-        `stop it, or give the ${what} another port (${setting})`,
+        `stop it, or give the ${what} another port (${setting})${hint}`,
       { cause: error },
     );
   }
 }
 
-/** Listens with a plain HTTP server, resolving once it listens; EADDRINUSE as `listening` says. */
+/** Listens with a server, resolving once it listens; EADDRINUSE as `listening` says. */
 export function listen(
   server: Server,
   at: { host: string; port: number },
   what: string,
   setting: string,
+  hint = '',
 ): Promise<void> {
   return listening(
     what,
@@ -240,7 +246,25 @@ export function listen(
           resolve();
         });
       }),
+    hint,
   );
+}
+
+/**
+ * Checks that a port a server of another process (the embedded Temporal or Synapse) is about to
+ * take is free. Without it, a server already there (your own Temporal dev server on 7233, say)
+ * would answer in its place, and clawgate would carry on with it unawares.
+ */
+export async function ensurePortFree(
+  at: { host: string; port: number },
+  what: string,
+  setting: string,
+  hint = '',
+): Promise<void> {
+  if (at.port === 0) return;
+  const server = createNetServer();
+  await listen(server, at, what, setting, hint);
+  await new Promise<void>((resolve) => server.close(() => resolve()));
 }
 
 export async function runGateway(

@@ -18,6 +18,7 @@ import { ensurePrivateDir } from '../storage/files.ts';
 import { CLAWGATE_SEARCH_ATTRIBUTES } from '../temporal/search-attributes.ts';
 import {
   ensureKeys,
+  ensurePortFree,
   modelUpstreams,
   runGateway,
   runControlMirror,
@@ -78,6 +79,31 @@ export async function startStack(
   };
   const lines: string[] = [];
   try {
+    // The ports of the servers started here, checked before any starts: another server on one
+    // of them would otherwise answer in its place.
+    const loopback = '127.0.0.1';
+    if (!config.temporal.address) {
+      const existing = ', or use that server with temporal.address';
+      await ensurePortFree(
+        { host: loopback, port: config.temporal.port },
+        'embedded Temporal server',
+        'temporal.port or CLAWGATE_TEMPORAL_PORT',
+        existing,
+      );
+      await ensurePortFree(
+        { host: loopback, port: config.temporal.uiPort },
+        'embedded Temporal Web UI',
+        'temporal.uiPort or CLAWGATE_TEMPORAL_UI_PORT',
+      );
+    }
+    if (!config.matrix.homeserverUrl) {
+      await ensurePortFree(
+        { host: loopback, port: config.matrix.port },
+        'embedded Synapse',
+        'matrix.port or CLAWGATE_SYNAPSE_PORT',
+        ', or use that homeserver with matrix.homeserverUrl',
+      );
+    }
     let address = config.temporal.address;
     if (address) {
       progress(`Temporal: connecting to ${address}`);

@@ -3,7 +3,7 @@
 // configuration file. It starts no server of its own, and a job runs end to end through it.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -237,5 +237,52 @@ test('clawgate proxy and clawgate worker on a port another process holds: a clea
     ]);
     assert.equal(code, 1, `clawgate ${part}: ${stderr}`);
     assert.equal(stderr.trim(), `clawgate: ${message}`);
+  }
+});
+
+test('clawgate start where another server holds the Temporal or Synapse port: a clear error at once, nothing started', async () => {
+  // Without the check, a Temporal dev server already on the port would answer in place of the
+  // embedded one, and clawgate would carry on with a server it did not start.
+  const holder = createNetServer();
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+  cleanups.push(() => new Promise<void>((resolve) => holder.close(() => resolve())));
+  const taken = (holder.address() as AddressInfo).port;
+  for (const [variable, message] of [
+    [
+      'CLAWGATE_TEMPORAL_PORT',
+      `embedded Temporal server: 127.0.0.1:${taken} is already in use by another process; stop it, or give the embedded Temporal server another port (temporal.port or CLAWGATE_TEMPORAL_PORT), or use that server with temporal.address`,
+    ],
+    [
+      'CLAWGATE_SYNAPSE_PORT',
+      `embedded Synapse: 127.0.0.1:${taken} is already in use by another process; stop it, or give the embedded Synapse another port (matrix.port or CLAWGATE_SYNAPSE_PORT), or use that homeserver with matrix.homeserverUrl`,
+    ],
+  ] as const) {
+    const state = join(mkdtempSync(join(tmpdir(), 'clawgate-held-')), 'state');
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      CLAWGATE_STATE_DIR: state,
+      CLAWGATE_TEMPORAL_PORT: String(await freeLoopbackPort()),
+      CLAWGATE_TEMPORAL_UI_PORT: String(await freeLoopbackPort()),
+      CLAWGATE_SYNAPSE_PORT: String(await freeLoopbackPort()),
+      [variable]: String(taken),
+    };
+    delete env['CLAWGATE_CONFIG'];
+    const child = spawn(bin, ['start'], { env, cwd: tmpdir(), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+    child.stdout.resume();
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    cleanups.push(async () => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      await exited;
+    });
+    const code = await Promise.race([
+      exited,
+      new Promise<string>((r) => setTimeout(() => r('still running'), 60_000)),
+    ]);
+    assert.equal(code, 1, stderr);
+    assert.equal(stderr.trim(), `clawgate: ${message}`);
+    assert.equal(existsSync(join(state, 'temporal.db')), false, 'no Temporal server was started');
+    assert.equal(existsSync(join(state, 'synapse')), false, 'no Synapse was started');
   }
 });
