@@ -15,7 +15,9 @@
 // p99 under load was 150-211 ms, with 1 MiB fills about 50 ms).
 //
 // On start the log is read back: receipts by id and by job, and each job's chain head, survive
-// a restart. A torn last line (a crash mid-write) is cut off, since its caller never got an
+// a restart. In memory the store keeps where each receipt's line is (offset and length) and each
+// job's chain head, not the receipts: a receipt read back by id or job is read from the file, so
+// a proxy that has signed millions of receipts does not hold them all. A torn last line (a crash mid-write) is cut off, since its caller never got an
 // answer. One writer at a time: a second proxy on the same log refuses to start. A reader
 // (`ReceiptStore.read`, the CLI) never changes the file.
 import {
@@ -28,6 +30,7 @@ import {
   mkdirSync,
   openSync,
   readFileSync,
+  readSync,
   rmSync,
   write,
   writeSync,
@@ -68,14 +71,37 @@ export interface StoredReceipt {
   jws: string;
 }
 
+/** Where a receipt's line is in the log (without its newline). */
+interface Place {
+  offset: number;
+  length: number;
+}
+
+/** What the index needs of a receipt: its ids, its hash (the chain), and where it is. */
+interface Indexed {
+  receiptId: string;
+  jobId: string | null;
+  payloadSha256: string;
+  place: Place;
+}
+
+function storedFrom(line: LogLine): StoredReceipt {
+  return {
+    receiptId: line.receipt_id,
+    jobId: line.job_id,
+    payloadSha256: line.payload_sha256,
+    jws: line.jws,
+  };
+}
+
 /**
- * Parses a log up to its first zero byte: the receipts of its complete lines, where its data
+ * Parses a log up to its first zero byte: where each complete line's receipt is, where the data
  * ends, and where a torn or unreadable line starts, if there is one.
  */
-function parseLog(bytes: Buffer): { receipts: StoredReceipt[]; end: number; tornAt: number | null } {
+function parseLog(bytes: Buffer): { receipts: Indexed[]; end: number; tornAt: number | null } {
   const zero = bytes.indexOf(0);
   const data = zero < 0 ? bytes : bytes.subarray(0, zero);
-  const receipts: StoredReceipt[] = [];
+  const receipts: Indexed[] = [];
   let offset = 0;
   while (offset < data.length) {
     const newline = data.indexOf(0x0a, offset);
@@ -92,7 +118,7 @@ function parseLog(bytes: Buffer): { receipts: StoredReceipt[]; end: number; torn
         receiptId: parsed.receipt_id,
         jobId: parsed.job_id,
         payloadSha256: parsed.payload_sha256,
-        jws: parsed.jws,
+        place: { offset, length: newline - offset },
       });
     }
     offset = newline + 1;
@@ -101,10 +127,12 @@ function parseLog(bytes: Buffer): { receipts: StoredReceipt[]; end: number; torn
 }
 
 export class ReceiptStore {
-  private readonly byId = new Map<string, StoredReceipt>();
-  private readonly byJob = new Map<string, StoredReceipt[]>();
+  private readonly byId = new Map<string, Place>();
+  private readonly byJob = new Map<string, Place[]>();
   private readonly heads = new Map<string, string>();
-  private pending: Array<{ line: Buffer; resolve: () => void; reject: (e: unknown) => void }> = [];
+  /** A reader's copy of the log (it has no file open); a writer reads its file. */
+  private snapshot: Buffer | null = null;
+  private pending: Array<{ line: Buffer; resolve: (at: number) => void; reject: (e: unknown) => void }> = [];
   private flushing: Promise<void> | undefined;
   private readonly fd: number | null;
   private readonly lockPath: string | null;
@@ -157,7 +185,8 @@ export class ReceiptStore {
       throw new ClawgateError(ERROR_CODES.receiptNotFound, `no receipt log at ${path}`);
     }
     const store = new ReceiptStore(null, null, DEFAULT_PREALLOCATION);
-    for (const receipt of parseLog(readFileSync(path)).receipts) store.index(receipt);
+    store.snapshot = readFileSync(path);
+    for (const receipt of parseLog(store.snapshot).receipts) store.index(receipt);
     return store;
   }
 
@@ -183,14 +212,30 @@ export class ReceiptStore {
       });
   }
 
-  private index(receipt: StoredReceipt): void {
-    this.byId.set(receipt.receiptId, receipt);
+  private index(receipt: Indexed): void {
+    this.byId.set(receipt.receiptId, receipt.place);
     if (receipt.jobId !== null) {
       const list = this.byJob.get(receipt.jobId) ?? [];
-      list.push(receipt);
+      list.push(receipt.place);
       this.byJob.set(receipt.jobId, list);
       this.heads.set(receipt.jobId, receipt.payloadSha256);
     }
+  }
+
+  /** A receipt read back from its place in the log. */
+  private at(place: Place): StoredReceipt {
+    let bytes: Buffer;
+    if (this.snapshot) bytes = this.snapshot.subarray(place.offset, place.offset + place.length);
+    else if (this.fd !== null && !this.closed) {
+      bytes = Buffer.alloc(place.length);
+      let done = 0;
+      while (done < place.length) {
+        const n = readSync(this.fd, bytes, done, place.length - done, place.offset + done);
+        if (n === 0) break;
+        done += n;
+      }
+    } else throw new Error('this receipt log is closed');
+    return storedFrom(JSON.parse(bytes.toString('utf8')) as LogLine);
   }
 
   /**
@@ -207,27 +252,23 @@ export class ReceiptStore {
   }
 
   async append(receipt: SignedReceipt): Promise<void> {
-    const stored: StoredReceipt = {
-      receiptId: receipt.receiptId,
-      jobId: receipt.jobId,
-      payloadSha256: receipt.payloadSha256,
+    const line: LogLine = {
+      receipt_id: receipt.receiptId,
+      job_id: receipt.jobId,
+      payload_sha256: receipt.payloadSha256,
       jws: receipt.jws,
     };
-    const line: LogLine = {
-      receipt_id: stored.receiptId,
-      job_id: stored.jobId,
-      payload_sha256: stored.payloadSha256,
-      jws: stored.jws,
-    };
-    await new Promise<void>((resolve, reject) => {
-      this.pending.push({ line: Buffer.from(`${JSON.stringify(line)}\n`), resolve, reject });
+    const bytes = Buffer.from(`${JSON.stringify(line)}\n`);
+    const offset = await new Promise<number>((resolve, reject) => {
+      this.pending.push({ line: bytes, resolve, reject });
       this.flushing ??= this.flush();
     });
-    this.byId.set(stored.receiptId, stored);
-    if (stored.jobId !== null) {
-      const list = this.byJob.get(stored.jobId) ?? [];
-      list.push(stored);
-      this.byJob.set(stored.jobId, list);
+    const place: Place = { offset, length: bytes.length - 1 };
+    this.byId.set(receipt.receiptId, place);
+    if (receipt.jobId !== null) {
+      const list = this.byJob.get(receipt.jobId) ?? [];
+      list.push(place);
+      this.byJob.set(receipt.jobId, list);
     }
   }
 
@@ -267,7 +308,11 @@ export class ReceiptStore {
         }
         this.end = at + bytes.length;
         this.allocated = Math.max(this.allocated, this.end);
-        for (const p of batch) p.resolve();
+        let offset = at;
+        for (const p of batch) {
+          p.resolve(offset);
+          offset += p.line.length;
+        }
         this.extendIfLow();
       } catch (error) {
         for (const p of batch) p.reject(error);
@@ -279,11 +324,12 @@ export class ReceiptStore {
   }
 
   get(receiptId: string): StoredReceipt | undefined {
-    return this.byId.get(receiptId);
+    const place = this.byId.get(receiptId);
+    return place ? this.at(place) : undefined;
   }
 
   forJob(jobId: string): StoredReceipt[] {
-    return [...(this.byJob.get(jobId) ?? [])];
+    return (this.byJob.get(jobId) ?? []).map((place) => this.at(place));
   }
 
   /** Waits for what is being written, closes the file and lets another writer have it. Idempotent. */
