@@ -342,12 +342,36 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
       }
       upstream = found;
     } catch (error) {
-      if (error instanceof Refusal) {
-        req.resume();
-        await refuse(error);
+      if (!(error instanceof Refusal) && req.destroyed && !req.complete) {
+        // The caller went away while its request was being read: nothing went upstream.
+        await persistReceipt({
+          ...base(),
+          upstream: null,
+          status: 'aborted',
+          http_status: 0,
+          refusal: null,
+          error: 'the caller closed the connection before its request was read',
+          request_sha256: null,
+          response_sha256: null,
+          request_bytes: 0,
+          response_bytes: 0,
+          usage: null,
+          ended_at: now().toISOString(),
+        });
         return;
       }
-      throw error;
+      req.resume();
+      // Anything else that stops the checks is a refusal too (fail closed), and recorded.
+      await refuse(
+        error instanceof Refusal
+          ? error
+          : new Refusal(
+              500,
+              'INTERNAL',
+              `proxy error: ${error instanceof Error ? error.message : String(error)}`,
+            ),
+      );
+      return;
     }
     await forward(req, res, { body, upstream, base, receiptId });
   }

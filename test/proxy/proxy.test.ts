@@ -413,6 +413,60 @@ describe('faults', () => {
     }
   });
 
+  test('a caller that leaves while its request is still being sent gets an aborted receipt; nothing goes upstream', async () => {
+    const before = p.upstream.received.length;
+    const known = new Set((await receiptsOf('job-a')).map((r) => r.payload.receipt_id));
+    const body = chatBody('demo-echo', 'x'.repeat(5000));
+    await new Promise<void>((resolve) => {
+      const req = request(`${p.proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          'content-length': Buffer.byteLength(body),
+          authorization: `Bearer ${tokens['job-a']}`,
+        },
+      });
+      req.on('error', () => resolve());
+      req.write(body.slice(0, 1000));
+      setTimeout(() => req.destroy(), 50);
+    });
+    let aborted: SignedReceipt | undefined;
+    for (let i = 0; i < 100 && !aborted; i++) {
+      aborted = (await receiptsOf('job-a')).find((r) => !known.has(r.payload.receipt_id));
+      if (!aborted) await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.ok(aborted, 'the call has a receipt');
+    assert.equal(aborted.payload.status, 'aborted');
+    assert.equal(aborted.payload.error, 'the caller closed the connection before its request was read');
+    assert.equal(aborted.payload.request_sha256, null);
+    assert.equal(p.upstream.received.length, before, 'nothing went upstream');
+  });
+
+  test('a token check that fails for an unexpected reason is a refusal (500 INTERNAL), with a receipt', async () => {
+    const broken = await startProxyUnderTest({
+      verifyToken: () => Promise.reject(new Error('the revocation store is unreadable')),
+    });
+    try {
+      const response = await fetch(`${broken.proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${tokens['job-a']}` },
+        body: chatBody('demo-echo', 'x'),
+      });
+      assert.equal(response.status, 500);
+      const error = ((await response.json()) as { error: { code: string; message: string } }).error;
+      assert.deepEqual(error.code, 'INTERNAL');
+      assert.match(error.message, /the revocation store is unreadable/);
+      assert.equal(broken.upstream.received.length, 0, 'nothing went upstream');
+      const stored = broken.proxy.store.get(response.headers.get('x-clawgate-receipt-id') ?? '');
+      assert.ok(stored, 'the refusal has a receipt');
+      const receipt = (await verifyReceipt(stored.jws, broken.jwks)).payload;
+      assert.equal(receipt.status, 'refused');
+      assert.equal(receipt.refusal?.code, 'INTERNAL');
+    } finally {
+      await broken.close();
+    }
+  });
+
   test('an upstream that does not answer in time gets 504 and a timeout receipt', async () => {
     const hung = await startProxyUnderTest({
       verifyToken,
