@@ -290,20 +290,27 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     });
 
     const refuse = async (refusal: Refusal): Promise<void> => {
-      await persistReceipt({
-        ...base(),
-        upstream: null,
-        status: 'refused',
-        http_status: refusal.status,
-        refusal: { code: refusal.code, reason: refusal.reason },
-        error: null,
-        request_sha256: null,
-        response_sha256: null,
-        request_bytes: 0,
-        response_bytes: 0,
-        usage: null,
-        ended_at: now().toISOString(),
-      });
+      try {
+        await persistReceipt({
+          ...base(),
+          upstream: null,
+          status: 'refused',
+          http_status: refusal.status,
+          refusal: { code: refusal.code, reason: refusal.reason },
+          error: null,
+          request_sha256: null,
+          response_sha256: null,
+          request_bytes: 0,
+          response_bytes: 0,
+          usage: null,
+          ended_at: now().toISOString(),
+        });
+      } catch (error) {
+        // Still refused; the caller learns the refusal could not be recorded.
+        const message = `refused (${refusal.code}: ${refusal.reason}), and the receipt could not be written: ${error instanceof Error ? error.message : String(error)}`;
+        sendError(res, 500, PROXY_ERRORS.receiptNotPersisted, message);
+        return;
+      }
       sendError(res, refusal.status, refusal.code, refusal.reason, receiptId);
     };
 

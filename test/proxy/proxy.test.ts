@@ -467,6 +467,50 @@ describe('faults', () => {
     }
   });
 
+  test('a receipt that cannot be written: no answer completes (JSON, stream, refusal), each says why', async () => {
+    // The disk refusing the write (a full disk, say) is simulated on the real store: its
+    // append fails as a failed write or fdatasync makes it fail.
+    const failing = await startProxyUnderTest({ verifyToken });
+    try {
+      failing.proxy.store.append = () => Promise.reject(new Error('ENOSPC: no space left on device'));
+      const json = await fetch(`${failing.proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${tokens['job-a']}` },
+        body: chatBody('demo-echo', 'keep this answer back'),
+      });
+      assert.equal(json.status, 500);
+      const jsonText = await json.text();
+      assert.ok(!jsonText.includes('keep this answer back'), 'the model answer is not given out');
+      const jsonError = (JSON.parse(jsonText) as { error: { code: string; message: string } }).error;
+      assert.equal(jsonError.code, PROXY_ERRORS.receiptNotPersisted);
+      assert.match(jsonError.message, /ENOSPC/);
+
+      // A stream's events went out as they came; without its receipt it does not end well:
+      // the connection is cut before the closing chunk and the receipt id.
+      const stream = await fetch(`${failing.proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${tokens['job-a']}` },
+        body: chatBody('demo-echo', 'a stream', true),
+      });
+      assert.equal(stream.status, 200);
+      await assert.rejects(stream.text(), 'the stream is cut, not completed');
+
+      const refused = await fetch(`${failing.proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        body: chatBody('demo-echo', 'no token'),
+      });
+      assert.equal(refused.status, 500);
+      const refusedError = ((await refused.json()) as { error: { code: string; message: string } }).error;
+      assert.equal(refusedError.code, PROXY_ERRORS.receiptNotPersisted);
+      assert.match(
+        refusedError.message,
+        /refused \(TOKEN_MISSING: .*\), and the receipt could not be written/,
+      );
+    } finally {
+      await failing.close();
+    }
+  });
+
   test('an upstream that does not answer in time gets 504 and a timeout receipt', async () => {
     const hung = await startProxyUnderTest({
       verifyToken,
