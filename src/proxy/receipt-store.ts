@@ -14,12 +14,13 @@
 // receipt's fdatasync that coincides with one flushes it too (with 4 MiB fills the benchmark's
 // p99 under load was 150-211 ms, with 1 MiB fills about 50 ms).
 //
-// On start the log is read back: receipts by id and by job, and each job's chain head, survive
-// a restart. In memory the store keeps where each receipt's line is (offset and length) and each
-// job's chain head, not the receipts: a receipt read back by id or job is read from the file, so
-// a proxy that has signed millions of receipts does not hold them all. A torn last line (a crash mid-write) is cut off, since its caller never got an
-// answer. One writer at a time: a second proxy on the same log refuses to start. A reader
-// (`ReceiptStore.read`, the CLI) never changes the file.
+// On start the log is read back, a chunk at a time: receipts by id and by job, and each job's
+// chain head, survive a restart. In memory the store keeps where each receipt's line is (offset
+// and length) and each job's chain head, not the receipts: a receipt read back by id or job is
+// read from the file, so a proxy that has signed millions of receipts does not hold them all. A
+// torn last line (a crash mid-write) is cut off, since its caller never got an answer; a damaged
+// complete line is refused, never cut. One writer at a time: a second proxy on the same log
+// refuses to start. A reader (`ReceiptStore.read`, the CLI) never changes the file.
 import {
   closeSync,
   existsSync,
@@ -29,7 +30,6 @@ import {
   ftruncateSync,
   mkdirSync,
   openSync,
-  readFileSync,
   readSync,
   rmSync,
   write,
@@ -94,44 +94,72 @@ function storedFrom(line: LogLine): StoredReceipt {
   };
 }
 
+/** How much of the log is read at a time when it is scanned at open. */
+const SCAN_CHUNK_BYTES = 1 << 20;
+
 /**
- * Parses a log up to its first zero byte: where each complete line's receipt is, where the data
- * ends, and where a torn or unreadable line starts, if there is one.
+ * Scans a log from its start up to its first zero byte, a chunk at a time (a log of months is
+ * never read whole into memory), and hands each complete line's receipt and place to `found`.
+ * Returns where the data ends and where a torn last line starts, if there is one: a line without
+ * its newline, which only a crash in the middle of a write leaves. A complete line that is not a
+ * receipt is damage, not a crash, and is refused rather than cut off with what follows it.
  */
-function parseLog(bytes: Buffer): { receipts: Indexed[]; end: number; tornAt: number | null } {
-  const zero = bytes.indexOf(0);
-  const data = zero < 0 ? bytes : bytes.subarray(0, zero);
-  const receipts: Indexed[] = [];
-  let offset = 0;
-  while (offset < data.length) {
-    const newline = data.indexOf(0x0a, offset);
-    if (newline < 0) return { receipts, end: offset, tornAt: offset };
-    const line = data.subarray(offset, newline).toString('utf8');
-    if (line !== '') {
-      let parsed: LogLine;
-      try {
-        parsed = JSON.parse(line) as LogLine;
-      } catch {
-        return { receipts, end: offset, tornAt: offset };
+function scanLog(
+  fd: number,
+  path: string,
+  chunkBytes: number,
+  found: (receipt: Indexed) => void,
+): { end: number; tornAt: number | null } {
+  const chunk = Buffer.alloc(chunkBytes);
+  let position = 0;
+  /** File offset of `carry`'s first byte: the start of the line being read. */
+  let lineStart = 0;
+  let carry: Buffer = Buffer.alloc(0);
+  for (;;) {
+    const n = readSync(fd, chunk, 0, chunkBytes, position);
+    if (n === 0) break;
+    position += n;
+    let data = chunk.subarray(0, n);
+    const zero = data.indexOf(0);
+    if (zero >= 0) data = data.subarray(0, zero);
+    const bytes = carry.length > 0 ? Buffer.concat([carry, data]) : data;
+    let offset = 0;
+    for (let newline = bytes.indexOf(0x0a); newline >= 0; newline = bytes.indexOf(0x0a, offset)) {
+      const line = bytes.subarray(offset, newline).toString('utf8');
+      if (line !== '') {
+        let parsed: LogLine;
+        try {
+          parsed = JSON.parse(line) as LogLine;
+        } catch {
+          throw new ClawgateError(
+            ERROR_CODES.stateCorrupt,
+            `the receipt log ${path} has a damaged line at byte ${lineStart + offset}; receipts are evidence ` +
+              'and clawgate does not cut them off: restore the log from a backup, or move it aside to start a new one',
+          );
+        }
+        found({
+          receiptId: parsed.receipt_id,
+          jobId: parsed.job_id,
+          payloadSha256: parsed.payload_sha256,
+          place: { offset: lineStart + offset, length: newline - offset },
+        });
       }
-      receipts.push({
-        receiptId: parsed.receipt_id,
-        jobId: parsed.job_id,
-        payloadSha256: parsed.payload_sha256,
-        place: { offset, length: newline - offset },
-      });
+      offset = newline + 1;
     }
-    offset = newline + 1;
+    // The chunk buffer is read into again: what is left of a line is copied out of it.
+    carry = Buffer.from(bytes.subarray(offset));
+    lineStart += offset;
+    if (zero >= 0) break;
   }
-  return { receipts, end: offset, tornAt: null };
+  return { end: lineStart, tornAt: carry.length > 0 ? lineStart : null };
 }
 
 export class ReceiptStore {
   private readonly byId = new Map<string, Place>();
   private readonly byJob = new Map<string, Place[]>();
   private readonly heads = new Map<string, string>();
-  /** A reader's copy of the log (it has no file open); a writer reads its file. */
-  private snapshot: Buffer | null = null;
+  /** Opened by `read`: it reads the file and never writes it. */
+  private readonly readOnly: boolean;
   private pending: Array<{ line: Buffer; resolve: (at: number) => void; reject: (e: unknown) => void }> = [];
   private flushing: Promise<void> | undefined;
   private readonly fd: number | null;
@@ -145,15 +173,22 @@ export class ReceiptStore {
   private extending: Promise<void> | undefined;
   private closed = false;
 
-  private constructor(fd: number | null, lockPath: string | null, prealloc: Preallocation) {
+  private constructor(fd: number | null, lockPath: string | null, prealloc: Preallocation, readOnly = false) {
     this.fd = fd;
     this.lockPath = lockPath;
     this.prealloc = prealloc;
+    this.readOnly = readOnly;
   }
 
   /** Opens the log to write receipts, as its one writer. */
   // eslint-disable-next-line @typescript-eslint/require-await -- errors as rejections, like any open
-  static async open(path: string, opts: { preallocation?: Preallocation } = {}): Promise<ReceiptStore> {
+  static async open(
+    path: string,
+    opts: {
+      preallocation?: Preallocation;
+      /** For tests: a smaller read at open. */ scanChunkBytes?: number;
+    } = {},
+  ): Promise<ReceiptStore> {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     const lockPath = `${path}.lock`;
     takePidLock(
@@ -166,13 +201,20 @@ export class ReceiptStore {
     closeSync(openSync(path, 'a', 0o600));
     const fd = openSync(path, 'r+');
     const store = new ReceiptStore(fd, lockPath, opts.preallocation ?? DEFAULT_PREALLOCATION);
-    const { receipts, end, tornAt } = parseLog(readFileSync(path));
+    let scanned: { end: number; tornAt: number | null };
+    try {
+      scanned = scanLog(fd, path, opts.scanChunkBytes ?? SCAN_CHUNK_BYTES, (r) => store.index(r));
+    } catch (error) {
+      closeSync(fd);
+      rmSync(lockPath, { force: true });
+      throw error;
+    }
+    const { end, tornAt } = scanned;
     if (tornAt !== null) {
-      // A torn last line: its call never got an answer. It goes, with anything after it.
+      // A torn last line: its call never got an answer. It goes (only zeros follow it).
       ftruncateSync(fd, tornAt);
       fdatasyncSync(fd);
     }
-    for (const receipt of receipts) store.index(receipt);
     store.end = end;
     store.allocated = fstatSync(fd).size;
     store.extendIfLow();
@@ -180,13 +222,18 @@ export class ReceiptStore {
   }
 
   /** Reads a log without writing to it (a proxy may be writing it): what is complete now. */
-  static read(path: string): ReceiptStore {
+  static read(path: string, opts: { scanChunkBytes?: number } = {}): ReceiptStore {
     if (!existsSync(path)) {
       throw new ClawgateError(ERROR_CODES.receiptNotFound, `no receipt log at ${path}`);
     }
-    const store = new ReceiptStore(null, null, DEFAULT_PREALLOCATION);
-    store.snapshot = readFileSync(path);
-    for (const receipt of parseLog(store.snapshot).receipts) store.index(receipt);
+    const fd = openSync(path, 'r');
+    const store = new ReceiptStore(fd, null, DEFAULT_PREALLOCATION, true);
+    try {
+      scanLog(fd, path, opts.scanChunkBytes ?? SCAN_CHUNK_BYTES, (r) => store.index(r));
+    } catch (error) {
+      closeSync(fd);
+      throw error;
+    }
     return store;
   }
 
@@ -224,17 +271,14 @@ export class ReceiptStore {
 
   /** A receipt read back from its place in the log. */
   private at(place: Place): StoredReceipt {
-    let bytes: Buffer;
-    if (this.snapshot) bytes = this.snapshot.subarray(place.offset, place.offset + place.length);
-    else if (this.fd !== null && !this.closed) {
-      bytes = Buffer.alloc(place.length);
-      let done = 0;
-      while (done < place.length) {
-        const n = readSync(this.fd, bytes, done, place.length - done, place.offset + done);
-        if (n === 0) break;
-        done += n;
-      }
-    } else throw new Error('this receipt log is closed');
+    if (this.fd === null || this.closed) throw new Error('this receipt log is closed');
+    const bytes = Buffer.alloc(place.length);
+    let done = 0;
+    while (done < place.length) {
+      const n = readSync(this.fd, bytes, done, place.length - done, place.offset + done);
+      if (n === 0) break;
+      done += n;
+    }
     return storedFrom(JSON.parse(bytes.toString('utf8')) as LogLine);
   }
 
@@ -280,7 +324,7 @@ export class ReceiptStore {
       const batch = this.pending;
       this.pending = [];
       try {
-        if (fd === null) throw new Error('this receipt log is open for reading only');
+        if (fd === null || this.readOnly) throw new Error('this receipt log is open for reading only');
         const bytes = Buffer.concat(batch.map((p) => p.line));
         // Never write where a zero fill is still going on.
         while (this.extending && this.end + bytes.length > this.allocated) await this.extending;

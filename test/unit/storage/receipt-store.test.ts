@@ -2,7 +2,7 @@
 // first zero byte, a torn last line cut off, readers that never change it, one writer at a time.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { appendFileSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -127,4 +127,48 @@ test('reading a log that is not there says so', () => {
     () => ReceiptStore.read(join(tmpdir(), 'no-such-dir-clawgate', 'receipts.log')),
     /no receipt log at/,
   );
+});
+
+test('the log is read back a chunk at a time: lines across chunk boundaries come back whole', async () => {
+  const path = logPath();
+  const store = await ReceiptStore.open(path, { preallocation: SMALL });
+  for (let i = 0; i < 40; i++) await store.append(receipt(i, i % 2 === 0 ? 'job-even' : 'job-odd'));
+  await store.close();
+  // Chunks smaller than a line, of an odd size, and larger than the file.
+  for (const scanChunkBytes of [97, 4096, 1 << 20]) {
+    const reader = ReceiptStore.read(path, { scanChunkBytes });
+    assert.deepEqual(
+      reader.forJob('job-even').map((r) => r.receiptId),
+      Array.from({ length: 20 }, (_, i) => `r-${2 * i}`),
+      `chunks of ${scanChunkBytes}`,
+    );
+    assert.equal(reader.get('r-39')?.jws, receipt(39).jws);
+    await reader.close();
+    const reopened = await ReceiptStore.open(path, { preallocation: SMALL, scanChunkBytes });
+    assert.equal(reopened.chainHead('job-odd'), receipt(39).payloadSha256);
+    assert.equal(reopened.forJob('job-odd').length, 20);
+    await reopened.close();
+  }
+});
+
+test('a damaged line in the middle of the log is refused, never cut off with the receipts after it', async () => {
+  const path = logPath();
+  const store = await ReceiptStore.open(path, { preallocation: SMALL });
+  for (let i = 0; i < 3; i++) await store.append(receipt(i));
+  await store.close();
+  const bytes = readFileSync(path);
+  const second = bytes.indexOf(0x0a) + 1;
+  bytes[second] = 0x78; // the second line no longer starts a JSON object
+  writeFileSync(path, bytes);
+  const refusal = (error: unknown): boolean => {
+    assert.ok(error instanceof ClawgateError);
+    assert.equal(error.code, ERROR_CODES.stateCorrupt);
+    assert.match(error.message, new RegExp(`has a damaged line at byte ${second}; receipts are evidence`));
+    return true;
+  };
+  await assert.rejects(ReceiptStore.open(path, { preallocation: SMALL }), refusal);
+  assert.throws(() => ReceiptStore.read(path), refusal);
+  assert.deepEqual(readFileSync(path), bytes, 'nothing was cut');
+  // The refused open let the log go: the writer's lock is not left behind.
+  assert.equal(existsSync(`${path}.lock`), false);
 });
