@@ -186,7 +186,8 @@ export class ReceiptStore {
     path: string,
     opts: {
       preallocation?: Preallocation;
-      /** For tests: a smaller read at open. */ scanChunkBytes?: number;
+      /** How much of the log is read at a time at open (tests make it small). */
+      scanChunkBytes?: number;
     } = {},
   ): Promise<ReceiptStore> {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
