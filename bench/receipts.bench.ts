@@ -1,7 +1,7 @@
 // The proxy's receipt log: what it holds in memory per receipt, and what an append and a read
 // back cost. The baseline, measured in the same run, holds every receipt in a Map (as the store
 // did before it kept places in the file instead): the memory a long-running proxy would grow by.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
@@ -72,6 +72,14 @@ try {
   const forJobMs = performance.now() - started;
   await store.close();
   const size = receipt(0).jws.length;
+  // A restart: the log read back (a chunk at a time) and indexed, against reading its bytes.
+  started = performance.now();
+  const reopened = await ReceiptStore.open(path);
+  const openMs = performance.now() - started;
+  await reopened.close();
+  started = performance.now();
+  const raw = readFileSync(path);
+  const readMs = performance.now() - started;
 
   const kib = (mib: number): string => `${((mib * 1024 * 1024) / RECEIPTS / 1024).toFixed(2)} KiB`;
   console.log(`${RECEIPTS} receipts of ${size}-byte JWS, ${JOBS} jobs (both hold the ids too):`);
@@ -83,6 +91,10 @@ try {
   console.log(
     `  append in batches of 100: ${((appendMs / RECEIPTS) * 1000).toFixed(1)} us per receipt; ` +
       `get by id from the file: ${getUs.toFixed(1)} us; forJob (${job.length} receipts): ${forJobMs.toFixed(2)} ms`,
+  );
+  console.log(
+    `  reopen (a restart): ${openMs.toFixed(1)} ms, ${((openMs / RECEIPTS) * 1000).toFixed(1)} us per receipt; ` +
+      `reading the ${(raw.length / (1 << 20)).toFixed(1)} MiB file alone: ${readMs.toFixed(1)} ms`,
   );
 } finally {
   rmSync(dir, { recursive: true, force: true });
