@@ -1,8 +1,15 @@
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 
+let cachedRange: [number, number] | null | undefined;
+
 /** The kernel's range for ports it picks itself (listeners on port 0, outgoing connections). */
 function ephemeralRange(): [number, number] | null {
+  if (cachedRange === undefined) cachedRange = readEphemeralRange();
+  return cachedRange;
+}
+
+function readEphemeralRange(): [number, number] | null {
   try {
     const [low, high] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8')
       .trim()

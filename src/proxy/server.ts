@@ -188,6 +188,16 @@ function parseChatRequest(body: Buffer): ChatRequestSummary {
 
 type Usage = NonNullable<ReceiptPayload['usage']>;
 
+/** A receipt's fields for a call that sent nothing upstream (refused, or its caller gone first). */
+const NOTHING_SENT = {
+  upstream: null,
+  request_sha256: null,
+  response_sha256: null,
+  request_bytes: 0,
+  response_bytes: 0,
+  usage: null,
+} as const;
+
 function usageFrom(value: unknown): Usage | null {
   if (typeof value !== 'object' || value === null) return null;
   const u = value as Record<string, unknown>;
@@ -293,16 +303,11 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
       try {
         await persistReceipt({
           ...base(),
-          upstream: null,
+          ...NOTHING_SENT,
           status: 'refused',
           http_status: refusal.status,
           refusal: { code: refusal.code, reason: refusal.reason },
           error: null,
-          request_sha256: null,
-          response_sha256: null,
-          request_bytes: 0,
-          response_bytes: 0,
-          usage: null,
           ended_at: now().toISOString(),
         });
       } catch (error) {
@@ -353,16 +358,11 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
         // The caller went away while its request was being read: nothing went upstream.
         await persistReceipt({
           ...base(),
-          upstream: null,
+          ...NOTHING_SENT,
           status: 'aborted',
           http_status: 0,
           refusal: null,
           error: 'the caller closed the connection before its request was read',
-          request_sha256: null,
-          response_sha256: null,
-          request_bytes: 0,
-          response_bytes: 0,
-          usage: null,
           ended_at: now().toISOString(),
         });
         return;

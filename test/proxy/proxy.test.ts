@@ -85,9 +85,15 @@ after(async () => {
   await p.close();
 });
 
-async function chat(name: string | undefined, body: string | Buffer, headers: Record<string, string> = {}) {
+/** A chat call to a proxy under test, with the named token (or none); its response unread. */
+function post(
+  via: ProxyUnderTest,
+  name: string | undefined,
+  body: string | Buffer,
+  headers: Record<string, string> = {},
+): Promise<Response> {
   const token = name === undefined ? undefined : (tokens[name] ?? name);
-  const response = await fetch(`${p.proxy.url}/v1/chat/completions`, {
+  return fetch(`${via.proxy.url}/v1/chat/completions`, {
     method: 'POST',
     headers: {
       'content-type': 'application/json',
@@ -96,6 +102,10 @@ async function chat(name: string | undefined, body: string | Buffer, headers: Re
     },
     body: typeof body === 'string' ? body : new Uint8Array(body),
   });
+}
+
+async function chat(name: string | undefined, body: string | Buffer, headers: Record<string, string> = {}) {
+  const response = await post(p, name, body, headers);
   return { response, bytes: Buffer.from(await response.arrayBuffer()) };
 }
 
@@ -320,11 +330,7 @@ describe('faults', () => {
   test('an upstream that dies mid-stream gives a receipt that says so, and the caller sees a broken stream', async () => {
     p.upstream.setFault('die-mid-stream');
     try {
-      const response = await fetch(`${p.proxy.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${tokens['job-a']}` },
-        body: chatBody('demo-echo', 'a b c d', true),
-      });
+      const response = await post(p, 'job-a', chatBody('demo-echo', 'a b c d', true));
       const receiptId = response.headers.get('x-clawgate-receipt-id') ?? '';
       await assert.rejects(response.arrayBuffer(), 'the caller must not see a complete stream');
       const receipt = await receiptById(receiptId);
@@ -384,11 +390,7 @@ describe('faults', () => {
     });
     try {
       const call = async (text: string) => {
-        const response = await fetch(`${paced.proxy.url}/v1/chat/completions`, {
-          method: 'POST',
-          headers: { authorization: `Bearer ${tokens['job-a']}` },
-          body: chatBody('demo-echo', text, true),
-        });
+        const response = await post(paced, 'job-a', chatBody('demo-echo', text, true));
         return { response, bytes: Buffer.from(await response.arrayBuffer()) };
       };
       const timers = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
@@ -447,11 +449,7 @@ describe('faults', () => {
       verifyToken: () => Promise.reject(new Error('the revocation store is unreadable')),
     });
     try {
-      const response = await fetch(`${broken.proxy.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${tokens['job-a']}` },
-        body: chatBody('demo-echo', 'x'),
-      });
+      const response = await post(broken, 'job-a', chatBody('demo-echo', 'x'));
       assert.equal(response.status, 500);
       const error = ((await response.json()) as { error: { code: string; message: string } }).error;
       assert.deepEqual(error.code, 'INTERNAL');
@@ -473,11 +471,7 @@ describe('faults', () => {
     const failing = await startProxyUnderTest({ verifyToken });
     try {
       failing.proxy.store.append = () => Promise.reject(new Error('ENOSPC: no space left on device'));
-      const json = await fetch(`${failing.proxy.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${tokens['job-a']}` },
-        body: chatBody('demo-echo', 'keep this answer back'),
-      });
+      const json = await post(failing, 'job-a', chatBody('demo-echo', 'keep this answer back'));
       assert.equal(json.status, 500);
       const jsonText = await json.text();
       assert.ok(!jsonText.includes('keep this answer back'), 'the model answer is not given out');
@@ -487,18 +481,11 @@ describe('faults', () => {
 
       // A stream's events went out as they came; without its receipt it does not end well:
       // the connection is cut before the closing chunk and the receipt id.
-      const stream = await fetch(`${failing.proxy.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${tokens['job-a']}` },
-        body: chatBody('demo-echo', 'a stream', true),
-      });
+      const stream = await post(failing, 'job-a', chatBody('demo-echo', 'a stream', true));
       assert.equal(stream.status, 200);
       await assert.rejects(stream.text(), 'the stream is cut, not completed');
 
-      const refused = await fetch(`${failing.proxy.url}/v1/chat/completions`, {
-        method: 'POST',
-        body: chatBody('demo-echo', 'no token'),
-      });
+      const refused = await post(failing, undefined, chatBody('demo-echo', 'no token'));
       assert.equal(refused.status, 500);
       const refusedError = ((await refused.json()) as { error: { code: string; message: string } }).error;
       assert.equal(refusedError.code, PROXY_ERRORS.receiptNotPersisted);
@@ -518,11 +505,7 @@ describe('faults', () => {
       config: { limits: { upstreamTimeoutMs: 200 } },
     });
     try {
-      const response = await fetch(`${hung.proxy.url}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${tokens['job-a']}` },
-        body: chatBody('demo-echo', 'hang'),
-      });
+      const response = await post(hung, 'job-a', chatBody('demo-echo', 'hang'));
       assert.equal(response.status, 504);
       assert.equal(
         ((await response.json()) as { error: { code: string } }).error.code,
@@ -591,11 +574,7 @@ describe('an HTTPS upstream', () => {
     try {
       assert.match(secure.upstream.url, /^https:/);
       for (const stream of [false, true]) {
-        const response = await fetch(`${secure.proxy.url}/v1/chat/completions`, {
-          method: 'POST',
-          headers: { authorization: `Bearer ${tokens['job-a']}` },
-          body: chatBody('demo-echo', 'over tls', stream),
-        });
+        const response = await post(secure, 'job-a', chatBody('demo-echo', 'over tls', stream));
         const text = await response.text();
         assert.equal(response.status, 200, text);
         assert.ok(text.includes(stream ? '"content":" tls"' : '"content":"echo: over tls"'), text);
@@ -621,11 +600,7 @@ describe('an HTTPS upstream', () => {
         ...(caFile ? { upstreamConfig: { caFile } } : {}),
       });
       try {
-        const response = await fetch(`${impostor.proxy.url}/v1/chat/completions`, {
-          method: 'POST',
-          headers: { authorization: `Bearer ${tokens['job-a']}` },
-          body: chatBody('demo-echo', 'to an impostor'),
-        });
+        const response = await post(impostor, 'job-a', chatBody('demo-echo', 'to an impostor'));
         assert.equal(response.status, 502);
         const error = ((await response.json()) as { error: { code: string; message: string } }).error;
         assert.equal(error.code, PROXY_ERRORS.upstreamFailed);

@@ -28,6 +28,41 @@ after(async () => {
   for (const fn of cleanups.reverse()) await fn();
 });
 
+/** Runs `clawgate <args>` in the background, its output kept; it is killed after the tests. */
+function runClawgate(args: string[], env: NodeJS.ProcessEnv, cwd: string) {
+  const child = spawn(bin, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (c: string) => (output += c));
+  child.stderr.setEncoding('utf8').on('data', (c: string) => {
+    output += c;
+    stderr += c;
+  });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  cleanups.push(async () => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+    await exited;
+  });
+  return {
+    child,
+    exited,
+    /** stdout and stderr as they came. */
+    output: () => output,
+    stderr: () => stderr,
+    /** Its exit code, or 'still running' if it has not ended within `ms`. */
+    endsWithin: (ms: number) =>
+      Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running'), ms))]),
+  };
+}
+
+/** A port a listener of this test holds until the tests end. */
+async function heldPort(): Promise<number> {
+  const holder = createNetServer();
+  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+  cleanups.push(() => new Promise<void>((resolve) => holder.close(() => resolve())));
+  return (holder.address() as AddressInfo).port;
+}
+
 test('clawgate start uses an existing Temporal, homeserver and model upstream when configured', async () => {
   const { temporal, synapse } = testServers();
   const upstream: DemoUpstream = await startDemoUpstream({
@@ -79,25 +114,17 @@ test('clawgate start uses an existing Temporal, homeserver and model upstream wh
     CLAWGATE_ACCOUNT_MAIN_ACCESS_TOKEN: bot.accessToken,
   };
   delete env['CLAWGATE_STATE_DIR'];
-  const child = spawn(bin, ['start'], { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout.setEncoding('utf8').on('data', (c: string) => (output += c));
-  child.stderr.setEncoding('utf8').on('data', (c: string) => (output += c));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-  cleanups.push(async () => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-    await exited;
-  });
+  const { child, exited, output } = runClawgate(['start'], env, dir);
   const deadline = Date.now() + 120_000;
-  while (!output.includes('clawgate is ready')) {
+  while (!output().includes('clawgate is ready')) {
     if (child.exitCode !== null || Date.now() > deadline)
-      throw new Error(`clawgate start did not come up:\n${output}`);
+      throw new Error(`clawgate start did not come up:\n${output()}`);
     await new Promise((r) => setTimeout(r, 200));
   }
-  assert.match(output, new RegExp(`Temporal +${temporal.address} \\(existing\\)`));
-  assert.match(output, new RegExp(`Matrix +${synapse.baseUrl} \\(existing\\)`));
-  assert.match(output, /Model upstream +env http:\/\/127\.0\.0\.1:\d+\/v1/);
-  assert.doesNotMatch(output, /Temporal Web UI|DEMO upstream/);
+  assert.match(output(), new RegExp(`Temporal +${temporal.address} \\(existing\\)`));
+  assert.match(output(), new RegExp(`Matrix +${synapse.baseUrl} \\(existing\\)`));
+  assert.match(output(), /Model upstream +env http:\/\/127\.0\.0\.1:\d+\/v1/);
+  assert.doesNotMatch(output(), /Temporal Web UI|DEMO upstream/);
 
   // The bot joins on its first sync; then a whole job.
   await requester.waitForRoomEvent({
@@ -116,7 +143,8 @@ test('clawgate start uses an existing Temporal, homeserver and model upstream wh
       const res = await requester.client.createMessagesRequest(roomId, null, 100, Direction.Backward);
       const hit = res.chunk.find((e) => e.sender === bot.userId && pattern.test(bodyText(e.content)));
       if (hit) return hit;
-      if (Date.now() > until) throw new Error(`no ${pattern} from the bot; clawgate start said:\n${output}`);
+      if (Date.now() > until)
+        throw new Error(`no ${pattern} from the bot; clawgate start said:\n${output()}`);
       await new Promise((r) => setTimeout(r, 300));
     }
   };
@@ -133,7 +161,7 @@ test('clawgate start uses an existing Temporal, homeserver and model upstream wh
   const result = await find(/: succeeded\./);
   assert.match(bodyText(result.content), /bundle [0-9a-f]{64}/);
   child.kill('SIGINT');
-  assert.equal(await exited, 0, output);
+  assert.equal(await exited, 0, output());
 });
 
 test('clawgate proxy and clawgate worker run alone from the configuration, answer their health checks and stop on SIGTERM', async () => {
@@ -156,20 +184,12 @@ test('clawgate proxy and clawgate worker run alone from the configuration, answe
     ['proxy', `http://127.0.0.1:${proxyPort}/healthz`],
     ['worker', `http://127.0.0.1:${workerHealth}/health`],
   ] as const) {
-    const child = spawn(bin, [part], { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    child.stdout.setEncoding('utf8').on('data', (c: string) => (output += c));
-    child.stderr.setEncoding('utf8').on('data', (c: string) => (output += c));
-    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-    cleanups.push(async () => {
-      if (child.exitCode === null) child.kill('SIGKILL');
-      await exited;
-    });
+    const { child, exited, output } = runClawgate([part], env, dir);
     const deadline = Date.now() + 60_000;
     let status = 0;
     while (status !== 200) {
       if (child.exitCode !== null || Date.now() > deadline)
-        throw new Error(`clawgate ${part} did not come up:\n${output}`);
+        throw new Error(`clawgate ${part} did not come up:\n${output()}`);
       status = await fetch(url).then(
         (r) => r.status,
         () => 0,
@@ -185,10 +205,10 @@ test('clawgate proxy and clawgate worker run alone from the configuration, answe
       JSON.stringify(health),
     );
     // JSON log lines on stdout.
-    const first = JSON.parse(output.split('\n')[0] ?? '{}') as { name?: string; msg?: string };
+    const first = JSON.parse(output().split('\n')[0] ?? '{}') as { name?: string; msg?: string };
     assert.equal(first.name, `clawgate-${part}`);
     child.kill('SIGTERM');
-    assert.equal(await exited, 0, output);
+    assert.equal(await exited, 0, output());
   }
 });
 
@@ -196,10 +216,7 @@ test('clawgate proxy and clawgate worker on a port another process holds: a clea
   const { temporal } = testServers();
   const dir = mkdtempSync(join(tmpdir(), 'clawgate-taken-'));
   // A listener of this test holds the port both parts are configured to use.
-  const holder = createNetServer();
-  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
-  cleanups.push(() => new Promise<void>((resolve) => holder.close(() => resolve())));
-  const taken = (holder.address() as AddressInfo).port;
+  const taken = await heldPort();
   writeFileSync(
     join(dir, 'clawgate.yaml'),
     [
@@ -221,32 +238,18 @@ test('clawgate proxy and clawgate worker on a port another process holds: a clea
       `worker health endpoint: 127.0.0.1:${taken} is already in use by another process; stop it, or give the worker health endpoint another port (worker.health.port)`,
     ],
   ] as const) {
-    const child = spawn(bin, [part], { env, cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stderr = '';
-    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
-    child.stdout.resume();
-    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-    cleanups.push(async () => {
-      if (child.exitCode === null) child.kill('SIGKILL');
-      await exited;
-    });
+    const run = runClawgate([part], env, dir);
     // It ends by itself (a Temporal connection left open must not keep it running).
-    const code = await Promise.race([
-      exited,
-      new Promise<string>((r) => setTimeout(() => r('still running'), 60_000)),
-    ]);
-    assert.equal(code, 1, `clawgate ${part}: ${stderr}`);
-    assert.equal(stderr.trim(), `clawgate: ${message}`);
+    const code = await run.endsWithin(60_000);
+    assert.equal(code, 1, `clawgate ${part}: ${run.stderr()}`);
+    assert.equal(run.stderr().trim(), `clawgate: ${message}`);
   }
 });
 
 test('clawgate start where another server holds the Temporal or Synapse port: a clear error at once, nothing started', async () => {
   // Without the check, a Temporal dev server already on the port would answer in place of the
   // embedded one, and clawgate would carry on with a server it did not start.
-  const holder = createNetServer();
-  await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
-  cleanups.push(() => new Promise<void>((resolve) => holder.close(() => resolve())));
-  const taken = (holder.address() as AddressInfo).port;
+  const taken = await heldPort();
   for (const [variable, message] of [
     [
       'CLAWGATE_TEMPORAL_PORT',
@@ -267,21 +270,10 @@ test('clawgate start where another server holds the Temporal or Synapse port: a 
       [variable]: String(taken),
     };
     delete env['CLAWGATE_CONFIG'];
-    const child = spawn(bin, ['start'], { env, cwd: tmpdir(), stdio: ['ignore', 'pipe', 'pipe'] });
-    let stderr = '';
-    child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
-    child.stdout.resume();
-    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
-    cleanups.push(async () => {
-      if (child.exitCode === null) child.kill('SIGKILL');
-      await exited;
-    });
-    const code = await Promise.race([
-      exited,
-      new Promise<string>((r) => setTimeout(() => r('still running'), 60_000)),
-    ]);
-    assert.equal(code, 1, stderr);
-    assert.equal(stderr.trim(), `clawgate: ${message}`);
+    const run = runClawgate(['start'], env, tmpdir());
+    const code = await run.endsWithin(60_000);
+    assert.equal(code, 1, run.stderr());
+    assert.equal(run.stderr().trim(), `clawgate: ${message}`);
     assert.equal(existsSync(join(state, 'temporal.db')), false, 'no Temporal server was started');
     assert.equal(existsSync(join(state, 'synapse')), false, 'no Synapse was started');
   }
