@@ -1,7 +1,10 @@
 // What people type in a room, read the way clawgate reads it. One table holds every command;
 // `!help` is rendered from it and the parser follows it. Only what the sender wrote counts:
-// edits (`m.replace`) are not read as commands, the quoted part of a reply is dropped, and
-// notices (what bots post) are ignored.
+// edits (`m.replace`) are not read as commands, the quoted part of a reply is dropped, notices
+// (what bots post) are ignored, commands come from `m.text` messages only (not emotes), and a
+// command counts only when what the room shows (a formatted body, say) says the same.
+import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
+import { BIDI_CONTROLS, MATRIX_HTML_FORMAT, sameWords, shownHtml } from './displayed.ts';
 import { isJobRef } from './job-ids.ts';
 
 export type Command =
@@ -155,8 +158,12 @@ function request(text: string): ParseResult {
 
 /** How clawgate reads the content of one `m.room.message` event. */
 export type MessageReading =
-  /** Not text a person wrote to clawgate (a notice, an image, a malformed content). */
-  | { kind: 'skip'; why: string }
+  /**
+   * Not text a person wrote to clawgate (a notice, an image, a malformed content). `body` is
+   * kept for a message of another msgtype (an emote, a file), to explain, if it looks like a
+   * command, why it did not count.
+   */
+  | { kind: 'skip'; why: string; msgtype?: string; body?: string }
   /** An edit; its new text is kept only to explain, if it holds a command, that edits do not count. */
   | { kind: 'edit'; newText: string }
   | {
@@ -182,6 +189,16 @@ export function stripQuote(body: string): { text: string; quoted: string } {
   return { text: lines.slice(i).join('\n').trim(), quoted };
 }
 
+/** A typed mention of the bot at the start (`@clawgate: do this`), removed. */
+function stripMention(text: string, bot: { userId: string }): { text: string; mentioned: boolean } {
+  const localpart = bot.userId.slice(1).split(':')[0] ?? '';
+  for (const name of [bot.userId, `@${localpart}`, localpart]) {
+    const match = new RegExp(`^${escapeRegExp(name)}[:,]?(\\s+|$)`, 'i').exec(text);
+    if (match && name !== '') return { text: text.slice(match[0].length).trim(), mentioned: true };
+  }
+  return { text, mentioned: false };
+}
+
 export function readMessage(content: unknown, bot: { userId: string }): MessageReading {
   if (!isRecord(content)) return { kind: 'skip', why: 'content is not an object' };
   const relates = isRecord(content['m.relates_to']) ? content['m.relates_to'] : undefined;
@@ -190,10 +207,15 @@ export function readMessage(content: unknown, bot: { userId: string }): MessageR
     return { kind: 'edit', newText: typeof next === 'string' ? next : '' };
   }
   const msgtype = content['msgtype'];
-  if (msgtype === 'm.notice') return { kind: 'skip', why: 'a notice (bots post notices)' };
-  if (msgtype !== 'm.text' && msgtype !== 'm.emote')
-    return { kind: 'skip', why: `msgtype ${String(msgtype)}` };
   const body = content['body'];
+  if (msgtype === 'm.notice') return { kind: 'skip', why: 'a notice (bots post notices)' };
+  // Commands come from plain text messages only: an emote (`/me !approve`) reads as something
+  // the sender does, not says, and a file's body is its name.
+  if (msgtype !== 'm.text') {
+    return typeof msgtype === 'string' && typeof body === 'string'
+      ? { kind: 'skip', why: `msgtype ${msgtype}`, msgtype, body }
+      : { kind: 'skip', why: `msgtype ${String(msgtype)}` };
+  }
   if (typeof body !== 'string') return { kind: 'skip', why: 'body is not text' };
   const threadRoot =
     relates?.['rel_type'] === 'm.thread' && typeof relates['event_id'] === 'string'
@@ -201,21 +223,205 @@ export function readMessage(content: unknown, bot: { userId: string }): MessageR
       : undefined;
   const { text: unquoted, quoted } = stripQuote(body);
   const mentions = isRecord(content['m.mentions']) ? content['m.mentions']['user_ids'] : undefined;
-  let mentioned = Array.isArray(mentions) && mentions.includes(bot.userId);
-  // A typed mention: the user id, or the localpart, at the start (`@clawgate: do this`).
-  const localpart = bot.userId.slice(1).split(':')[0] ?? '';
-  let text = unquoted;
-  for (const name of [bot.userId, `@${localpart}`, localpart]) {
-    const match = new RegExp(`^${escapeRegExp(name)}[:,]?(\\s+|$)`, 'i').exec(text);
-    if (match && name !== '') {
-      text = text.slice(match[0].length).trim();
-      mentioned = true;
-      break;
-    }
-  }
+  const typed = stripMention(unquoted, bot);
+  const mentioned = typed.mentioned || (Array.isArray(mentions) && mentions.includes(bot.userId));
+  const text = typed.text;
   return threadRoot === undefined
     ? { kind: 'message', text, mentioned, quoted }
     : { kind: 'message', text, mentioned, quoted, threadRoot };
+}
+
+/** What a command's event said, kept with the decision: its content's hash and the shown text. */
+export interface CommandEvidence {
+  /** SHA-256 of the event content (decrypted, RFC 8785 canonical JSON). */
+  contentSha256: string;
+  /** The text the room showed: the formatted body's text when there is one, else the body. */
+  shown: string;
+}
+
+/** How much of the shown text the evidence keeps. */
+export const MAX_SHOWN_CHARS = 2000;
+
+export type CommandReading = { threadRoot?: string } & (
+  | /** Not addressed to clawgate: nothing to say. */ { kind: 'none' }
+    /** Looks like a command but does not count (an edit, a quote, an emote): the sender is told why. */
+  | { kind: 'not-counted'; reason: string }
+  /** A command word with bad arguments. */
+  | { kind: 'invalid'; error: string }
+  | {
+      kind: 'command';
+      command: Command;
+      evidence: CommandEvidence;
+      /**
+       * Why what the room shows does not say this command (a formatted body that says
+       * otherwise, hidden or struck-out text, bidirectional controls). A command with a
+       * mismatch is never acted on; an approval or denial still goes to its job, whose
+       * workflow refuses it and keeps the refusal as evidence.
+       */
+      mismatch?: string;
+    }
+);
+
+const MSGTYPE_NAMES: Record<string, string> = {
+  'm.emote': 'an emote (/me)',
+  'm.image': 'an image',
+  'm.file': 'a file',
+  'm.audio': 'an audio message',
+  'm.video': 'a video',
+  'm.location': 'a location',
+};
+
+/** The texts a client may show in place of the body: the HTML, and extensible-event text. */
+function shownAlternatives(content: Record<string, unknown>): Array<{ what: string; text: string }> {
+  const out: Array<{ what: string; text: string }> = [];
+  for (const key of ['m.text', 'org.matrix.msc1767.text']) {
+    const value = content[key];
+    if (typeof value === 'string') out.push({ what: key, text: value });
+    else if (Array.isArray(value)) {
+      for (const block of value) {
+        if (isRecord(block) && typeof block['body'] === 'string') {
+          const html = block['mimetype'] === 'text/html';
+          out.push({ what: key, text: html ? shownHtml(block['body']).text : block['body'] });
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** The free text of a command (a request's text, a denial's reason), or ''. */
+function freeText(command: Command): string {
+  if (command.kind === 'request') return command.text;
+  if (command.kind === 'deny') return command.reason ?? '';
+  return '';
+}
+
+function sameCommand(a: ParseResult, b: ParseResult): boolean {
+  if (a === null || b === null) return a === b;
+  if (!a.ok || !b.ok) return a.ok === b.ok;
+  const x = a.command;
+  const y = b.command;
+  const ref = (c: Command) => [
+    c.kind,
+    'job' in c ? c.job : undefined,
+    'planHash' in c ? c.planHash : undefined,
+  ];
+  if (JSON.stringify(ref(x)) !== JSON.stringify(ref(y))) return false;
+  return sameWords(freeText(x), freeText(y));
+}
+
+function contentHash(content: unknown): string {
+  try {
+    return canonicalHash(content);
+  } catch {
+    return sha256Hex(String(JSON.stringify(content)));
+  }
+}
+
+/**
+ * Reads one message's content as clawgate acts on it: what the sender wrote (not an edit, a
+ * quote, an emote or a file name), and only if what the room shows says the same command.
+ */
+export function readCommand(
+  content: unknown,
+  bot: { userId: string },
+  words: CommandWords = DEFAULT_COMMAND_WORDS,
+): CommandReading {
+  const reading = readMessage(content, bot);
+  const relates = isRecord(content) && isRecord(content['m.relates_to']) ? content['m.relates_to'] : {};
+  const thread =
+    relates['rel_type'] === 'm.thread' && typeof relates['event_id'] === 'string'
+      ? { threadRoot: relates['event_id'] }
+      : {};
+  if (reading.kind === 'skip') {
+    if (reading.body === undefined || reading.msgtype === undefined) return { kind: 'none' };
+    const looks = parseCommand(reading.body.replace(/^\*\s*/, ''), words);
+    if (looks === null || (looks.ok && looks.command.kind === 'help')) return { kind: 'none' };
+    const what = MSGTYPE_NAMES[reading.msgtype] ?? `a message of type ${reading.msgtype}`;
+    return {
+      ...thread,
+      kind: 'not-counted',
+      reason: `${what} is not read as a command; send the command as a plain text message.`,
+    };
+  }
+  if (reading.kind === 'edit') {
+    const edited = parseCommand(reading.newText.replace(/^\*\s*/, ''), words);
+    if (edited?.ok !== true || edited.command.kind === 'help') return { kind: 'none' };
+    return {
+      kind: 'not-counted',
+      reason: 'an edit is not read as a command; send the command as a new message.',
+    };
+  }
+  const record = content as Record<string, unknown>;
+  const parsed = parseCommand(reading.text, words, reading.mentioned);
+
+  // What the room shows, read the way the body is read.
+  const shown: Array<{ what: string; text: string }> = [];
+  const mismatches: string[] = [];
+  const formatted = record['formatted_body'];
+  const format = record['format'];
+  if (formatted !== undefined || format !== undefined) {
+    if (format !== MATRIX_HTML_FORMAT || typeof formatted !== 'string') {
+      mismatches.push(
+        `its formatted body is not ${MATRIX_HTML_FORMAT} text (format ${JSON.stringify(format) ?? 'missing'}), so clients may show something else`,
+      );
+    } else {
+      const html = shownHtml(formatted);
+      shown.push({ what: 'the formatted text', text: html.text });
+      if (html.concealing.length > 0) {
+        mismatches.push(`its formatted text holds ${html.concealing.join(', ')}`);
+      }
+    }
+  }
+  shown.push(...shownAlternatives(record));
+  if (BIDI_CONTROLS.test(String(record['body']))) {
+    mismatches.push('it holds bidirectional control characters, which reorder the text on screen');
+  }
+  for (const alternative of shown) {
+    const typed = stripMention(alternative.text, bot);
+    const displayed = parseCommand(typed.text, words, reading.mentioned || typed.mentioned);
+    if (sameCommand(parsed, displayed)) continue;
+    const says = typed.text.length > 80 ? `${typed.text.slice(0, 77)}...` : typed.text;
+    mismatches.push(
+      parsed === null
+        ? `${alternative.what} shows a command ("${says}") that the plain body does not hold`
+        : `${alternative.what} says "${says}", not the command of its plain body`,
+    );
+  }
+
+  if (parsed === null) {
+    if (
+      mismatches.length > 0 &&
+      shown.some((a) => parseCommand(stripMention(a.text, bot).text, words) !== null)
+    ) {
+      return {
+        ...thread,
+        kind: 'not-counted',
+        reason: `this message is not acted on: ${mismatches.join('; ')}.`,
+      };
+    }
+    const quoted = reading.quoted.replace(/^>\s?/gm, '').replace(/^<[^>]*>\s*/, '');
+    if (quoted && parseCommand(quoted, words)?.ok === true) {
+      return {
+        ...thread,
+        kind: 'not-counted',
+        reason: 'a quoted command is not acted on; send it as a message of its own.',
+      };
+    }
+    return { ...thread, kind: 'none' };
+  }
+  if (!parsed.ok) return { ...thread, kind: 'invalid', error: parsed.error };
+  const shownText = (shown[0]?.text ?? String(record['body'])).slice(0, MAX_SHOWN_CHARS);
+  const evidence = { contentSha256: contentHash(content), shown: shownText };
+  return mismatches.length === 0
+    ? { ...thread, kind: 'command', command: parsed.command, evidence }
+    : {
+        ...thread,
+        kind: 'command',
+        command: parsed.command,
+        evidence,
+        mismatch: `what the room shows is not this command: ${mismatches.join('; ')}. Send the command as plain text`,
+      };
 }
 
 function escapeRegExp(s: string): string {

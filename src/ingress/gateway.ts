@@ -60,10 +60,10 @@ import {
 } from './crypto-store.ts';
 import {
   DEFAULT_COMMAND_WORDS,
-  parseCommand,
-  readMessage,
+  readCommand,
   renderHelp,
   type Command,
+  type CommandEvidence,
   type CommandWords,
 } from './commands.ts';
 import { matrixTaskQueueOf, type AccountConfig, type GatewayConfig } from './config.ts';
@@ -820,60 +820,56 @@ export class GatewayAccount {
     }
     if (type !== 'm.room.message') return false;
     this.stats.handledEvents += 1;
-    const reading = readMessage(content, { userId: this.userId });
-    if (reading.kind === 'skip') return false;
+    const words = this.commandWords();
+    const reading = readCommand(content, { userId: this.userId }, words);
+    if (reading.kind === 'none') return false;
     const ctx: EventContext = {
       roomId,
       eventId,
       sender,
       originServerTs: Number(raw.origin_server_ts) || 0,
       receivedAt,
-      ...(reading.kind === 'message' && reading.threadRoot ? { threadRoot: reading.threadRoot } : {}),
+      ...(reading.threadRoot ? { threadRoot: reading.threadRoot } : {}),
       ...(senderDeviceVerified !== undefined ? { senderDeviceVerified } : {}),
     };
-    const words = this.commandWords();
-    if (reading.kind === 'edit') {
-      const edited = parseCommand(reading.newText.replace(/^\*\s*/, ''), words);
-      if (edited?.ok === true && edited.command.kind !== 'help') {
-        this.stats.refusedEvents += 1;
-        await this.reply(
-          ctx,
-          `${sender}: an edit is not read as a command; send the command as a new message.`,
-        );
-      }
-      return false;
-    }
-    const parsed = parseCommand(reading.text, words, reading.mentioned);
-    if (parsed === null) {
-      const quoted = reading.quoted.replace(/^>\s?/gm, '').replace(/^<[^>]*>\s*/, '');
-      if (quoted && parseCommand(quoted, words)?.ok === true) {
-        this.stats.refusedEvents += 1;
-        await this.reply(
-          ctx,
-          `${sender}: a quoted command is not acted on; send it as a message of its own.`,
-        );
-      }
-      return false;
-    }
-    if (!parsed.ok) {
+    if (reading.kind === 'not-counted' || reading.kind === 'invalid') {
       this.stats.refusedEvents += 1;
-      await this.reply(ctx, `${sender}: ${parsed.error}`);
+      await this.reply(ctx, `${sender}: ${reading.kind === 'invalid' ? reading.error : reading.reason}`);
       return false;
     }
     this.stats.eventLagMs = Date.now() - ctx.originServerTs;
-    return await this.dispatch(ctx, parsed.command, words);
+    const { command, evidence, mismatch } = reading;
+    if (mismatch !== undefined) {
+      this.stats.refusedEvents += 1;
+      this.log.info(
+        { roomId, eventId, sender, kind: command.kind, mismatch },
+        'a command the room shows otherwise',
+      );
+      // An approval or denial still reaches its job, which refuses it and keeps the refusal.
+      if (command.kind === 'approve' || command.kind === 'deny') {
+        return await this.signalApproval(ctx, command, words, evidence, mismatch);
+      }
+      await this.reply(ctx, `${sender}: not acted on. ${mismatch}.`);
+      return false;
+    }
+    return await this.dispatch(ctx, command, words, evidence);
   }
 
-  private async dispatch(ctx: EventContext, command: Command, words: CommandWords): Promise<boolean> {
+  private async dispatch(
+    ctx: EventContext,
+    command: Command,
+    words: CommandWords,
+    evidence: CommandEvidence,
+  ): Promise<boolean> {
     switch (command.kind) {
       case 'help':
         await this.reply(ctx, renderHelp(words));
         return false;
       case 'request':
-        return await this.startJob(ctx, command.text);
+        return await this.startJob(ctx, command.text, evidence);
       case 'approve':
       case 'deny':
-        return await this.signalApproval(ctx, command, words);
+        return await this.signalApproval(ctx, command, words, evidence);
       case 'cancel':
         return await this.signalCancel(ctx, command.job, `${'!cancel'} [job]`);
       case 'status':
@@ -882,7 +878,7 @@ export class GatewayAccount {
     }
   }
 
-  private async startJob(ctx: EventContext, text: string): Promise<boolean> {
+  private async startJob(ctx: EventContext, text: string, evidence: CommandEvidence): Promise<boolean> {
     if (ctx.threadRoot) {
       await this.reply(ctx, `${ctx.sender}: start a request as a new message in the room, not in a thread.`);
       return false;
@@ -916,6 +912,7 @@ export class GatewayAccount {
       channel: this.channel,
       matrixTaskQueue: this.matrixTaskQueue,
       jobId,
+      content: { sha256: evidence.contentSha256, shown: evidence.shown },
     };
     try {
       await this.gateway.temporal.workflow.start('jobWorkflow', {
@@ -974,6 +971,8 @@ export class GatewayAccount {
     ctx: EventContext,
     command: Extract<Command, { kind: 'approve' | 'deny' }>,
     words: CommandWords,
+    evidence: CommandEvidence,
+    mismatch?: string,
   ): Promise<boolean> {
     const usage = command.kind === 'approve' ? `${words.approve} <job>` : `${words.deny} <job> [reason]`;
     const target = await this.resolveJob(ctx, command.job, usage);
@@ -992,6 +991,8 @@ export class GatewayAccount {
       ...(command.kind === 'approve' && command.planHash ? { planHash: command.planHash } : {}),
       ...(command.kind === 'deny' && command.reason ? { reason: command.reason } : {}),
       ...(ctx.senderDeviceVerified !== undefined ? { senderDeviceVerified: ctx.senderDeviceVerified } : {}),
+      content: { sha256: evidence.contentSha256, shown: evidence.shown },
+      ...(mismatch !== undefined ? { displayMismatch: mismatch } : {}),
     };
     const sent = await this.signal(ctx, target, (handle) => handle.signal(approvalSignal, attempt));
     if (sent && target.roomId !== null && target.roomId !== ctx.roomId) {

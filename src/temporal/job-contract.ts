@@ -40,6 +40,16 @@ export interface JobRequest {
   matrixTaskQueue?: string;
   /** The short job id people type (`!approve j4k2...`); see shortJobId. Absent in older jobs. */
   jobId?: string;
+  /** What the request's event said. Absent in older jobs. */
+  content?: MessageContentEvidence;
+}
+
+/** The evidence of what a command's Matrix event said, kept with what was decided on it. */
+export interface MessageContentEvidence {
+  /** SHA-256 of the event's (decrypted) content as RFC 8785 canonical JSON. */
+  sha256: string;
+  /** The text the room showed (the formatted body's text when there was one), cut to 2,000 characters. */
+  shown: string;
 }
 
 /** A `!cancel` from the room; the workflow decides whether the sender may cancel. */
@@ -68,6 +78,13 @@ export interface ApprovalAttempt {
   senderDeviceVerified?: boolean;
   /** Server timestamp of the event, ms since the epoch. */
   originServerTs: number;
+  /** What the event said. Absent in attempts recorded before it was kept. */
+  content?: MessageContentEvidence;
+  /**
+   * Why what the room showed is not this command (a formatted body that says otherwise, hidden
+   * text): the workflow refuses such an attempt and keeps it as evidence.
+   */
+  displayMismatch?: string;
 }
 
 export const approvalSignal = defineSignal<[ApprovalAttempt]>('approval');

@@ -32,6 +32,7 @@ export interface ApprovalContext {
 
 export const APPROVAL_REFUSALS = {
   duplicateEvent: 'APPROVAL_DUPLICATE_EVENT',
+  displayMismatch: 'APPROVAL_DISPLAY_MISMATCH',
   wrongRoom: 'APPROVAL_WRONG_ROOM',
   wrongJob: 'APPROVAL_WRONG_JOB',
   notApprover: 'APPROVAL_NOT_APPROVER',
@@ -69,6 +70,10 @@ export function decideApproval(
   const verb = attempt.decision === 'approve' ? 'approval' : 'denial';
   if (ctx.seenEventIds.has(attempt.eventId)) {
     return refuse(APPROVAL_REFUSALS.duplicateEvent, `event ${attempt.eventId} was already counted`);
+  }
+  // A command counts only as the room shows it: an approver who reads "I do NOT approve" did not.
+  if (attempt.displayMismatch !== undefined) {
+    return refuse(APPROVAL_REFUSALS.displayMismatch, attempt.displayMismatch);
   }
   if (attempt.roomId !== ctx.roomId) {
     return refuse(

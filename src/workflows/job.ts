@@ -139,6 +139,7 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
         sender: request.requester,
         event_id: request.eventId,
         text: request.text,
+        ...(request.content ? { content: request.content } : {}),
       },
     },
   ];

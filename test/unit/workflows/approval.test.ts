@@ -52,6 +52,22 @@ const refusals: Array<
   [string, Partial<ApprovalAttempt>, Partial<ApprovalContext>, Partial<ApprovalRules>, string]
 > = [
   ['a redelivered event', { eventId: '$seen' }, {}, {}, APPROVAL_REFUSALS.duplicateEvent],
+  [
+    'an approval whose shown text says otherwise',
+    {
+      displayMismatch: 'what the room shows is not this command: the formatted text says "I do NOT approve"',
+    },
+    {},
+    {},
+    APPROVAL_REFUSALS.displayMismatch,
+  ],
+  [
+    'a denial whose shown text says otherwise',
+    { decision: 'deny', displayMismatch: 'the formatted text says "!approve"' },
+    {},
+    {},
+    APPROVAL_REFUSALS.displayMismatch,
+  ],
   ['an approval from another room', { roomId: '!other:example.com' }, {}, {}, APPROVAL_REFUSALS.wrongRoom],
   ['an approval naming another job', { jobId: '$other' }, {}, {}, APPROVAL_REFUSALS.wrongJob],
   ['a non-approver', { sender: '@mallory:example.com' }, {}, {}, APPROVAL_REFUSALS.notApprover],
