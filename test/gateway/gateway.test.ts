@@ -397,6 +397,40 @@ test('spoofing from the room is refused and explained; the genuine approval then
   });
   await botSays(user, room1, botA.userId, eventId, /a quoted command is not acted on/);
   void quoting;
+  // An approval whose formatted text, the one the room shows, says the opposite.
+  const html = (formatted: string) => ({ format: 'org.matrix.custom.html', formatted_body: formatted });
+  const opposite = await send(approver, room1, '!approve', {
+    thread: eventId,
+    content: html('I do <b>NOT</b> approve this. Do not run it.'),
+  });
+  await reaction(user, room1, botA.userId, opposite, '❌');
+  await botSays(
+    user,
+    room1,
+    botA.userId,
+    eventId,
+    new RegExp(
+      `^${escape(approver.userId)}: not counted\\. what the room shows is not this command: the formatted text says "I do NOT approve`,
+    ),
+  );
+  // One the room shows struck out.
+  const struck = await send(approver, room1, '!approve', {
+    thread: eventId,
+    content: html('<del>!approve</del>'),
+  });
+  await reaction(user, room1, botA.userId, struck, '❌');
+  // An emote (`/me !approve`).
+  await send(approver, room1, '!approve', { thread: eventId, content: { msgtype: 'm.emote' } });
+  await botSays(user, room1, botA.userId, eventId, /an emote \(\/me\) is not read as a command/);
+  // Formatted text that shows an approval its plain body does not hold.
+  await send(approver, room1, 'fine by me', { thread: eventId, content: html('!approve') });
+  await botSays(
+    user,
+    room1,
+    botA.userId,
+    eventId,
+    /this message is not acted on: the formatted text shows a command/,
+  );
   // An approval for this job from another room.
   const elsewhere = await send(mallory, room2, `!approve ${jobId}`);
   await botSays(mallory, room2, botB.userId, elsewhere, /belongs to another room/);
@@ -408,30 +442,54 @@ test('spoofing from the room is refused and explained; the genuine approval then
     [
       [mallory.userId, false],
       [mallory.userId, false],
+      [approver.userId, false],
+      [approver.userId, false],
       [mallory.userId, false],
     ],
   );
-  assert.match(view.approvals[2]?.reason ?? '', /belongs to room/);
+  assert.match(view.approvals[4]?.reason ?? '', /belongs to room/);
   // Nothing was said about it in this job's room.
   assert.equal(
     (await botMessages(user, room1, botA.userId, (e) => relOf(e).event_id === elsewhere)).length,
     0,
   );
   const { digest } = await approveAndFinish(user, room1, botA.userId, eventId);
-  const attempts = bundleOf(digest).entries.filter((e: { type: string }) => e.type === 'approval_attempt');
+  const bundle = bundleOf(digest);
+  type Attempt = {
+    body: {
+      sender: string;
+      accepted: boolean;
+      code: string | null;
+      content: { sha256: string; shown: string };
+    };
+  };
+  const attempts: Attempt[] = bundle.entries.filter((e: { type: string }) => e.type === 'approval_attempt');
   assert.deepEqual(
-    attempts.map((e: { body: { sender: string; accepted: boolean; code: string | null } }) => [
-      e.body.sender,
-      e.body.accepted,
-      e.body.code,
-    ]),
+    attempts.map((e) => [e.body.sender, e.body.accepted, e.body.code]),
     [
       [mallory.userId, false, 'APPROVAL_NOT_APPROVER'],
       [mallory.userId, false, 'APPROVAL_NOT_APPROVER'],
+      [approver.userId, false, 'APPROVAL_DISPLAY_MISMATCH'],
+      [approver.userId, false, 'APPROVAL_DISPLAY_MISMATCH'],
       [mallory.userId, false, 'APPROVAL_WRONG_ROOM'],
       [approver.userId, true, null],
     ],
   );
+  // What each decision was taken on is kept: the content's canonical hash and the shown text.
+  assert.deepEqual(
+    attempts.map((e) => e.body.content.shown),
+    [
+      '!approve',
+      '!approve',
+      'I do NOT approve this. Do not run it.',
+      '!approve',
+      `!approve ${jobId}`,
+      '!approve',
+    ],
+  );
+  for (const a of attempts) assert.match(a.body.content.sha256, /^[0-9a-f]{64}$/);
+  const request = bundle.entries.find((e: { type: string }) => e.type === 'request');
+  assert.equal(request.body.content.shown, '!claw summarise the readme');
   await recordHistory({ workflowId }, 'gateway-spoofed-approvals');
 });
 
