@@ -42,6 +42,8 @@ export interface SandboxCommand {
   argv: string[];
   /** The whole environment of the command (nothing of the parent's leaks in). */
   env?: Record<string, string>;
+  /** Bytes given to the command on its standard input (none: stdin is empty). */
+  stdin?: Uint8Array;
   limits?: Partial<SandboxLimits>;
   /** Kept for the smoke test's shorthand; same as limits.wallMs. */
   timeoutMs?: number;
@@ -135,7 +137,13 @@ export function bubblewrapArgs(cmd: SandboxCommand): string[] {
 async function supervise(
   child: ChildProcess,
   limits: SandboxLimits,
+  stdin?: Uint8Array,
 ): Promise<Omit<SandboxResult, 'memoryExceeded' | 'durationMs'>> {
+  if (child.stdin) {
+    // A command that exits without reading all of its input is not an error of the sandbox.
+    child.stdin.on('error', () => {});
+    child.stdin.end(stdin);
+  }
   let outputTruncated = false;
   let timedOut = false;
   const collect = (stream: NodeJS.ReadableStream | null): Promise<string> =>
@@ -211,9 +219,9 @@ export function bubblewrapSandbox(bwrapPath: string): Sandbox {
             bwrapPath,
             ...bubblewrapArgs(cmd),
           ],
-          { stdio: ['ignore', 'pipe', 'pipe'], env: {} },
+          { stdio: [cmd.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: {}, cwd: '/' },
         );
-        const result = await supervise(child, limits);
+        const result = await supervise(child, limits, cmd.stdin);
         return {
           ...result,
           memoryExceeded: cgroup.memoryExceeded(),
@@ -237,6 +245,7 @@ export function dockerArgs(cmd: SandboxCommand, image: string): string[] {
   const args = [
     'run',
     '--rm',
+    ...(cmd.stdin ? ['--interactive'] : []),
     '--network',
     'none',
     '--read-only',
@@ -288,8 +297,10 @@ export function dockerSandbox(dockerPath = 'docker', image = 'debian:bookworm-sl
     async run(cmd) {
       const limits = limitsOf(cmd);
       const started = performance.now();
-      const child = spawn(dockerPath, dockerArgs(cmd, image), { stdio: ['ignore', 'pipe', 'pipe'] });
-      const result = await supervise(child, limits);
+      const child = spawn(dockerPath, dockerArgs(cmd, image), {
+        stdio: [cmd.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+      });
+      const result = await supervise(child, limits, cmd.stdin);
       return {
         ...result,
         memoryExceeded: result.exitCode === 137 && !result.timedOut,

@@ -19,6 +19,11 @@ export interface ToolContext {
   tokenError?: { code: string; reason: string };
   /** Where write_pr pushes its branch (a local bare repository or a configured remote URL). */
   prRemote?: string;
+  /**
+   * The worker's own bare repository write_pr pushes from (a host folder no sandbox mounts);
+   * the worker never runs git on a workspace.
+   */
+  pushRepo?: string;
 }
 
 export interface ToolOutput {

@@ -2,10 +2,9 @@
 // exec, and write_pr. Paths are relative to the workspace and may not climb out of it; and
 // since only the workspace is mounted in the sandbox, a symlink that points out of it finds
 // nothing there to read.
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { z } from 'zod';
 import { SANDBOX_WORKSPACE } from '../sandbox/bubblewrap.ts';
+import { GIT_IDENTITY, pushBranch } from './git-push.ts';
 import { policyLimits, type ToolContext, type ToolDefinition, type ToolOutput } from './types.ts';
 
 export const workspacePath = z
@@ -94,82 +93,181 @@ export const execTool: ToolDefinition<typeof execArgs> = {
   run: (args, ctx) => inSandbox(ctx, args.argv, access(ctx, 'rw'), args.env ?? {}),
 };
 
+/** Characters clients and file systems treat as nothing in a name (HFS+ ignores them). */
+const IGNORABLE = /[\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]/gu;
+
+/**
+ * Whether a path component names a git directory on some file system: `.git` in any case, with
+ * the trailing dots and spaces NTFS drops, its 8.3 short name `git~1`, an NTFS stream
+ * (`.git::$INDEX_ALLOCATION`), or characters HFS+ ignores inside it. Git refuses to check out
+ * such paths; clawgate refuses to write them.
+ */
+export function namesGitDir(component: string): boolean {
+  const c = component.replace(IGNORABLE, '').toLowerCase();
+  return /^\.git[. ]*$/.test(c) || /^git~\d+$/.test(c) || c.startsWith('.git:');
+}
+
+/** A path write_pr may write: under the workspace, a file of the work tree, never git's own. */
+export const writablePath = workspacePath
+  // eslint-disable-next-line no-control-regex
+  .refine((p) => !/[\u0000-\u001f\u007f]/.test(p), 'may not contain control characters')
+  .refine((p) => !p.includes('\\'), 'may not contain "\\" (a separator on other systems)')
+  .refine(
+    (p) => p.split('/').every((c) => c !== '' && c !== '.'),
+    'may not have empty or "." parts (nor end with "/")',
+  )
+  .refine(
+    (p) => !p.split('/').some(namesGitDir),
+    "may not name a .git folder or file (any case, or a name a file system reads as .git): git's own files are not part of a change",
+  );
+
 const writePrArgs = z
   .object({
     branch: z
       .string()
-      .regex(/^[a-z0-9][a-z0-9._/-]{0,99}$/, 'a branch name: lowercase letters, digits, . _ / -'),
-    message: z.string().min(1).max(5000),
-    files: z
-      .array(z.object({ path: workspacePath, content: z.string().max(1024 * 1024) }).strict())
+      .regex(/^[a-z0-9][a-z0-9._/-]{0,99}$/, 'a branch name: lowercase letters, digits, . _ / -')
+      .refine(
+        (b) =>
+          !b.includes('..') &&
+          !b.includes('//') &&
+          !b.endsWith('/') &&
+          !b.endsWith('.lock') &&
+          !b.endsWith('.'),
+        'a branch name git accepts (no "..", "//", and no "/", "." or ".lock" at the end)',
+      ),
+    message: z
+      .string()
       .min(1)
-      .max(100),
+      .max(5000)
+      .refine((m) => !m.includes('\0'), 'may not contain NUL'),
+    files: z
+      .array(
+        z
+          .object({
+            path: writablePath,
+            content: z
+              .string()
+              .max(1024 * 1024)
+              .refine((c) => !c.includes('\0'), 'may not contain NUL (text files only)'),
+          })
+          .strict(),
+      )
+      .min(1)
+      .max(100)
+      .refine((files) => new Set(files.map((f) => f.path)).size === files.length, 'each path at most once'),
   })
   .strict()
   .describe('write_pr: { branch, message, files: [{ path, content }] } — a branch, a commit and its patch');
+
+/**
+ * The sandboxed half of write_pr. It writes nothing to the work tree: the files arrive on stdin
+ * as a fast-import stream of blobs, and the commit is made with plumbing (a private index,
+ * commit-tree, update-ref) on top of HEAD, on a new branch. Git runs without hooks or fsmonitor
+ * whatever the workspace's configuration says. The last line of stderr names the base and
+ * the commit.
+ */
+const WRITE_PR_SCRIPT = [
+  'set -e',
+  'g() { git -c safe.directory=\'*\' -c core.hooksPath=/dev/null -c core.fsmonitor=false "$@"; }',
+  'export GIT_INDEX_FILE=/tmp/write_pr.index',
+  'g rev-parse --git-dir >/dev/null',
+  "base=$(g rev-parse -q --verify 'HEAD^{commit}' || true)",
+  'if [ -n "$base" ]; then g read-tree "$base"; else g read-tree --empty; fi',
+  'g fast-import --quiet --done --export-marks=/tmp/write_pr.marks',
+  'i=0',
+  'while [ "$i" -lt "$COUNT" ]; do',
+  '  eval "p=\\$FILE_PATH_$i"',
+  '  blob=$(sed -n "s/^:$((i+1)) //p" /tmp/write_pr.marks)',
+  '  g update-index --add --cacheinfo 100644 "$blob" "$p"',
+  '  i=$((i+1))',
+  'done',
+  'tree=$(g write-tree)',
+  'if [ -n "$base" ]; then',
+  '  commit=$(printf "%s" "$MESSAGE" | g commit-tree "$tree" -p "$base")',
+  '  g update-ref "refs/heads/$BRANCH" "$commit" ""',
+  '  g format-patch -1 --stdout "$commit"',
+  'else',
+  '  commit=$(printf "%s" "$MESSAGE" | g commit-tree "$tree")',
+  '  g update-ref "refs/heads/$BRANCH" "$commit" ""',
+  '  g format-patch -1 --root --stdout "$commit"',
+  'fi',
+  'echo "write_pr base=${base:-none} commit=$commit" >&2',
+].join('\n');
+
 export const writePrTool: ToolDefinition<typeof writePrArgs> = {
   name: 'write_pr',
-  description: 'Make a branch and a commit in the git workspace and print the patch (git format-patch).',
+  description:
+    "Make a branch with one commit of the given files (on top of the workspace's HEAD, work tree untouched) and print the patch; with a remote configured, push the branch.",
   args: writePrArgs,
   run: async (args, ctx) => {
-    // The script gets its data through the environment, never through the shell text.
+    const time = Math.floor(Date.now() / 1000);
+    const who = `${GIT_IDENTITY.name}`;
+    // Data reaches the script through the environment and stdin, never through the shell text.
     const env: Record<string, string> = {
       BRANCH: args.branch,
       MESSAGE: args.message,
       COUNT: String(args.files.length),
-      GIT_AUTHOR_NAME: 'clawgate',
-      GIT_AUTHOR_EMAIL: 'clawgate@localhost',
-      GIT_COMMITTER_NAME: 'clawgate',
-      GIT_COMMITTER_EMAIL: 'clawgate@localhost',
+      GIT_AUTHOR_NAME: who,
+      GIT_AUTHOR_EMAIL: GIT_IDENTITY.email,
+      GIT_COMMITTER_NAME: who,
+      GIT_COMMITTER_EMAIL: GIT_IDENTITY.email,
+      GIT_AUTHOR_DATE: `@${time} +0000`,
+      GIT_COMMITTER_DATE: `@${time} +0000`,
       GIT_CONFIG_NOSYSTEM: '1',
     };
     args.files.forEach((f, i) => {
       env[`FILE_PATH_${i}`] = f.path;
-      env[`FILE_CONTENT_${i}`] = f.content;
     });
-    const script = [
-      'set -e',
-      'git -c safe.directory=* checkout -q -b "$BRANCH"',
-      'i=0',
-      'while [ "$i" -lt "$COUNT" ]; do',
-      '  eval "p=\\$FILE_PATH_$i; c=\\$FILE_CONTENT_$i"',
-      '  mkdir -p "$(dirname -- "$p")"',
-      '  printf "%s" "$c" > "$p"',
-      '  git -c safe.directory=* add -- "$p"',
-      '  i=$((i+1))',
-      'done',
-      'git -c safe.directory=* commit -q -m "$MESSAGE"',
-      'git -c safe.directory=* format-patch -1 --stdout',
-    ].join('\n');
-    const result = await inSandbox(ctx, ['sh', '-c', script], access(ctx, 'rw'), env);
+    const blobs = Buffer.concat(
+      args.files.flatMap((f, i) => {
+        const bytes = Buffer.from(f.content, 'utf8');
+        return [Buffer.from(`blob\nmark :${i + 1}\ndata ${bytes.length}\n`), bytes, Buffer.from('\n')];
+      }),
+    );
+    const cmd = {
+      workspace: ctx.workspace,
+      workspaceAccess: access(ctx, 'rw'),
+      argv: ['sh', '-c', WRITE_PR_SCRIPT],
+      env,
+      stdin: Buffer.concat([blobs, Buffer.from('done\n')]),
+      limits: policyLimits(ctx.policy),
+    };
+    const r = await ctx.sandbox.run(cmd);
+    const result: ToolOutput = {
+      exitStatus: r.exitCode,
+      signal: r.signal,
+      output: r.exitCode === 0 ? r.stdout : `${r.stdout}${r.stderr}`,
+      timedOut: r.timedOut,
+      outputTruncated: r.outputTruncated,
+      sandboxProfile: ctx.sandbox.profile(cmd),
+    };
     if (result.exitStatus !== 0 || !ctx.prRemote) return result;
-    // The pull request: the branch goes to the configured remote, from the worker, since the
-    // sandbox has no network. The branch name was validated; the remote comes from config.
+    const made = /write_pr base=(\S+) commit=(\S+)\s*$/.exec(r.stderr);
+    const fail = (why: string): ToolOutput => ({
+      ...result,
+      exitStatus: 1,
+      output: `${result.output}\npush to ${ctx.prRemote} failed: ${why}\n`,
+    });
+    if (!made) return fail('the sandboxed step did not say which commit it made');
+    if (!ctx.pushRepo) return fail('the worker has no repository of its own to push from (pushRepo)');
+    // The pull request: made again and pushed from the worker's own repository (see git-push.ts),
+    // since the sandbox has no network and the workspace is not trusted.
     try {
-      await promisify(execFile)(
-        'git',
-        [
-          '-C',
-          ctx.workspace,
-          '-c',
-          'safe.directory=*',
-          'push',
-          '--quiet',
-          ctx.prRemote,
-          `${args.branch}:${args.branch}`,
-        ],
-        {
-          env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', GIT_TERMINAL_PROMPT: '0' },
-          timeout: 60_000,
-        },
-      );
-      return { ...result, output: `${result.output}\npushed ${args.branch} to ${ctx.prRemote}\n` };
-    } catch (error) {
+      const pushed = await pushBranch({
+        remote: ctx.prRemote,
+        repoDir: ctx.pushRepo,
+        base: made[1] === 'none' ? null : (made[1] as string),
+        branch: args.branch,
+        message: args.message,
+        files: args.files,
+        time,
+      });
       return {
         ...result,
-        exitStatus: 1,
-        output: `${result.output}\npush to ${ctx.prRemote} failed: ${error instanceof Error ? error.message : String(error)}\n`,
+        output: `${pushed.patch}\npushed ${args.branch} (${pushed.commit}) to ${ctx.prRemote}\n`,
       };
+    } catch (error) {
+      return fail(error instanceof Error ? error.message : String(error));
     }
   },
 };

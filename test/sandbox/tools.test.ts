@@ -1,8 +1,8 @@
-// The tools themselves: read and search in the sandbox, write_pr in a git workspace, http with
+// The tools themselves: read and search in the sandbox (write_pr has its own file), http with
 // its egress rules (allowlist, private addresses, DNS rebinding, redirects checked per hop), and
 // the Docker backend where an engine answers.
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
@@ -54,66 +54,6 @@ test('read and search work under the workspace, and their record hashes the argu
   assert.equal(search.output, '/workspace/notes.md:2:TODO: fix the thing\n');
   const bad = await runTool({ tool: 'search', args: { query: 'x', extra: 1 } }, ctx);
   assert.equal(bad.record.denial?.code, 'TOOL_ARGUMENTS_INVALID');
-});
-
-test('write_pr makes a branch and a commit and returns the patch; a read-only policy gets no write', async () => {
-  const rw = examplePolicy((p) => (p.execution.sandbox.workspace_access = 'rw'));
-  const ctx = await toolContext({ policy: rw });
-  execFileSync('git', ['init', '-q', '-b', 'main', ctx.workspace]);
-  writeFileSync(join(ctx.workspace, 'README.md'), 'hello\n');
-  execFileSync('git', ['-C', ctx.workspace, 'add', '.']);
-  execFileSync('git', [
-    '-C',
-    ctx.workspace,
-    '-c',
-    'user.name=t',
-    '-c',
-    'user.email=t@t',
-    'commit',
-    '-qm',
-    'init',
-  ]);
-  const { output, record } = await runTool(
-    {
-      tool: 'write_pr',
-      args: {
-        branch: 'clawgate/fix-readme',
-        message: 'Fix the readme',
-        files: [{ path: 'docs/NOTE.md', content: 'a note; $(rm -rf /)\n' }],
-      },
-    },
-    ctx,
-  );
-  assert.equal(record.exit_status, 0, output ?? '');
-  assert.match(output ?? '', /Subject: \[PATCH\] Fix the readme/);
-  assert.match(output ?? '', /\+a note; \$\(rm -rf \/\)/);
-  assert.equal(
-    execFileSync('git', ['-C', ctx.workspace, 'branch', '--show-current'], { encoding: 'utf8' }).trim(),
-    'clawgate/fix-readme',
-  );
-
-  // With a remote configured, the branch is pushed there: the pull request to review.
-  const remote = mkdtempSync(join(tmpdir(), 'clawgate-remote-'));
-  execFileSync('git', ['init', '-q', '--bare', remote]);
-  const pushed = await runTool(
-    {
-      tool: 'write_pr',
-      args: { branch: 'clawgate/second', message: 'Second', files: [{ path: 'b.txt', content: 'b' }] },
-    },
-    { ...ctx, prRemote: remote },
-  );
-  assert.match(pushed.output ?? '', /pushed clawgate\/second to /);
-  assert.match(
-    execFileSync('git', ['-C', remote, 'branch', '--list'], { encoding: 'utf8' }),
-    /clawgate\/second/,
-  );
-
-  const ro = await toolContext({ workspace: ctx.workspace });
-  const refused = await runTool(
-    { tool: 'write_pr', args: { branch: 'x', message: 'm', files: [{ path: 'a', content: 'b' }] } },
-    ro,
-  );
-  assert.notEqual(refused.record.exit_status, 0, 'a read-only workspace cannot be committed to');
 });
 
 test('http: a listed host answers; an unlisted one is refused before any connection', async () => {
