@@ -179,9 +179,19 @@ async function supervise(
   return { exitCode, signal, stdout: await stdout, stderr: await stderr, timedOut, outputTruncated };
 }
 
-/** Joins the cgroup (one or two cgroup.procs files), then execs the rest of its arguments. */
+/**
+ * Joins the cgroup (one or two cgroup.procs files), then execs the rest of its arguments with
+ * an empty environment: bwrap stays in the sandbox as its PID 1, and a step can read that
+ * process's environment and command line.
+ */
 const JOIN_CGROUP =
-  'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; exec "$@"';
+  'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; exec /usr/bin/env -i "$@"';
+
+/**
+ * bwrap's own arguments, which name host paths (the workspace's), go through a pipe (`--args`)
+ * rather than its command line, which a step reads as /proc/1/cmdline.
+ */
+const ARGS_FD = 3;
 
 export function bubblewrapSandbox(bwrapPath: string): Sandbox {
   return {
@@ -207,6 +217,11 @@ export function bubblewrapSandbox(bwrapPath: string): Sandbox {
         );
       }
       const started = performance.now();
+      // The options (mounts, environment) through the pipe; bwrap takes the command itself
+      // (the limits and the step's own argv, nothing of the host) on its command line.
+      const all = bubblewrapArgs(cmd);
+      const options = all.slice(0, all.indexOf('--'));
+      const command = all.slice(all.indexOf('--'));
       try {
         const child = spawn(
           '/bin/sh',
@@ -217,10 +232,18 @@ export function bubblewrapSandbox(bwrapPath: string): Sandbox {
             String(cgroup.procsFiles.length),
             ...cgroup.procsFiles,
             bwrapPath,
-            ...bubblewrapArgs(cmd),
+            '--args',
+            String(ARGS_FD),
+            ...command,
           ],
-          { stdio: [cmd.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: {}, cwd: '/' },
+          // From /, so no host folder is the sandbox's PID 1's working directory.
+          { stdio: [cmd.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe', 'pipe'], env: {}, cwd: '/' },
         );
+        const argsPipe = child.stdio[ARGS_FD] as NodeJS.WritableStream & {
+          on(e: 'error', f: () => void): void;
+        };
+        argsPipe.on('error', () => {});
+        argsPipe.end(Buffer.from(options.map((a) => `${a}\0`).join(''), 'utf8'));
         const result = await supervise(child, limits, cmd.stdin);
         return {
           ...result,

@@ -130,6 +130,27 @@ test("the parent's environment variables do not reach the sandbox", async () => 
   );
 });
 
+test("nothing of the host shows in the sandbox's processes: bwrap's command line, environment and folders", async () => {
+  process.env['CLAWGATE_TEST_SECRET'] = 'parent-secret-value';
+  const ctx = await toolContext({ policy: execPolicy, tools: ['exec'] });
+  const script = [
+    'for p in /proc/[0-9]*; do',
+    '  echo "== $p"; tr "\\0" " " < $p/cmdline; echo; tr "\\0" "\\n" < $p/environ',
+    '  readlink $p/cwd $p/root $p/exe',
+    'done',
+    'cat /proc/self/cgroup',
+  ].join('\n');
+  const { record, output } = await runTool({ tool: 'exec', args: { argv: ['sh', '-c', script] } }, ctx);
+  assert.equal(record.exit_status, 0, output ?? '');
+  const text = output ?? '';
+  // PID 1 is bwrap's reaper: its arguments came through a pipe, its environment is empty.
+  assert.match(text, /^== \/proc\/1\n\/usr\/bin\/bwrap --args 3 -- \/usr\/bin\/prlimit /m);
+  for (const host of [ctx.workspace, process.cwd(), 'parent-secret-value', '--bind', '--setenv']) {
+    assert.equal(text.includes(host), false, `${host} shows in the sandbox:\n${text}`);
+  }
+  assert.match(text, /^0::\/$/m, 'the cgroup is shown as the root of its own namespace');
+});
+
 test('a memory hog is stopped by the memory limit', async () => {
   const { record } = await exec(['python3', '-c', 'x = bytearray(512 * 1024 * 1024); print(len(x))']);
   assert.notEqual(record.exit_status, 0);
