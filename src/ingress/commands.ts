@@ -165,7 +165,7 @@ export type MessageReading =
    */
   | { kind: 'skip'; why: string; msgtype?: string; body?: string }
   /** An edit; its new text is kept only to explain, if it holds a command, that edits do not count. */
-  | { kind: 'edit'; newText: string }
+  | { kind: 'edit'; newText: string; target?: string }
   | {
       kind: 'message';
       /** The text without the quoted part of a reply and without a leading mention of the bot. */
@@ -204,7 +204,10 @@ export function readMessage(content: unknown, bot: { userId: string }): MessageR
   const relates = isRecord(content['m.relates_to']) ? content['m.relates_to'] : undefined;
   if (relates?.['rel_type'] === 'm.replace') {
     const next = isRecord(content['m.new_content']) ? content['m.new_content']['body'] : content['body'];
-    return { kind: 'edit', newText: typeof next === 'string' ? next : '' };
+    const target = relates['event_id'];
+    return typeof target === 'string'
+      ? { kind: 'edit', newText: typeof next === 'string' ? next : '', target }
+      : { kind: 'edit', newText: typeof next === 'string' ? next : '' };
   }
   const msgtype = content['msgtype'];
   const body = content['body'];
@@ -248,6 +251,11 @@ export type CommandReading = { threadRoot?: string } & (
   | { kind: 'not-counted'; reason: string }
   /** A command word with bad arguments. */
   | { kind: 'invalid'; error: string }
+  /**
+   * An edit that holds no command, of the message `target`: if that message was a command, the
+   * room now shows something else than what was acted on, and the sender is told it stands.
+   */
+  | { kind: 'edit'; target: string }
   | {
       kind: 'command';
       command: Command;
@@ -346,7 +354,9 @@ export function readCommand(
   }
   if (reading.kind === 'edit') {
     const edited = parseCommand(reading.newText.replace(/^\*\s*/, ''), words);
-    if (edited?.ok !== true || edited.command.kind === 'help') return { kind: 'none' };
+    if (edited?.ok !== true || edited.command.kind === 'help') {
+      return reading.target === undefined ? { kind: 'none' } : { kind: 'edit', target: reading.target };
+    }
     return {
       kind: 'not-counted',
       reason: 'an edit is not read as a command; send the command as a new message.',

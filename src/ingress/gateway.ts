@@ -832,6 +832,7 @@ export class GatewayAccount {
       ...(reading.threadRoot ? { threadRoot: reading.threadRoot } : {}),
       ...(senderDeviceVerified !== undefined ? { senderDeviceVerified } : {}),
     };
+    if (reading.kind === 'edit') return await this.answerEditOfCommand(ctx, reading.target, words);
     if (reading.kind === 'not-counted' || reading.kind === 'invalid') {
       this.stats.refusedEvents += 1;
       await this.reply(ctx, `${sender}: ${reading.kind === 'invalid' ? reading.error : reading.reason}`);
@@ -853,6 +854,39 @@ export class GatewayAccount {
       return false;
     }
     return await this.dispatch(ctx, command, words, evidence);
+  }
+
+  /**
+   * An edit changes what the room shows of a message, not what clawgate read in it: when the
+   * edited message was a command, its sender is told the original stands and how to withdraw.
+   */
+  private async answerEditOfCommand(ctx: EventContext, target: string, words: CommandWords): Promise<false> {
+    let original: IRoomEvent;
+    try {
+      original = (await this.matrix.fetchRoomEvent(ctx.roomId, target)) as IRoomEvent;
+    } catch {
+      return false; // not visible to the bot: nothing it read
+    }
+    if (original.sender !== ctx.sender) return false; // clients show no edit by someone else
+    let content: unknown = original.content;
+    if (original.type === 'm.room.encrypted') {
+      const clear = await this.decrypt(ctx.roomId, original);
+      if (!clear) return false;
+      content = clear.content;
+    } else if (original.type !== 'm.room.message') return false;
+    const read = readCommand(content, { userId: this.userId }, words);
+    if (read.kind !== 'command' || read.mismatch !== undefined) return false;
+    const { kind } = read.command;
+    if (kind !== 'approve' && kind !== 'deny' && kind !== 'cancel' && kind !== 'request') return false;
+    this.stats.refusedEvents += 1;
+    const withdraw = kind === 'approve' ? `; to withdraw an approval, send ${words.deny} or !cancel` : '';
+    const shown =
+      read.evidence.shown.length > 80 ? `${read.evidence.shown.slice(0, 77)}...` : read.evidence.shown;
+    await this.reply(
+      ctx,
+      `${ctx.sender}: an edit does not change a command clawgate has read: "${shown}" stands as first sent (the job's evidence keeps it)${withdraw}.`,
+    );
+    return false;
   }
 
   private async dispatch(

@@ -453,7 +453,21 @@ test('spoofing from the room is refused and explained; the genuine approval then
     (await botMessages(user, room1, botA.userId, (e) => relOf(e).event_id === elsewhere)).length,
     0,
   );
-  const { digest } = await approveAndFinish(user, room1, botA.userId, eventId);
+  const { digest, approval } = await approveAndFinish(user, room1, botA.userId, eventId);
+  // The approval edited afterwards to say the opposite: the sender is told the original stands.
+  const reversal = await send(approver, room1, '* I do NOT approve', {
+    content: {
+      'm.new_content': { msgtype: 'm.text', body: 'I do NOT approve' },
+      'm.relates_to': { rel_type: 'm.replace', event_id: approval },
+    },
+  });
+  await botSays(
+    user,
+    room1,
+    botA.userId,
+    reversal,
+    /an edit does not change a command clawgate has read: "!approve" stands as first sent \(the job's evidence keeps it\); to withdraw an approval, send !deny or !cancel/,
+  );
   const bundle = bundleOf(digest);
   type Attempt = {
     body: {

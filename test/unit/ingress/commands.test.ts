@@ -113,7 +113,7 @@ test('reading a message: quotes dropped, edits and notices apart, threads and me
       },
       bot,
     ),
-    { kind: 'edit', newText: '!approve' },
+    { kind: 'edit', newText: '!approve', target: '$x' },
   );
   assert.equal(readMessage({ msgtype: 'm.notice', body: '!approve' }, bot).kind, 'skip');
   assert.equal(readMessage({ msgtype: 'm.image', body: '!approve' }, bot).kind, 'skip');

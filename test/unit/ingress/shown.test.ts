@@ -220,6 +220,19 @@ test('edits and bad arguments read as before', () => {
     ),
     { kind: 'not-counted', reason: 'an edit is not read as a command; send the command as a new message.' },
   );
+  // An edit with no command in it names the message it edits, whose command may now read otherwise.
+  assert.deepEqual(
+    readCommand(
+      {
+        msgtype: 'm.text',
+        body: '* I do NOT approve',
+        'm.new_content': { msgtype: 'm.text', body: 'I do NOT approve' },
+        'm.relates_to': { rel_type: 'm.replace', event_id: '$approval' },
+      },
+      bot,
+    ),
+    { kind: 'edit', target: '$approval' },
+  );
   const bad = readCommand({ msgtype: 'm.text', body: '!approve what' }, bot);
   assert.equal(bad.kind, 'invalid');
   const plain = readCommand({ msgtype: 'm.text', body: `!approve ${JOB}` }, bot);
@@ -252,7 +265,9 @@ test('no content makes the reading throw', () => {
         { msgtype: 'm.text', body, 'm.text': extra },
       ];
       for (const content of contents) {
-        assert.ok(['none', 'not-counted', 'invalid', 'command'].includes(readCommand(content, bot).kind));
+        assert.ok(
+          ['none', 'not-counted', 'invalid', 'command', 'edit'].includes(readCommand(content, bot).kind),
+        );
       }
     }),
   );
