@@ -3,7 +3,7 @@
 // since only the workspace is mounted in the sandbox, a symlink that points out of it finds
 // nothing there to read.
 import { z } from 'zod';
-import { SANDBOX_WORKSPACE } from '../sandbox/bubblewrap.ts';
+import { SANDBOX_WORKSPACE, type SandboxCommand, type SandboxResult } from '../sandbox/bubblewrap.ts';
 import { GIT_IDENTITY, pushBranch } from './git-push.ts';
 import { policyLimits, type ToolContext, type ToolDefinition, type ToolOutput } from './types.ts';
 
@@ -15,28 +15,33 @@ export const workspacePath = z
   .refine((p) => !p.split('/').includes('..'), 'may not contain ".." (it would leave the workspace)')
   .refine((p) => !p.includes('\0'), 'may not contain NUL');
 
+/** Runs one sandbox command for a tool: its output as the tool reports it, and the raw result. */
+async function runSandboxed(
+  ctx: ToolContext,
+  cmd: Omit<SandboxCommand, 'limits'>,
+): Promise<{ tool: ToolOutput; raw: SandboxResult }> {
+  const full: SandboxCommand = { ...cmd, limits: policyLimits(ctx.policy) };
+  const r = await ctx.sandbox.run(full);
+  return {
+    raw: r,
+    tool: {
+      exitStatus: r.exitCode,
+      signal: r.signal,
+      output: r.exitCode === 0 ? r.stdout : `${r.stdout}${r.stderr}`,
+      timedOut: r.timedOut,
+      outputTruncated: r.outputTruncated,
+      sandboxProfile: ctx.sandbox.profile(full),
+    },
+  };
+}
+
 async function inSandbox(
   ctx: ToolContext,
   argv: string[],
   access: 'none' | 'ro' | 'rw',
   env: Record<string, string> = {},
 ): Promise<ToolOutput> {
-  const cmd = {
-    workspace: ctx.workspace,
-    workspaceAccess: access,
-    argv,
-    env,
-    limits: policyLimits(ctx.policy),
-  };
-  const r = await ctx.sandbox.run(cmd);
-  return {
-    exitStatus: r.exitCode,
-    signal: r.signal,
-    output: r.exitCode === 0 ? r.stdout : `${r.stdout}${r.stderr}`,
-    timedOut: r.timedOut,
-    outputTruncated: r.outputTruncated,
-    sandboxProfile: ctx.sandbox.profile(cmd),
-  };
+  return (await runSandboxed(ctx, { workspace: ctx.workspace, workspaceAccess: access, argv, env })).tool;
 }
 
 /** The policy's workspace access, never more than the tool needs. */
@@ -224,23 +229,13 @@ export const writePrTool: ToolDefinition<typeof writePrArgs> = {
         return [Buffer.from(`blob\nmark :${i + 1}\ndata ${bytes.length}\n`), bytes, Buffer.from('\n')];
       }),
     );
-    const cmd = {
+    const { tool: result, raw: r } = await runSandboxed(ctx, {
       workspace: ctx.workspace,
       workspaceAccess: access(ctx, 'rw'),
       argv: ['sh', '-c', WRITE_PR_SCRIPT],
       env,
       stdin: Buffer.concat([blobs, Buffer.from('done\n')]),
-      limits: policyLimits(ctx.policy),
-    };
-    const r = await ctx.sandbox.run(cmd);
-    const result: ToolOutput = {
-      exitStatus: r.exitCode,
-      signal: r.signal,
-      output: r.exitCode === 0 ? r.stdout : `${r.stdout}${r.stderr}`,
-      timedOut: r.timedOut,
-      outputTruncated: r.outputTruncated,
-      sandboxProfile: ctx.sandbox.profile(cmd),
-    };
+    });
     if (result.exitStatus !== 0 || !ctx.prRemote) return result;
     const made = /write_pr base=(\S+) commit=(\S+)\s*$/.exec(r.stderr);
     const fail = (why: string): ToolOutput => ({

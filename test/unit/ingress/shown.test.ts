@@ -208,31 +208,21 @@ test('commands come from m.text only: an emote or a file named like a command is
 });
 
 test('edits and bad arguments read as before', () => {
-  assert.deepEqual(
-    readCommand(
-      {
-        msgtype: 'm.text',
-        body: '* !approve',
-        'm.new_content': { msgtype: 'm.text', body: '!approve' },
-        'm.relates_to': { rel_type: 'm.replace', event_id: '$x' },
-      },
-      bot,
-    ),
-    { kind: 'not-counted', reason: 'an edit is not read as a command; send the command as a new message.' },
-  );
+  const edit = (body: string, target: string) => ({
+    msgtype: 'm.text',
+    body: `* ${body}`,
+    'm.new_content': { msgtype: 'm.text', body },
+    'm.relates_to': { rel_type: 'm.replace', event_id: target },
+  });
+  assert.deepEqual(readCommand(edit('!approve', '$x'), bot), {
+    kind: 'not-counted',
+    reason: 'an edit is not read as a command; send the command as a new message.',
+  });
   // An edit with no command in it names the message it edits, whose command may now read otherwise.
-  assert.deepEqual(
-    readCommand(
-      {
-        msgtype: 'm.text',
-        body: '* I do NOT approve',
-        'm.new_content': { msgtype: 'm.text', body: 'I do NOT approve' },
-        'm.relates_to': { rel_type: 'm.replace', event_id: '$approval' },
-      },
-      bot,
-    ),
-    { kind: 'edit', target: '$approval' },
-  );
+  assert.deepEqual(readCommand(edit('I do NOT approve', '$approval'), bot), {
+    kind: 'edit',
+    target: '$approval',
+  });
   const bad = readCommand({ msgtype: 'm.text', body: '!approve what' }, bot);
   assert.equal(bad.kind, 'invalid');
   const plain = readCommand({ msgtype: 'm.text', body: `!approve ${JOB}` }, bot);
