@@ -384,7 +384,7 @@ export function readCommand(
     }
   }
   shown.push(...shownAlternatives(record));
-  if (BIDI_CONTROLS.test(String(record['body']))) {
+  if ([String(record['body']), ...shown.map((a) => a.text)].some((t) => BIDI_CONTROLS.test(t))) {
     mismatches.push('it holds bidirectional control characters, which reorder the text on screen');
   }
   for (const alternative of shown) {

@@ -113,6 +113,12 @@ test('extensible-event text that differs from the body, and bidirectional contro
     mismatchOf(readCommand({ msgtype: 'm.text', body: '!claw delete \u202eelif terces' }, bot)) ?? '',
     /bidirectional control characters/,
   );
+  assert.match(
+    mismatchOf(
+      readCommand(html('!claw delete the secret file', '!claw delete \u202eelif terces eht'), bot),
+    ) ?? '',
+    /bidirectional control characters/,
+  );
   // The same text there is fine.
   assert.equal(
     mismatchOf(
