@@ -4,7 +4,7 @@
 // (what bots post) are ignored, commands come from `m.text` messages only (not emotes), and a
 // command counts only when what the room shows (a formatted body, say) says the same.
 import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
-import { BIDI_CONTROLS, MATRIX_HTML_FORMAT, sameWords, shownHtml } from './displayed.ts';
+import { BIDI_CONTROLS, clip, MATRIX_HTML_FORMAT, sameWords, shownHtml } from './displayed.ts';
 import { isJobRef } from './job-ids.ts';
 
 export type Command =
@@ -189,6 +189,14 @@ export function stripQuote(body: string): { text: string; quoted: string } {
   return { text: lines.slice(i).join('\n').trim(), quoted };
 }
 
+/** The root of the thread a message was sent in, if its relation names one. */
+function threadOf(content: unknown): { threadRoot?: string } {
+  const relates = isRecord(content) && isRecord(content['m.relates_to']) ? content['m.relates_to'] : {};
+  return relates['rel_type'] === 'm.thread' && typeof relates['event_id'] === 'string'
+    ? { threadRoot: relates['event_id'] }
+    : {};
+}
+
 /** A typed mention of the bot at the start (`@clawgate: do this`), removed. */
 function stripMention(text: string, bot: { userId: string }): { text: string; mentioned: boolean } {
   const localpart = bot.userId.slice(1).split(':')[0] ?? '';
@@ -220,10 +228,7 @@ export function readMessage(content: unknown, bot: { userId: string }): MessageR
       : { kind: 'skip', why: `msgtype ${String(msgtype)}` };
   }
   if (typeof body !== 'string') return { kind: 'skip', why: 'body is not text' };
-  const threadRoot =
-    relates?.['rel_type'] === 'm.thread' && typeof relates['event_id'] === 'string'
-      ? relates['event_id']
-      : undefined;
+  const { threadRoot } = threadOf(content);
   const { text: unquoted, quoted } = stripQuote(body);
   const mentions = isRecord(content['m.mentions']) ? content['m.mentions']['user_ids'] : undefined;
   const typed = stripMention(unquoted, bot);
@@ -336,11 +341,7 @@ export function readCommand(
   words: CommandWords = DEFAULT_COMMAND_WORDS,
 ): CommandReading {
   const reading = readMessage(content, bot);
-  const relates = isRecord(content) && isRecord(content['m.relates_to']) ? content['m.relates_to'] : {};
-  const thread =
-    relates['rel_type'] === 'm.thread' && typeof relates['event_id'] === 'string'
-      ? { threadRoot: relates['event_id'] }
-      : {};
+  const thread = threadOf(content);
   if (reading.kind === 'skip') {
     if (reading.body === undefined || reading.msgtype === undefined) return { kind: 'none' };
     const looks = parseCommand(reading.body.replace(/^\*\s*/, ''), words);
@@ -391,7 +392,7 @@ export function readCommand(
     const typed = stripMention(alternative.text, bot);
     const displayed = parseCommand(typed.text, words, reading.mentioned || typed.mentioned);
     if (sameCommand(parsed, displayed)) continue;
-    const says = typed.text.length > 80 ? `${typed.text.slice(0, 77)}...` : typed.text;
+    const says = clip(typed.text);
     mismatches.push(
       parsed === null
         ? `${alternative.what} shows a command ("${says}") that the plain body does not hold`

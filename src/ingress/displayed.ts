@@ -127,3 +127,8 @@ export function sameWords(a: string, b: string): boolean {
       .replace(/[^\p{L}\p{N}]+/gu, '');
   return words(a) === words(b);
 }
+
+/** A text cut to `max` characters for a reply, with "..." where it was cut. */
+export function clip(text: string, max = 80): string {
+  return text.length > max ? `${text.slice(0, max - 3)}...` : text;
+}

@@ -66,6 +66,7 @@ import {
   type CommandEvidence,
   type CommandWords,
 } from './commands.ts';
+import { clip } from './displayed.ts';
 import { matrixTaskQueueOf, type AccountConfig, type GatewayConfig } from './config.ts';
 import { shortJobId, SHORT_JOB_ID } from './job-ids.ts';
 import { createMatrixActivities, threadRelation } from './matrix-io.ts';
@@ -880,11 +881,9 @@ export class GatewayAccount {
     if (kind !== 'approve' && kind !== 'deny' && kind !== 'cancel' && kind !== 'request') return false;
     this.stats.refusedEvents += 1;
     const withdraw = kind === 'approve' ? `; to withdraw an approval, send ${words.deny} or !cancel` : '';
-    const shown =
-      read.evidence.shown.length > 80 ? `${read.evidence.shown.slice(0, 77)}...` : read.evidence.shown;
     await this.reply(
       ctx,
-      `${ctx.sender}: an edit does not change a command clawgate has read: "${shown}" stands as first sent (the job's evidence keeps it)${withdraw}.`,
+      `${ctx.sender}: an edit does not change a command clawgate has read: "${clip(read.evidence.shown)}" stands as first sent (the job's evidence keeps it)${withdraw}.`,
     );
     return false;
   }

@@ -220,8 +220,9 @@ export function bubblewrapSandbox(bwrapPath: string): Sandbox {
       // The options (mounts, environment) through the pipe; bwrap takes the command itself
       // (the limits and the step's own argv, nothing of the host) on its command line.
       const all = bubblewrapArgs(cmd);
-      const options = all.slice(0, all.indexOf('--'));
-      const command = all.slice(all.indexOf('--'));
+      const split = all.indexOf('--');
+      const options = all.slice(0, split);
+      const command = all.slice(split);
       try {
         const child = spawn(
           '/bin/sh',

@@ -89,7 +89,8 @@ function quotePath(path: string): string {
   return `"${path.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
 }
 
-function data(text: string): Buffer {
+/** One `data` command of a fast-import stream: the exact byte count, the bytes, a newline. */
+export function fastImportData(text: string): Buffer {
   const bytes = Buffer.from(text, 'utf8');
   return Buffer.concat([Buffer.from(`data ${bytes.length}\n`), bytes, Buffer.from('\n')]);
 }
@@ -99,11 +100,11 @@ export function commitStream(req: PushRequest, ref: string): Buffer {
   const who = `${GIT_IDENTITY.name} <${GIT_IDENTITY.email}> ${req.time} +0000`;
   const parts: Buffer[] = [
     Buffer.from(`commit ${ref}\nauthor ${who}\ncommitter ${who}\n`),
-    data(req.message),
+    fastImportData(req.message),
   ];
   if (req.base) parts.push(Buffer.from(`from ${req.base}\n`));
   for (const file of req.files) {
-    parts.push(Buffer.from(`M 100644 inline ${quotePath(file.path)}\n`), data(file.content));
+    parts.push(Buffer.from(`M 100644 inline ${quotePath(file.path)}\n`), fastImportData(file.content));
   }
   parts.push(Buffer.from('done\n'));
   return Buffer.concat(parts);

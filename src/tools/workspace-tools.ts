@@ -4,7 +4,7 @@
 // nothing there to read.
 import { z } from 'zod';
 import { SANDBOX_WORKSPACE, type SandboxCommand, type SandboxResult } from '../sandbox/bubblewrap.ts';
-import { GIT_IDENTITY, pushBranch } from './git-push.ts';
+import { fastImportData, GIT_IDENTITY, pushBranch } from './git-push.ts';
 import { policyLimits, type ToolContext, type ToolDefinition, type ToolOutput } from './types.ts';
 
 export const workspacePath = z
@@ -187,15 +187,10 @@ const WRITE_PR_SCRIPT = [
   '  i=$((i+1))',
   'done',
   'tree=$(g write-tree)',
-  'if [ -n "$base" ]; then',
-  '  commit=$(printf "%s" "$MESSAGE" | g commit-tree "$tree" -p "$base")',
-  '  g update-ref "refs/heads/$BRANCH" "$commit" ""',
-  '  g format-patch -1 --stdout "$commit"',
-  'else',
-  '  commit=$(printf "%s" "$MESSAGE" | g commit-tree "$tree")',
-  '  g update-ref "refs/heads/$BRANCH" "$commit" ""',
-  '  g format-patch -1 --root --stdout "$commit"',
-  'fi',
+  'if [ -n "$base" ]; then set -- -p "$base"; root=; else set --; root=--root; fi',
+  'commit=$(printf "%s" "$MESSAGE" | g commit-tree "$tree" "$@")',
+  'g update-ref "refs/heads/$BRANCH" "$commit" ""',
+  'g format-patch -1 $root --stdout "$commit"',
   'echo "write_pr base=${base:-none} commit=$commit" >&2',
 ].join('\n');
 
@@ -206,15 +201,14 @@ export const writePrTool: ToolDefinition<typeof writePrArgs> = {
   args: writePrArgs,
   run: async (args, ctx) => {
     const time = Math.floor(Date.now() / 1000);
-    const who = `${GIT_IDENTITY.name}`;
     // Data reaches the script through the environment and stdin, never through the shell text.
     const env: Record<string, string> = {
       BRANCH: args.branch,
       MESSAGE: args.message,
       COUNT: String(args.files.length),
-      GIT_AUTHOR_NAME: who,
+      GIT_AUTHOR_NAME: GIT_IDENTITY.name,
       GIT_AUTHOR_EMAIL: GIT_IDENTITY.email,
-      GIT_COMMITTER_NAME: who,
+      GIT_COMMITTER_NAME: GIT_IDENTITY.name,
       GIT_COMMITTER_EMAIL: GIT_IDENTITY.email,
       GIT_AUTHOR_DATE: `@${time} +0000`,
       GIT_COMMITTER_DATE: `@${time} +0000`,
@@ -224,10 +218,7 @@ export const writePrTool: ToolDefinition<typeof writePrArgs> = {
       env[`FILE_PATH_${i}`] = f.path;
     });
     const blobs = Buffer.concat(
-      args.files.flatMap((f, i) => {
-        const bytes = Buffer.from(f.content, 'utf8');
-        return [Buffer.from(`blob\nmark :${i + 1}\ndata ${bytes.length}\n`), bytes, Buffer.from('\n')];
-      }),
+      args.files.flatMap((f, i) => [Buffer.from(`blob\nmark :${i + 1}\n`), fastImportData(f.content)]),
     );
     const { tool: result, raw: r } = await runSandboxed(ctx, {
       workspace: ctx.workspace,
