@@ -57,6 +57,14 @@ export const ERROR_CODES = {
   toolArgumentsInvalid: 'TOOL_ARGUMENTS_INVALID',
   toolUnknown: 'TOOL_UNKNOWN',
   egressDenied: 'EGRESS_DENIED',
+  // Job workspaces
+  workspaceSourceInvalid: 'WORKSPACE_SOURCE_INVALID',
+  workspaceRefNotFound: 'WORKSPACE_REF_NOT_FOUND',
+  workspaceCloneFailed: 'WORKSPACE_CLONE_FAILED',
+  // The agent loop
+  toolNotOffered: 'TOOL_NOT_OFFERED',
+  toolCallInterrupted: 'TOOL_CALL_INTERRUPTED',
+  toolCallBudgetExhausted: 'TOOL_CALL_BUDGET_EXHAUSTED',
   // Gateway
   configInvalid: 'CONFIG_INVALID',
   portInUse: 'PORT_IN_USE',

@@ -14,6 +14,7 @@ import type { FilePolicyRegistry } from '../policy/registry.ts';
 import { registryPolicyReader } from '../proxy/token-check.ts';
 import type { Sandbox } from '../sandbox/bubblewrap.ts';
 import type {
+  AgentPlan,
   BundleEntryInput,
   ControlState,
   JobRef,
@@ -26,6 +27,10 @@ import type {
 import { mintCapabilityToken, verifyCapabilityToken } from '../tokens/cst.ts';
 import { freshRevocationCheck, type RevocationStore } from '../tokens/revocations.ts';
 import { runTool } from '../tools/runner.ts';
+import { EvidenceStore } from '../evidence/store.ts';
+import { wpcSchema } from '../policy/wpc.ts';
+import { prepareJobWorkspace, removeJobWorkspace } from '../workspace/workspaces.ts';
+import { createAgentActivities } from './agent-activities.ts';
 
 export interface JobActivityDeps {
   registry: FilePolicyRegistry;
@@ -37,6 +42,16 @@ export interface JobActivityDeps {
   sandbox: Sandbox;
   /** The host folder a job's tools work in. */
   workspaceFor: (job: JobRef) => string;
+  /**
+   * Where jobs' own workspaces are made (each fresh from the source, removed after the job);
+   * `workspaceFor` must then name the same folders. Absent: `workspaceFor` as it is.
+   */
+  workspaces?: { root: string; source: () => Promise<{ repo: string; ref: string }> };
+  /** The jobs' evidence stores (tool outputs, conversations, tool-call claims). */
+  evidence?: EvidenceStore;
+  /** Where write_pr pushes, and the worker's own repository it pushes from. */
+  prRemote?: string;
+  pushRepo?: string;
   bundleDir: string;
   /** The operators' controls (read-only mode, approval freeze); normal when absent. */
   controlState?: () => ControlState | Promise<ControlState>;
@@ -71,6 +86,10 @@ function nonRetryable(type: string, message: string): ApplicationFailure {
 
 export function createJobActivities(deps: JobActivityDeps) {
   const policyByHash = registryPolicyReader(deps.registry);
+  const agent = createAgentActivities(
+    { ...deps, evidence: deps.evidence ?? new EvidenceStore(join(deps.bundleDir, '..', 'evidence')) },
+    policyByHash,
+  );
   const tokenJwks = (): ReturnType<typeof publicJwks> => publicJwks(deps.keysDir, ['token']);
 
   async function callProxy(token: string, messages: Array<{ role: string; content: string }>, model: string) {
@@ -159,6 +178,7 @@ export function createJobActivities(deps: JobActivityDeps) {
   }
 
   return {
+    ...agent,
     resolvePolicy(input: { channel: string }): Promise<PinnedPolicy> {
       const hash = deps.registry.activeHash(input.channel);
       if (!hash) {
@@ -186,6 +206,9 @@ export function createJobActivities(deps: JobActivityDeps) {
           allowedModels: wpc.model_access.allowed_models,
           allowedTools: wpc.execution.tools.allow,
           deniedTools: wpc.execution.tools.deny,
+          mode: wpc.execution.mode ?? 'plan',
+          // An agent policy without an agent block has the defaults.
+          agent: wpcSchema.shape.execution.shape.agent.unwrap().parse(wpc.execution.agent ?? {}),
         },
       });
     },
@@ -285,6 +308,11 @@ export function createJobActivities(deps: JobActivityDeps) {
       return { ok: true, plan, planHash: canonicalHash(plan), planningToken: token, receipts };
     },
 
+    /** The name of an agent plan: SHA-256 of its canonical JSON (what the approver approves). */
+    hashPlan(input: { plan: AgentPlan }): Promise<string> {
+      return Promise.resolve(canonicalHash(input.plan));
+    },
+
     async readControlState(): Promise<ControlState> {
       return (await deps.controlState?.()) ?? { readOnly: false, approvalsFrozen: false };
     },
@@ -297,21 +325,80 @@ export function createJobActivities(deps: JobActivityDeps) {
       tools: string[];
       approvers: string[];
       eventIds: string[];
-    }): Promise<{ token: string; jti: string }> {
+      /** Agent mode: the one model of the loop, and the job's model-call budget. */
+      models?: string[];
+      modelCalls?: number;
+    }): Promise<{ token: string; jti: string; exp: number }> {
       const { token, claims } = await mintCapabilityToken(
         {
           purpose: 'execution',
           job: input.job,
           roomId: input.roomId,
-          scope: { tools: input.tools, models: input.policy.rules.allowedModels },
+          scope: { tools: input.tools, models: input.models ?? input.policy.rules.allowedModels },
           planHash: input.planHash,
           approval: { approvers: input.approvers, eventIds: input.eventIds },
           ...(input.policy.rules.pinPolicyHash ? { wpcHash: input.policy.hash } : {}),
+          ...(input.modelCalls !== undefined ? { budget: { modelCalls: input.modelCalls } } : {}),
           ttlSeconds: input.policy.rules.tokenTtlSeconds,
         },
         loadSigner(deps.keysDir, 'token'),
       );
-      return { token, jti: claims.jti };
+      return { token, jti: claims.jti, exp: claims.exp };
+    },
+
+    /**
+     * Agent mode: the planning token (the read-only tools, the planning model, the planning
+     * budget) and which model plans and works.
+     */
+    async mintPlanningToken(input: {
+      job: JobRef;
+      roomId: string;
+      policy: PinnedPolicy;
+      tools: string[];
+      modelCalls: number;
+    }): Promise<{ token: string; model: string }> {
+      const model = deps.planningModel;
+      if (!input.policy.rules.allowedModels.includes(model)) {
+        throw nonRetryable(
+          'PLANNING_MODEL_NOT_ALLOWED',
+          `the planning model ${model} is not allowed by the policy`,
+        );
+      }
+      const { token } = await mintCapabilityToken(
+        {
+          purpose: 'planning',
+          job: input.job,
+          roomId: input.roomId,
+          scope: { tools: input.tools, models: [model] },
+          ...(input.policy.rules.pinPolicyHash ? { wpcHash: input.policy.hash } : {}),
+          budget: { modelCalls: input.modelCalls },
+          ttlSeconds: input.policy.rules.tokenTtlSeconds,
+        },
+        loadSigner(deps.keysDir, 'token'),
+      );
+      return { token, model };
+    },
+
+    /** The job's own workspace, fresh from the configured source (idempotent). */
+    async prepareWorkspace(input: { job: JobRef }): Promise<{ path: string; commit: string | null }> {
+      if (!deps.workspaces) {
+        const path = deps.workspaceFor(input.job);
+        mkdirSync(path, { recursive: true });
+        return { path, commit: null };
+      }
+      const made = await prepareJobWorkspace({
+        root: deps.workspaces.root,
+        workflowId: input.job.workflowId,
+        source: await deps.workspaces.source(),
+      });
+      return made;
+    },
+
+    /** Removes the job's workspace once the job is over (idempotent). */
+    async removeWorkspace(input: { job: JobRef }): Promise<void> {
+      if (deps.workspaces) {
+        await removeJobWorkspace({ root: deps.workspaces.root, workflowId: input.job.workflowId });
+      }
     },
 
     async runStep(input: {
@@ -352,6 +439,8 @@ export function createJobActivities(deps: JobActivityDeps) {
           sandbox: deps.sandbox,
           workspace,
           ...(tokenError ? { tokenError } : {}),
+          ...(deps.prRemote ? { prRemote: deps.prRemote } : {}),
+          ...(deps.pushRepo ? { pushRepo: deps.pushRepo } : {}),
         },
       );
       // http reports the HTTP status; every other tool its exit status.

@@ -87,8 +87,19 @@ export const configSchema = z
          * evicted and replayed from their history when a signal comes.
          */
         maxCachedWorkflows: z.number().int().min(10).max(100_000).default(250),
-        /** The folder the tools work in (read-only or read-write as the policy says). */
-        workspace: z.string().min(1).optional(),
+        /**
+         * Where each job's own workspace is made from: a git repository (a path or a URL) and a
+         * ref (branch, tag or commit). A string is the repository at its HEAD. Default: the demo
+         * repository clawgate makes in the state folder.
+         */
+        workspace: z
+          .union([
+            z.string().min(1),
+            z.object({ source: z.string().min(1), ref: z.string().min(1).default('HEAD') }).strict(),
+          ])
+          .optional(),
+        /** Where write_pr pushes its branches (a repository path or URL); absent: no push. */
+        prRemote: z.string().min(1).optional(),
         sandbox: z
           .object({
             backend: z.enum(['bubblewrap', 'docker']).default('bubblewrap'),
@@ -228,7 +239,16 @@ export function parseConfig(
   const base = opts.baseDir ?? process.cwd();
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
   config.stateDir = abs(config.stateDir);
-  if (config.worker.workspace) config.worker.workspace = abs(config.worker.workspace);
+  // A source that is a path (not a URL) is resolved against the configuration's folder.
+  const localPath = (p: string) => (/^[a-z][a-z0-9+.-]*:\/\//i.test(p) || /^[^/]+@[^/]+:/.test(p) ? p : abs(p));
+  const source = config.worker.workspace;
+  if (source !== undefined) {
+    config.worker.workspace =
+      typeof source === 'string'
+        ? { source: localPath(source), ref: 'HEAD' }
+        : { ...source, source: localPath(source.source) };
+  }
+  if (config.worker.prRemote) config.worker.prRemote = localPath(config.worker.prRemote);
   if (config.policy.initial) config.policy.initial = abs(config.policy.initial);
   if (config.policy.registryDir) config.policy.registryDir = abs(config.policy.registryDir);
   for (const upstream of config.proxy.upstreams ?? []) {
@@ -274,7 +294,14 @@ export function statePaths(config: ClawgateConfig) {
     receipts: resolve(s, 'proxy', 'receipts.log'),
     gateway: resolve(s, 'gateway'),
     demo: resolve(s, 'demo.json'),
-    workspace: config.worker.workspace ?? resolve(s, 'workspace'),
+    /** Jobs' own workspaces, one folder each, removed when the job is over. */
+    workspaces: resolve(s, 'workspaces'),
+    /** The demo repository jobs' workspaces are made from when no source is configured. */
+    demoRepository: resolve(s, 'demo-repo'),
+    /** Jobs' evidence stores: tool outputs, conversations, tool-call claims. */
+    evidence: resolve(s, 'evidence'),
+    /** The worker's own repository write_pr pushes from (no sandbox mounts it). */
+    pushRepo: resolve(s, 'push-repo'),
     temporalDb: resolve(s, 'temporal.db'),
     synapse: resolve(s, 'synapse'),
   };

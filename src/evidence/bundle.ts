@@ -30,6 +30,10 @@ export const ENTRY_TYPES = [
   'token',
   'tool_record',
   'model_receipt',
+  'model_turn',
+  'budget',
+  'answer',
+  'workspace',
   'outcome',
 ] as const;
 export type EntryType = (typeof ENTRY_TYPES)[number];

@@ -71,6 +71,8 @@ export function createMatrixActivities(client: MatrixClient) {
       roomId: string;
       threadRoot: string;
       body: string;
+      /** The same text as HTML (`formatted_body`), for clients that show formatting. */
+      html?: string;
       txnKey: string;
     }): Promise<PostedMessage> {
       return send(
@@ -79,6 +81,7 @@ export function createMatrixActivities(client: MatrixClient) {
         {
           msgtype: 'm.notice',
           body: input.body,
+          ...formatted(input.html),
           'm.relates_to': threadRelation(input.threadRoot),
         },
         input.txnKey,
@@ -93,6 +96,7 @@ export function createMatrixActivities(client: MatrixClient) {
       roomId: string;
       eventId: string;
       body: string;
+      html?: string;
       txnKey: string;
     }): Promise<PostedMessage> {
       return send(
@@ -101,7 +105,8 @@ export function createMatrixActivities(client: MatrixClient) {
         {
           msgtype: 'm.notice',
           body: `* ${input.body}`,
-          'm.new_content': { msgtype: 'm.notice', body: input.body },
+          ...formatted(input.html === undefined ? undefined : `* ${input.html}`),
+          'm.new_content': { msgtype: 'm.notice', body: input.body, ...formatted(input.html) },
           'm.relates_to': { rel_type: 'm.replace', event_id: input.eventId },
         },
         input.txnKey,
@@ -118,6 +123,11 @@ export function createMatrixActivities(client: MatrixClient) {
       );
     },
   };
+}
+
+/** The formatted-body fields of a message, when it has HTML. */
+function formatted(html: string | undefined): Record<string, string> {
+  return html === undefined ? {} : { format: 'org.matrix.custom.html', formatted_body: html };
 }
 
 export type MatrixActivities = ReturnType<typeof createMatrixActivities>;

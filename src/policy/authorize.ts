@@ -5,6 +5,7 @@
 // expiry, revocation, pinning), then authorize, every refusal a decision with its code.
 import { ClawgateError, ERROR_CODES, type ErrorCode } from '../errors.ts';
 import { verifyCapabilityToken, type CstClaims, type VerifyOptions } from '../tokens/cst.ts';
+import { PLANNING_TOOLS } from '../tools/kinds.ts';
 import { wpcHash, type Wpc } from './wpc.ts';
 
 export type Call =
@@ -69,16 +70,18 @@ export function authorize(call: Call, policy: Wpc, token: CstClaims | null | und
     if (!tools.allow.includes(call.tool)) {
       return deny(ERROR_CODES.toolNotAllowedByPolicy, `tool ${call.tool} is not on the policy's allow list`);
     }
-    if (token.purpose !== 'execution') {
+    if (token.purpose !== 'execution' && !PLANNING_TOOLS.includes(call.tool)) {
       return deny(
         ERROR_CODES.planningTokenForTool,
-        'a planning token cannot run tools; the plan must be approved first',
+        `a planning token runs only the read-only tools (${PLANNING_TOOLS.join(', ')}); ${call.tool} waits for the plan's approval`,
       );
     }
     if (!token.scope.tools.includes(call.tool)) {
       return deny(
         ERROR_CODES.toolNotInTokenScope,
-        `tool ${call.tool} is not in this token's scope (the approved plan)`,
+        token.purpose === 'execution'
+          ? `tool ${call.tool} is not in this token's scope (the approved plan)`
+          : `tool ${call.tool} is not in this planning token's scope`,
       );
     }
     return { allow: true };

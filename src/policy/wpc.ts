@@ -108,6 +108,33 @@ export const wpcSchema = z
           .strict(),
         /** Hosts the http tool may reach. Private, loopback and link-local addresses need an explicit entry. */
         egress_allowlist: unique(host, 'egress_allowlist').default([]),
+        /**
+         * How a job works once its plan is approved: `agent`, a loop in which each tool result goes
+         * back to the model, or `plan`, fixed steps with fixed arguments. Absent means `plan`: a
+         * policy signed before the loop existed keeps the meaning it was signed with.
+         */
+        mode: z.enum(['agent', 'plan']).optional(),
+        /** The agent loop's budget per job, and what the model is shown. */
+        agent: z
+          .object({
+            /** Model turns during planning (looking with read-only tools, then the plan). */
+            planning_turns: z.number().int().min(1).max(20).default(4),
+            /** Model turns after approval. The proxy enforces it too, from the job's receipts. */
+            model_turns: z.number().int().min(1).max(500).default(20),
+            tool_calls: z.number().int().min(0).max(2000).default(40),
+            /** Total tokens over the job's model calls, from the receipts' usage. */
+            model_tokens: z.number().int().min(1000).max(100_000_000).default(200_000),
+            wall_seconds: z.number().int().min(10).max(7 * 86_400).default(1800),
+            /** The most of one tool result the model is sent (the whole output is kept as evidence). */
+            tool_result_bytes: z
+              .number()
+              .int()
+              .min(256)
+              .max(1024 * 1024)
+              .default(16 * 1024),
+          })
+          .strict()
+          .optional(),
       })
       .strict(),
     tokens: z

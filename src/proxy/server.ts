@@ -31,6 +31,7 @@ export const PROXY_ERRORS = {
   upstreamTimeout: 'UPSTREAM_TIMEOUT',
   upstreamFailed: 'UPSTREAM_FAILED',
   receiptNotPersisted: 'RECEIPT_NOT_PERSISTED',
+  budgetExhausted: 'MODEL_BUDGET_EXHAUSTED',
 } as const;
 
 /** What a verified token allows a call to do. */
@@ -41,6 +42,8 @@ export interface CallGrant {
   policyHash: string | null;
   /** Models the token's scope names (already intersected with the job's policy by the verifier). */
   models: readonly string[];
+  /** The most model calls the job may have sent upstream (the token's budget claim), if any. */
+  modelCallBudget?: number;
 }
 
 export type TokenCheck =
@@ -84,6 +87,18 @@ class Refusal extends Error {
     this.status = status;
     this.code = code;
     this.reason = reason;
+  }
+}
+
+/** Whether a stored receipt is of a call that was sent upstream (not one refused or abandoned before). */
+function receiptSentUpstream(jws: string): boolean {
+  try {
+    const payload = JSON.parse(Buffer.from(jws.split('.')[1] ?? '', 'base64url').toString('utf8')) as {
+      request_sha256?: unknown;
+    };
+    return typeof payload.request_sha256 === 'string';
+  } catch {
+    return true; // unreadable: counted, so a budget can only be reached sooner
   }
 }
 
@@ -283,6 +298,18 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     await store.append(signed);
   }
 
+  // Model calls each job has sent upstream, counted from its receipts (read once per job from
+  // the store, then kept as calls go out): the budget a token carries is checked against it.
+  const sentUpstream = new Map<string, number>();
+  const upstreamCallsOf = (jobId: string): number => {
+    let count = sentUpstream.get(jobId);
+    if (count === undefined) {
+      count = store.forJob(jobId).filter((r) => receiptSentUpstream(r.jws)).length;
+      sentUpstream.set(jobId, count);
+    }
+    return count;
+  };
+
   async function handleChat(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const receiptId = randomUUID();
     const startedAt = now();
@@ -353,6 +380,16 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
         );
       }
       upstream = found;
+      const used = upstreamCallsOf(grant.workflowId);
+      if (grant.modelCallBudget !== undefined && used >= grant.modelCallBudget) {
+        throw new Refusal(
+          429,
+          PROXY_ERRORS.budgetExhausted,
+          `job ${grant.workflowId} has made ${used} model call(s), its budget is ${grant.modelCallBudget}`,
+        );
+      }
+      // Counted now, before it goes out: two calls at once cannot both take the last one.
+      sentUpstream.set(grant.workflowId, used + 1);
     } catch (error) {
       if (!(error instanceof Refusal) && req.destroyed && !req.complete) {
         // The caller went away while its request was being read: nothing went upstream.
@@ -620,6 +657,15 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
         );
       }
       receipts = store.forJob(job);
+      // `after=<receipt id>`: only the receipts that came after that one (a job's new ones).
+      const after = url.searchParams.get('after');
+      if (after !== null) {
+        const at = receipts.findIndex((r) => r.receiptId === after);
+        if (at === -1) {
+          return sendError(res, 404, PROXY_ERRORS.receiptNotFound, `job ${job} has no receipt ${after}`);
+        }
+        receipts = receipts.slice(at + 1);
+      }
     } else {
       const receipt = store.get(decodeURIComponent(rest.slice(1)));
       if (!receipt) return sendError(res, 404, PROXY_ERRORS.receiptNotFound, `no receipt ${rest.slice(1)}`);

@@ -70,6 +70,7 @@ export function cstVerifier(deps: {
           tokenId: claims.jti,
           policyHash: claims.wpc_hash ?? null,
           models: claims.scope.models.filter((m) => allowed.includes(m)),
+          ...(claims.budget ? { modelCallBudget: claims.budget.model_calls } : {}),
         },
       };
       return check;

@@ -2,7 +2,7 @@
 // worker (job and control workflows, the planning, token, tool and sealing activities) and the
 // gateway. `clawgate start` runs all three in one process next to the embedded servers;
 // `clawgate proxy|worker|gateway` run one each, as the docker-compose services do.
-import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createServer as createNetServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,6 +28,8 @@ import { cstVerifier, registryPolicySource } from '../proxy/token-check.ts';
 import { bubblewrapSandbox, dockerSandbox } from '../sandbox/bubblewrap.ts';
 import { ensurePrivateDir } from '../storage/files.ts';
 import { FileRevocationStore } from '../tokens/revocations.ts';
+import { EvidenceStore } from '../evidence/store.ts';
+import { ensureDemoRepository, jobWorkspacePath } from '../workspace/workspaces.ts';
 
 export const DEMO_MODEL = 'demo-echo';
 
@@ -144,13 +146,13 @@ export async function runWorker(
 ): Promise<RunningWorker> {
   const paths = statePaths(config);
   ensurePrivateDir(paths.bundles);
-  if (!existsSync(paths.workspace)) {
-    mkdirSync(paths.workspace, { recursive: true });
-    writeFileSync(
-      `${paths.workspace}/README.md`,
-      '# demo workspace\n\nTODO: write the docs\nTODO: add tests\n',
-    );
-  }
+  ensurePrivateDir(paths.workspaces);
+  // Each job's workspace is made fresh from this source; the demo has a repository of its own.
+  const configured = config.worker.workspace;
+  const source =
+    configured && typeof configured !== 'string'
+      ? configured
+      : await ensureDemoRepository(paths.demoRepository).then((d) => ({ source: d.repo, ref: d.ref }));
   const sandbox =
     config.worker.sandbox.backend === 'docker'
       ? dockerSandbox()
@@ -163,7 +165,14 @@ export async function runWorker(
     proxyUrl: opts.proxyUrl,
     planningModel: opts.planningModel,
     sandbox,
-    workspaceFor: () => paths.workspace,
+    workspaceFor: (job) => jobWorkspacePath(paths.workspaces, job.workflowId),
+    workspaces: {
+      root: paths.workspaces,
+      source: () => Promise.resolve({ repo: source.source, ref: source.ref }),
+    },
+    evidence: new EvidenceStore(paths.evidence),
+    pushRepo: paths.pushRepo,
+    ...(config.worker.prRemote ? { prRemote: config.worker.prRemote } : {}),
     bundleDir: paths.bundles,
     controlState: () => readControlState(client),
     ...(opts.controlStale ? { controlStale: opts.controlStale } : {}),

@@ -2,6 +2,7 @@
 // approval signal and the status query. Imported by workflow code, so it holds only
 // deterministic definitions.
 import { defineQuery, defineSignal } from '@temporalio/workflow';
+import type { AgentPlan } from './job-types.ts';
 
 /** The worker's queue: job workflows and the planning, token, tool and sealing activities. */
 export const JOB_TASK_QUEUE = 'clawgate-jobs';
@@ -101,6 +102,7 @@ export const JOB_STATUSES = [
   'timed_out',
   'cancelled',
   'refused',
+  'budget_exhausted',
 ] as const;
 export type JobStatus = (typeof JOB_STATUSES)[number];
 
@@ -112,6 +114,13 @@ export interface JobStatusView {
   stepsDone: number;
   stepsTotal: number;
   bundleDigest: string | null;
+  /** Agent mode: the approved plan, each turn (a tool call or the answer), and the answer. */
+  mode?: 'agent' | 'plan';
+  plan?: AgentPlan | null;
+  turns?: Array<{ phase: 'planning' | 'execution'; turn: number; tool: string | null; args: string; outcome: string }>;
+  answer?: string | null;
+  /** The budget used so far (agent mode). */
+  used?: { model_turns: number; tool_calls: number; model_tokens: number; wall_seconds: number };
 }
 
 export const statusQuery = defineQuery<JobStatusView>('status');

@@ -20,6 +20,62 @@ export interface Plan {
   steps: PlanStep[];
 }
 
+/** The agent loop's limits per job (the policy's execution.agent), as the plan shows them. */
+export interface AgentBudget {
+  model_turns: number;
+  tool_calls: number;
+  model_tokens: number;
+  wall_seconds: number;
+}
+
+/**
+ * What the approver approves in agent mode: a goal, the intended steps in words, the tools the
+ * agent may use (no more than the policy offers), and the budget.
+ */
+export interface AgentPlan {
+  mode: 'agent';
+  goal: string;
+  steps: string[];
+  tools: string[];
+  budget: AgentBudget;
+}
+
+/** A tool call a model turn asked for, as the workflow keeps it (its arguments stay in the store). */
+export interface ToolCallRef {
+  id: string;
+  name: string;
+  argsSha256: string;
+  /** The arguments as JSON, cut short, for the room and `clawgate jobs show`. */
+  argsShort: string;
+}
+
+export interface ModelTurnResult {
+  /** The proxy answered 200 with a usable completion. */
+  ok: boolean;
+  httpStatus: number;
+  /** The proxy's or upstream's error code and message when not ok. */
+  error: { code: string; message: string } | null;
+  /** Receipts of the job the workflow did not have yet, in chain order (this turn's among them). */
+  receipts: Array<{ id: string; jws: string }>;
+  /** The `model_turn` bundle entry's body. */
+  entry: Record<string, unknown>;
+  /** The assistant message in the evidence store, for the next turn's conversation. */
+  assistantRef: string | null;
+  toolCalls: ToolCallRef[];
+  /** The final answer when the turn asked for no tools. */
+  answer: { text: string; sha256: string; bytes: number; truncated: boolean } | null;
+  usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number } | null;
+}
+
+export interface ToolCallResult {
+  /** The `tool_record` bundle entry's body (with phase, turn and call id). */
+  record: Record<string, unknown>;
+  /** The tool message in the evidence store, for the next turn's conversation. */
+  messageRef: string;
+  /** One line for the room: what happened. */
+  outcome: string;
+}
+
 export interface PinnedPolicy {
   hash: string;
   /** The signed policy as registered (compact JWS), for the bundle. */
@@ -40,6 +96,10 @@ export interface PinnedPolicy {
     allowedModels: string[];
     allowedTools: string[];
     deniedTools: string[];
+    /** `agent` or `plan` (fixed steps); absent in jobs pinned before the agent loop (plan). */
+    mode?: 'agent' | 'plan';
+    /** The agent loop's budget and tool-result cap (agent mode). */
+    agent?: AgentBudget & { planning_turns: number; tool_result_bytes: number };
   };
 }
 
@@ -72,6 +132,10 @@ export interface BundleEntryInput {
     | 'token'
     | 'tool_record'
     | 'model_receipt'
+    | 'model_turn'
+    | 'budget'
+    | 'answer'
+    | 'workspace'
     | 'outcome';
   body: unknown;
 }

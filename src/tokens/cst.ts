@@ -20,6 +20,7 @@ import { decodeProtectedHeader, type JWK } from 'jose';
 import { z } from 'zod';
 import { ClawgateError, ERROR_CODES, formatPath, type ErrorCode } from '../errors.ts';
 import { MAX_TOKEN_TTL_SECONDS, type Signer } from '../keys/keyring.ts';
+import { PLANNING_TOOLS } from '../tools/kinds.ts';
 
 export const CST_TYPE = 'clawgate-cst+jwt';
 export const CST_ISSUER = 'clawgate';
@@ -51,6 +52,15 @@ export const cstClaimsSchema = z
       .strict()
       .optional(),
     wpc_hash: sha256.optional(),
+    /**
+     * The most model calls the job may have made upstream when this token is used, counted by
+     * the proxy over every receipt of the job (all its tokens), so a worker that loops cannot
+     * exceed the policy's budget.
+     */
+    budget: z
+      .object({ model_calls: z.number().int().min(1).max(100_000) })
+      .strict()
+      .optional(),
   })
   .strict()
   .superRefine((claims, ctx) => {
@@ -73,11 +83,12 @@ export const cstClaimsSchema = z
         message: 'an execution token needs plan_hash and approval',
       });
     }
-    if (claims.purpose === 'planning' && claims.scope.tools.length > 0) {
+    const writing = claims.scope.tools.filter((t) => !PLANNING_TOOLS.includes(t));
+    if (claims.purpose === 'planning' && writing.length > 0) {
       ctx.addIssue({
         code: 'custom',
         path: ['scope', 'tools'],
-        message: 'a planning token carries no tools',
+        message: `a planning token carries only the read-only tools (${PLANNING_TOOLS.join(', ')}), not ${writing.join(', ')}`,
       });
     }
   });
@@ -92,6 +103,8 @@ export interface MintRequest {
   approval?: { approvers: string[]; eventIds: string[] };
   /** Set when the policy pins its hash (tokens.cst.pin_policy_hash). */
   wpcHash?: string;
+  /** The job's model-call budget (see the claim). */
+  budget?: { modelCalls: number };
   /** From the policy (tokens.cst.ttl_seconds); default 15 minutes. */
   ttlSeconds?: number;
   now?: Date;
@@ -153,6 +166,7 @@ function mintSync(request: MintRequest, signer: Signer): { token: string; claims
       ? { approval: { approvers: request.approval.approvers, event_ids: request.approval.eventIds } }
       : {}),
     ...(request.wpcHash !== undefined ? { wpc_hash: request.wpcHash } : {}),
+    ...(request.budget !== undefined ? { budget: { model_calls: request.budget.modelCalls } } : {}),
   });
   if (!parsed.success) {
     const issue = parsed.error.issues[0];

@@ -36,7 +36,7 @@ export const GIT_IDENTITY = { name: 'clawgate', email: 'clawgate@localhost' };
  * Settings every git command the worker runs carries, whatever any configuration says: no
  * hooks, no fsmonitor, no `ext::` transport, and objects checked as they arrive.
  */
-const HARDENED = [
+export const HARDENED = [
   '-c',
   'core.hooksPath=/dev/null',
   '-c',

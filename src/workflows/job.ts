@@ -3,6 +3,7 @@
 import {
   CancellationScope,
   condition,
+  continueAsNew,
   isCancellation,
   patched,
   proxyActivities,
@@ -13,6 +14,9 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { JobActivities } from '../activities/job-activities.ts';
+import { agentPrompt, plannerPrompt } from '../agent/protocol.ts';
+import { readAgentPlan, renderAgentPlan, renderAnswer } from '../agent/plan.ts';
+import { PLANNING_TOOLS, SIDE_EFFECT_FREE_TOOLS } from '../tools/kinds.ts';
 import type { MatrixActivities } from '../ingress/matrix-io.ts';
 import {
   approvalSignal,
@@ -25,7 +29,15 @@ import {
   type JobStatus,
   type JobStatusView,
 } from '../temporal/job-contract.ts';
-import type { BundleEntryInput, ControlState, PinnedPolicy, Plan } from '../temporal/job-types.ts';
+import type {
+  AgentPlan,
+  BundleEntryInput,
+  ControlState,
+  JobRef,
+  ModelTurnResult,
+  PinnedPolicy,
+  Plan,
+} from '../temporal/job-types.ts';
 import {
   JOB_APPROVERS,
   JOB_POLICY_HASH,
@@ -50,6 +62,26 @@ function stepActivities(wallSeconds: number): JobActivities {
     retry: { maximumAttempts: 1 },
   });
 }
+/**
+ * A model turn: retried (a turn whose answer was kept is not asked again), and it heartbeats,
+ * so a turn whose worker died moves to another worker within seconds.
+ */
+const turnActivities = proxyActivities<JobActivities>({
+  startToCloseTimeout: '4 minutes',
+  heartbeatTimeout: '15 seconds',
+  retry: { maximumAttempts: 4, initialInterval: '1 second' },
+});
+/**
+ * A tool call of the loop: a second attempt (after its worker died) never runs the call again,
+ * it reports it as interrupted (the activity's claim in the evidence store decides).
+ */
+function toolCallActivities(wallSeconds: number): JobActivities {
+  return proxyActivities<JobActivities>({
+    startToCloseTimeout: `${wallSeconds + 20} seconds`,
+    heartbeatTimeout: '10 seconds',
+    retry: { maximumAttempts: 3, initialInterval: '1 second' },
+  });
+}
 /** Status-line edits are cosmetic: a few quick tries, so one that cannot land never holds the job up. */
 function statusLineActivities(taskQueue: string): MatrixActivities {
   return proxyActivities<MatrixActivities>({
@@ -67,6 +99,43 @@ function matrixActivities(taskQueue: string): MatrixActivities {
     retry: { maximumAttempts: 20, maximumInterval: '1 minute' },
   });
 }
+
+/**
+ * What an agent job carries into its next run when its history grows (continue-as-new): the
+ * loop's state, the evidence so far, and what the room was shown.
+ */
+export interface AgentCarry {
+  job: JobRef;
+  entries: BundleEntryInput[];
+  view: JobStatusView;
+  policy: PinnedPolicy;
+  seenCancels: string[];
+  planMessage: { eventId: string; body: string; html?: string } | null;
+  editCount: number;
+  loop: AgentLoopState;
+}
+
+interface AgentLoopState {
+  plan: AgentPlan;
+  planHash: string;
+  model: string;
+  token: string;
+  tokenExp: number;
+  approvers: string[];
+  approvalEvents: string[];
+  prelude: Array<{ role: 'system' | 'user'; content: string }>;
+  refs: string[];
+  turn: number;
+  toolCalls: number;
+  tokensUsed: number;
+  receipts: number;
+  lastReceiptId: string | null;
+  startedAt: number;
+  workspace: boolean;
+}
+
+/** An agent job continues as new once its history has this many events (Temporal allows 51,200). */
+export const AGENT_CONTINUE_AS_NEW_EVENTS = 2000;
 
 export interface JobResult {
   status: JobStatus;
@@ -109,6 +178,11 @@ const PATCHES = {
    * and the control state read for that approval also decides read-only mode (no second read).
    */
   approvedFastPath: 'approved-fast-path-v1',
+  /**
+   * Each job works in its own fresh workspace, removed once it is over; and a policy in agent
+   * mode runs the agent loop.
+   */
+  agentLoop: 'agent-loop-v1',
 } as const;
 
 const STATUS_LINES: Partial<Record<JobStatus, string>> = {
@@ -122,15 +196,17 @@ const STATUS_LINES: Partial<Record<JobStatus, string>> = {
   timed_out: 'timed out',
   cancelled: 'cancelled',
   refused: 'refused',
+  budget_exhausted: 'stopped: budget exhausted',
 };
 
-export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
+export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Promise<JobResult> {
   const info = workflowInfo();
   const matrix = matrixActivities(request.matrixTaskQueue ?? MATRIX_TASK_QUEUE);
   const statusEditor = statusLineActivities(request.matrixTaskQueue ?? MATRIX_TASK_QUEUE);
-  const job = { workflowId: info.workflowId, runId: info.runId };
+  // A job keeps the ids of its first run through continue-as-new: its tokens and its bundle name it.
+  const job: JobRef = carry?.job ?? { workflowId: info.workflowId, runId: info.runId };
   const shortId = request.jobId ?? request.eventId;
-  const entries: BundleEntryInput[] = [
+  const entries: BundleEntryInput[] = carry?.entries ?? [
     { type: 'job', body: { workflow_id: job.workflowId, run_id: job.runId } },
     {
       type: 'request',
@@ -143,7 +219,7 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
       },
     },
   ];
-  const view: JobStatusView = {
+  const view: JobStatusView = carry?.view ?? {
     status: 'planning',
     planHash: null,
     policyHash: null,
@@ -165,8 +241,8 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
   });
   const work = new CancellationScope();
   let cancelledBy: string | null = null;
-  let pinned: PinnedPolicy | null = null;
-  const seenCancels = new Set<string>();
+  let pinned: PinnedPolicy | null = carry?.policy ?? null;
+  const seenCancels = new Set<string>(carry?.seenCancels ?? []);
   let cancelsDone = 0;
   let finished = false;
   const cancelLoop = async (): Promise<void> => {
@@ -203,9 +279,11 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
     setCurrentDetails(
       [
         `**${status}** · room ${request.roomId} · requested by ${request.requester}`,
-        view.planHash
-          ? `plan ${view.planHash.slice(0, 12)} · steps ${view.stepsDone}/${view.stepsTotal}`
-          : '',
+        !view.planHash
+          ? ''
+          : view.mode === 'agent'
+            ? `plan ${view.planHash.slice(0, 12)} · turns ${view.used?.model_turns ?? 0} · tool calls ${view.used?.tool_calls ?? 0}`
+            : `plan ${view.planHash.slice(0, 12)} · steps ${view.stepsDone}/${view.stepsTotal}`,
         view.policyHash ? `policy ${view.policyHash.slice(0, 12)}` : '',
         view.bundleDigest ? `bundle ${view.bundleDigest}` : '',
       ]
@@ -213,27 +291,45 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
         .join('\n'),
     );
   };
-  const say = (key: string, body: string) =>
+  const say = (key: string, body: string, html?: string) =>
     matrix.postToThread({
       roomId: request.roomId,
       threadRoot: request.eventId,
       body,
+      ...(html === undefined ? {} : { html }),
       txnKey: `${job.workflowId}/${job.runId}/${key}`,
     });
   // The status line under the plan, edited in place; edits go out one after another, off the
   // job's own path, and a failed edit is not worth failing the job for.
-  let planMessage: { eventId: string; body: string } | null = null;
+  let planMessage: { eventId: string; body: string; html?: string } | null = carry?.planMessage ?? null;
   let statusEdits: Promise<void> = Promise.resolve();
-  let editCount = 0;
+  let editCount = carry?.editCount ?? 0;
+  // Whether this job made its own workspace (removed when it is sealed).
+  let workspaceMade = carry?.loop.workspace ?? false;
   const editStatusLine = (status: JobStatus): void => {
     const line = STATUS_LINES[status];
     if (!planMessage || !line) return;
-    const extra = status === 'executing' ? ` (step ${view.stepsDone + 1} of ${view.stepsTotal})` : '';
+    const extra =
+      status !== 'executing'
+        ? ''
+        : view.mode === 'agent'
+          ? ` (turn ${(view.used?.model_turns ?? 0) + 1} of at most ${view.plan?.budget.model_turns ?? '?'})`
+          : ` (step ${view.stepsDone + 1} of ${view.stepsTotal})`;
     const body = `${planMessage.body}\nStatus: ${line}${extra}`;
+    const html =
+      planMessage.html === undefined ? undefined : `${planMessage.html}<p>Status: ${line}${extra}</p>`;
     const eventId = planMessage.eventId;
     const key = `${job.workflowId}/${job.runId}/status/${++editCount}`;
     statusEdits = statusEdits
-      .then(() => statusEditor.editMessage({ roomId: request.roomId, eventId, body, txnKey: key }))
+      .then(() =>
+        statusEditor.editMessage({
+          roomId: request.roomId,
+          eventId,
+          body,
+          ...(html === undefined ? {} : { html }),
+          txnKey: key,
+        }),
+      )
       .then(
         () => {},
         () => {},
@@ -242,6 +338,11 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
   const seal = async (status: JobStatus, reason: string): Promise<JobResult> => {
     finished = true;
     setStatus('sealing');
+    if (workspaceMade) {
+      // The job's working tree goes with the job; what it produced is in the evidence store.
+      await acts.removeWorkspace({ job });
+      workspaceMade = false;
+    }
     entries.push({ type: 'outcome', body: { status, reason } });
     const { digest } = await acts.sealJobBundle({ job, entries });
     view.bundleDigest = digest;
@@ -265,7 +366,7 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
   // not post is not worth failing the job for.
   void CancellationScope.nonCancellable(cancelLoop).catch(() => {});
   try {
-    return await work.run(() => runJob());
+    return await work.run(() => (carry ? agentExecute(carry.loop) : runJob()));
   } catch (error) {
     if (isCancellation(error)) {
       // Cancelled (from the Temporal Web UI, or by `!cancel` in the room): revoke, say so, seal.
@@ -294,24 +395,56 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
       return await seal('refused', `${request.requester} may not request work here`);
     }
 
-    // 2. Plan, with a planning-only token.
-    const draft = await acts.draftPlan({ job, roomId: request.roomId, text: request.text, policy });
-    entries.push({ type: 'token', body: { purpose: 'planning', jwt: draft.planningToken } });
-    for (const jws of draft.receipts) entries.push({ type: 'model_receipt', body: { jws } });
-    if (!draft.ok) return await seal('failed', `no usable plan: ${draft.reason}`);
-    const { plan, planHash } = draft;
-    view.planHash = planHash;
-    view.stepsTotal = plan.steps.length;
-    entries.push({ type: 'plan', body: plan });
+    // The job's own workspace, fresh from the source (jobs recorded before it had one shared one).
+    const ownWorkspace = patched(PATCHES.agentLoop);
+    if (ownWorkspace) {
+      const made = await acts.prepareWorkspace({ job });
+      workspaceMade = true;
+      entries.push({ type: 'workspace', body: { commit: made.commit } });
+    }
+    const agentMode = ownWorkspace && policy.rules.mode === 'agent' && policy.rules.agent !== undefined;
 
-    // 3. Post it in the request's thread.
-    const planText = renderPlan(shortId, plan, planHash, policy, policy.rules.approvalExpirySeconds);
-    const statusLine = patched(PATCHES.statusLine);
-    const posted = await say(
-      'plan',
-      statusLine ? `${planText}\nStatus: ${STATUS_LINES.awaiting_approval}` : planText,
-    );
-    if (statusLine) planMessage = { eventId: posted.eventId, body: planText };
+    // 2. Plan, with a planning-only token; 3. post it in the request's thread.
+    let plan: Plan | null = null;
+    let planHash: string;
+    let posted: { eventId: string; originServerTs: number };
+    let agentPlanning: Awaited<ReturnType<typeof draftAgentPlan>> | null = null;
+    if (agentMode) {
+      const drafted = await draftAgentPlan(policy);
+      if ('status' in drafted) return drafted;
+      agentPlanning = drafted;
+      planHash = drafted.planHash;
+      const shown = renderAgentPlan({
+        jobId: shortId,
+        plan: drafted.plan,
+        planHash,
+        policyHash: policy.hash,
+        dropped: drafted.dropped,
+        approvers: policy.rules.approvers,
+        approvalsRequired: policy.rules.approvalsRequired,
+        expirySeconds: policy.rules.approvalExpirySeconds,
+      });
+      const waiting = `Status: ${STATUS_LINES.awaiting_approval}`;
+      posted = await say('plan', `${shown.body}\n${waiting}`, `${shown.html}<p>${waiting}</p>`);
+      planMessage = { eventId: posted.eventId, body: shown.body, html: shown.html };
+    } else {
+      const draft = await acts.draftPlan({ job, roomId: request.roomId, text: request.text, policy });
+      entries.push({ type: 'token', body: { purpose: 'planning', jwt: draft.planningToken } });
+      for (const jws of draft.receipts) entries.push({ type: 'model_receipt', body: { jws } });
+      if (!draft.ok) return await seal('failed', `no usable plan: ${draft.reason}`);
+      plan = draft.plan;
+      planHash = draft.planHash;
+      view.planHash = planHash;
+      view.stepsTotal = plan.steps.length;
+      entries.push({ type: 'plan', body: plan });
+      const planText = renderPlan(shortId, plan, planHash, policy, policy.rules.approvalExpirySeconds);
+      const statusLine = patched(PATCHES.statusLine);
+      posted = await say(
+        'plan',
+        statusLine ? `${planText}\nStatus: ${STATUS_LINES.awaiting_approval}` : planText,
+      );
+      if (statusLine) planMessage = { eventId: posted.eventId, body: planText };
+    }
 
     // 4. Wait for approval, each attempt decided against the pinned policy.
     setStatus('awaiting_approval');
@@ -442,6 +575,46 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
       control = await acts.readControlState();
     }
 
+    if (agentPlanning) {
+      // 5. Mint the execution token: this job, this plan, its tools and model, the job's budget.
+      const budget = agentPlanning.plan.budget;
+      const minted = await acts.mintExecutionToken({
+        job,
+        roomId: request.roomId,
+        policy,
+        planHash,
+        tools: agentPlanning.plan.tools,
+        approvers: [...accepted],
+        eventIds: approvalEvents,
+        models: [agentPlanning.model],
+        modelCalls: agentPlanning.receipts + budget.model_turns,
+      });
+      entries.push({ type: 'token', body: { purpose: 'execution', jwt: minted.token } });
+      if (pendingReaction) await pendingReaction;
+      return await agentExecute({
+        plan: agentPlanning.plan,
+        planHash,
+        model: agentPlanning.model,
+        token: minted.token,
+        tokenExp: minted.exp,
+        approvers: [...accepted],
+        approvalEvents,
+        prelude: [
+          { role: 'system', content: agentPrompt(agentPlanning.plan) },
+          { role: 'user', content: request.text },
+        ],
+        refs: [],
+        turn: 0,
+        toolCalls: 0,
+        tokensUsed: agentPlanning.tokensUsed,
+        receipts: agentPlanning.receipts,
+        lastReceiptId: agentPlanning.lastReceiptId,
+        startedAt: Date.now(),
+        workspace: workspaceMade,
+      });
+    }
+    if (!plan) throw new Error('unreachable: a fixed-step job without a plan');
+
     // 5. Mint the execution token: this job, this plan, the tools it needs, the pinned policy.
     const tools = [...new Set(plan.steps.map((s) => s.tool).filter((t) => t !== 'model'))];
     const { token } = await acts.mintExecutionToken({
@@ -498,5 +671,228 @@ export async function jobWorkflow(request: JobRequest): Promise<JobResult> {
 
     // 7. Seal and report.
     return await seal('succeeded', `${plan.steps.length} step(s) done.\n${excerpts.join('\n')}`);
+  }
+
+  /** Receipts, the turn's entry and its token use, kept as evidence. */
+  function recordTurn(
+    state: { receipts: number; lastReceiptId: string | null; tokensUsed: number },
+    result: ModelTurnResult,
+  ): void {
+    for (const r of result.receipts) {
+      entries.push({ type: 'model_receipt', body: { jws: r.jws } });
+      state.receipts += 1;
+      state.lastReceiptId = r.id;
+    }
+    entries.push({ type: 'model_turn', body: result.entry });
+    state.tokensUsed += result.usage?.total_tokens ?? 0;
+  }
+
+  /** Runs the tool calls a turn asked for; each result joins the conversation. */
+  async function runCalls(
+    phase: 'planning' | 'execution',
+    turn: number,
+    result: ModelTurnResult,
+    refs: string[],
+    token: string,
+    offered: string[],
+    policy: PinnedPolicy,
+  ): Promise<void> {
+    const calls = toolCallActivities(policy.rules.stepWallSeconds ?? 60);
+    refs.push(result.assistantRef as string);
+    for (const call of result.toolCalls) {
+      const done = await calls.runToolCall({
+        job,
+        phase,
+        turn,
+        call,
+        assistantRef: result.assistantRef as string,
+        token,
+        policyHash: policy.hash,
+        channel: request.channel,
+        offered,
+        resultBytes: policy.rules.agent?.tool_result_bytes ?? 16 * 1024,
+      });
+      entries.push({ type: 'tool_record', body: done.record });
+      refs.push(done.messageRef);
+      (view.turns ??= []).push({ phase, turn, tool: call.name, args: call.argsShort, outcome: done.outcome });
+    }
+  }
+
+  /**
+   * Agent mode, planning: the model may look with the read-only tools (under the planning
+   * token, inside the job's workspace, receipted and recorded), then answers with its plan.
+   */
+  async function draftAgentPlan(policy: PinnedPolicy) {
+    const limits = policy.rules.agent as NonNullable<PinnedPolicy['rules']['agent']>;
+    const allowed = (t: string): boolean =>
+      policy.rules.allowedTools.includes(t) && !policy.rules.deniedTools.includes(t);
+    const look = PLANNING_TOOLS.filter(allowed);
+    const offer = SIDE_EFFECT_FREE_TOOLS.filter(allowed);
+    view.mode = 'agent';
+    view.turns = [];
+    const { token, model } = await acts.mintPlanningToken({
+      job,
+      roomId: request.roomId,
+      policy,
+      tools: look,
+      modelCalls: limits.planning_turns,
+    });
+    entries.push({ type: 'token', body: { purpose: 'planning', jwt: token } });
+    const prelude: AgentLoopState['prelude'] = [
+      { role: 'system', content: plannerPrompt(offer) },
+      { role: 'user', content: request.text },
+    ];
+    const refs: string[] = [];
+    const state = { receipts: 0, lastReceiptId: null as string | null, tokensUsed: 0 };
+    for (let turn = 0; turn < limits.planning_turns; turn++) {
+      const result = await turnActivities.modelTurn({
+        job,
+        phase: 'planning',
+        turn,
+        token,
+        model,
+        prelude,
+        refs,
+        tools: turn + 1 < limits.planning_turns ? look : [],
+        lastReceiptId: state.lastReceiptId,
+      });
+      recordTurn(state, result);
+      if (!result.ok) {
+        const error = result.error ?? { code: '?', message: '' };
+        return await seal(
+          'failed',
+          `no usable plan: the model proxy answered ${result.httpStatus} (${error.code}: ${error.message})`,
+        );
+      }
+      if (result.toolCalls.length > 0) {
+        await runCalls('planning', turn, result, refs, token, look, policy);
+        continue;
+      }
+      const budget = {
+        model_turns: limits.model_turns,
+        tool_calls: limits.tool_calls,
+        model_tokens: limits.model_tokens,
+        wall_seconds: limits.wall_seconds,
+      };
+      const reading = readAgentPlan(result.answer?.text ?? '', offer, budget);
+      if (!reading.ok) return await seal('failed', `no usable plan: ${reading.reason}`);
+      entries.push({ type: 'plan', body: reading.plan });
+      const planHash = await acts.hashPlan({ plan: reading.plan });
+      view.planHash = planHash;
+      view.plan = reading.plan;
+      return { plan: reading.plan, planHash, dropped: reading.dropped, model, ...state };
+    }
+    return await seal('failed', `no plan within the policy's ${limits.planning_turns} planning turns`);
+  }
+
+  /** Agent mode, after approval: the loop of model turns and tool calls, until an answer or a limit. */
+  async function agentExecute(state: AgentLoopState): Promise<JobResult> {
+    const policy = pinned as PinnedPolicy;
+    const { plan } = state;
+    const budget = plan.budget;
+    view.mode = 'agent';
+    const used = () => ({
+      model_turns: state.turn,
+      tool_calls: state.toolCalls,
+      model_tokens: state.tokensUsed,
+      wall_seconds: Math.floor((Date.now() - state.startedAt) / 1000),
+    });
+    const stop = async (status: JobStatus, why: string, exhausted: string | null): Promise<JobResult> => {
+      await acts.revokeJobTokens({ workflowId: job.workflowId, reason: 'job finished' });
+      entries.push({ type: 'budget', body: { limits: budget, used: used(), exhausted } });
+      return await seal(status, why);
+    };
+    setStatus('executing');
+    for (;;) {
+      view.used = used();
+      if (state.turn >= budget.model_turns) {
+        return await stop('budget_exhausted', `stopped after ${state.turn} model turns, the plan's budget`, 'model_turns');
+      }
+      if (state.tokensUsed >= budget.model_tokens) {
+        return await stop('budget_exhausted', `stopped after ${state.tokensUsed} model tokens (budget ${budget.model_tokens})`, 'model_tokens');
+      }
+      if (Date.now() - state.startedAt >= budget.wall_seconds * 1000) {
+        return await stop('budget_exhausted', `stopped after ${budget.wall_seconds} s, the plan's time budget`, 'wall_seconds');
+      }
+      const info = workflowInfo();
+      if (info.continueAsNewSuggested || info.historyLength >= AGENT_CONTINUE_AS_NEW_EVENTS) {
+        // Cancels already signalled are decided here, not carried half-done.
+        await condition(() => cancels.length === cancelsDone);
+        await statusEdits;
+        await continueAsNew<typeof jobWorkflow>(request, {
+          job,
+          entries,
+          view,
+          policy,
+          seenCancels: [...seenCancels],
+          planMessage,
+          editCount,
+          loop: state,
+        });
+      }
+      // A fresh token before this one runs out (the approval it carries is the same).
+      const margin = Math.min(60, Math.floor(policy.rules.tokenTtlSeconds / 3));
+      if (Date.now() / 1000 >= state.tokenExp - margin) {
+        const minted = await acts.mintExecutionToken({
+          job,
+          roomId: request.roomId,
+          policy,
+          planHash: state.planHash,
+          tools: plan.tools,
+          approvers: state.approvers,
+          eventIds: state.approvalEvents,
+          models: [state.model],
+          modelCalls: state.receipts + budget.model_turns - state.turn,
+        });
+        entries.push({ type: 'token', body: { purpose: 'execution', jwt: minted.token } });
+        state.token = minted.token;
+        state.tokenExp = minted.exp;
+      }
+      editStatusLine('executing');
+      const turn = state.turn;
+      const result = await turnActivities.modelTurn({
+        job,
+        phase: 'execution',
+        turn,
+        token: state.token,
+        model: state.model,
+        prelude: state.prelude,
+        refs: state.refs,
+        tools: plan.tools,
+        lastReceiptId: state.lastReceiptId,
+      });
+      recordTurn(state, result);
+      state.turn += 1;
+      if (!result.ok) {
+        const error = result.error ?? { code: '?', message: '' };
+        if (error.code === 'MODEL_BUDGET_EXHAUSTED') {
+          return await stop('budget_exhausted', `the model proxy refused turn ${turn + 1}: ${error.message}`, 'model_calls');
+        }
+        return await stop('failed', `turn ${turn + 1}: the model proxy answered ${result.httpStatus} (${error.code}: ${error.message})`, null);
+      }
+      if (result.toolCalls.length === 0) {
+        const answer = result.answer ?? { text: '', sha256: '', bytes: 0, truncated: false };
+        view.answer = answer.text.slice(0, 4000);
+        (view.turns ??= []).push({ phase: 'execution', turn, tool: null, args: '', outcome: `answer, ${answer.bytes} bytes` });
+        entries.push({ type: 'answer', body: { turn, sha256: answer.sha256, bytes: answer.bytes } });
+        const shown = renderAnswer({ jobId: shortId, ...answer });
+        await say('answer', shown.body, shown.html);
+        view.used = used();
+        return await stop(
+          'succeeded',
+          `answered after ${state.turn} model turn(s) and ${state.toolCalls} tool call(s).`,
+          null,
+        );
+      }
+      if (state.toolCalls + result.toolCalls.length > budget.tool_calls) {
+        return await stop(
+          'budget_exhausted',
+          `turn ${turn + 1} asked for ${result.toolCalls.length} tool call(s) with ${budget.tool_calls - state.toolCalls} left of the plan's ${budget.tool_calls}; none of them ran`,
+          'tool_calls',
+        );
+      }
+      await runCalls('execution', turn, result, state.refs, state.token, plan.tools, policy);
+      state.toolCalls += result.toolCalls.length;
+    }
   }
 }

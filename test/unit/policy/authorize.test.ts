@@ -279,13 +279,28 @@ const attacks: Attack[] = [
     token: async () => (await mint({ scope: { tools: ['browser'], models: [] } })).token,
   },
   {
-    name: 'a planning token used to run a tool',
+    name: 'a planning token used to run a tool with effects (http)',
     code: ERROR_CODES.planningTokenForTool,
+    call: { kind: 'tool', tool: 'http', workflowId: JOB },
     token: async () =>
       (
         await mint({
           purpose: 'planning',
-          scope: { tools: [], models: ['demo-echo'] },
+          scope: { tools: ['read'], models: ['demo-echo'] },
+          planHash: undefined,
+          approval: undefined,
+        })
+      ).token,
+  },
+  {
+    name: 'a planning token used to run a read-only tool outside its scope',
+    code: ERROR_CODES.toolNotInTokenScope,
+    call: { kind: 'tool', tool: 'search', workflowId: JOB },
+    token: async () =>
+      (
+        await mint({
+          purpose: 'planning',
+          scope: { tools: ['read'], models: ['demo-echo'] },
           planHash: undefined,
           approval: undefined,
         })
@@ -349,6 +364,14 @@ test('the same token, call and policy are allowed when nothing is wrong (the att
     ),
     { allow: true },
   );
+  // A planning token runs the read-only tools in its scope: the model may look before it plans.
+  const { token: planning } = await mint({
+    purpose: 'planning',
+    scope: { tools: ['read', 'search'], models: ['demo-echo'] },
+    planHash: undefined,
+    approval: undefined,
+  });
+  assert.deepEqual(await authorizeWithToken(readCall, policy, planning, verifyOptions()), { allow: true });
   const unpinnedPolicy = parseWpc({
     ...JSON.parse(exampleText),
     tokens: { cst: { job_scoped: true, pin_policy_hash: false } },

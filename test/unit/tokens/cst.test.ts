@@ -262,9 +262,15 @@ test('a mint request that would make a token the verifier refuses is refused, na
     [{ planHash: 'not-a-hash' }, /plan_hash/],
     [{ wpcHash: 'B'.repeat(64) }, /wpc_hash/],
     [
-      { purpose: 'planning', planHash: undefined, approval: undefined },
-      /scope\.tools: a planning token carries no tools/,
+      {
+        purpose: 'planning',
+        planHash: undefined,
+        approval: undefined,
+        scope: { tools: ['read', 'exec'], models: [] },
+      },
+      /scope\.tools: a planning token carries only the read-only tools \(read, search\), not exec/,
     ],
+    [{ budget: { modelCalls: 0 } }, /budget\.model_calls/],
     [{ job: { workflowId: '', runId: 'r' } }, /sub|job\.workflow_id/],
     [{ now: new Date(NaN) }, /now/],
   ];

@@ -1,0 +1,343 @@
+// The agent loop's activities: one model turn through the receipting proxy (the conversation so
+// far, the offered tools as OpenAI function schemas), and one tool call the model asked for,
+// authorized against the job's token and pinned policy, run in the sandbox, its output kept in
+// the job's evidence store and handed back to the model as a marked tool message. Both are safe
+// to retry: a turn whose answer was kept is not asked again, and a tool call runs at most once,
+// whichever worker tries it.
+import { Context } from '@temporalio/activity';
+import { ClawgateError, ERROR_CODES } from '../errors.ts';
+import { openAiTools } from '../agent/tool-schemas.ts';
+import { toolOutputHeader } from '../agent/protocol.ts';
+import type { EvidenceStore } from '../evidence/store.ts';
+import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
+import { SAFE_HTTP_METHODS } from '../tools/kinds.ts';
+import { runTool, type ToolContext } from '../tools/runner.ts';
+import type { JobRef, ModelTurnResult, ToolCallRef, ToolCallResult } from '../temporal/job-types.ts';
+import { verifyCapabilityToken, type CstClaims } from '../tokens/cst.ts';
+import { freshRevocationCheck } from '../tokens/revocations.ts';
+import type { JobActivityDeps } from './job-activities.ts';
+import type { Wpc } from '../policy/wpc.ts';
+import type { JWK } from 'jose';
+import { publicJwks } from '../keys/keyring.ts';
+
+export type Phase = 'planning' | 'execution';
+
+/** A message of the conversation as OpenAI's chat API has it. */
+interface ChatMessage {
+  role: string;
+  content: string | null;
+  tool_calls?: Array<{ id: string; type: 'function'; function: { name: string; arguments: string } }>;
+  tool_call_id?: string;
+}
+
+/** Responses up to this size are kept whole in the bundle (always when they ask for tools). */
+const INLINE_RESPONSE_BYTES = 16 * 1024;
+/** The most of a final answer the workflow carries (the whole of it is in the store). */
+const ANSWER_CARRIED_BYTES = 32 * 1024;
+const SHORT_ARGS = 160;
+
+export interface AgentActivityDeps extends JobActivityDeps {
+  evidence: EvidenceStore;
+}
+
+export interface ModelTurnInput {
+  job: JobRef;
+  phase: Phase;
+  turn: number;
+  token: string;
+  model: string;
+  /** The system prompt and the request, carried in the history (they are small). */
+  prelude: Array<{ role: 'system' | 'user'; content: string }>;
+  /** The rest of the conversation: messages in the job's evidence store. */
+  refs: string[];
+  /** Tools offered to the model (names). */
+  tools: string[];
+  /** The id of the newest receipt the workflow holds (null before the first). */
+  lastReceiptId: string | null;
+}
+
+export interface ToolCallInput {
+  job: JobRef;
+  phase: Phase;
+  turn: number;
+  call: ToolCallRef;
+  /** The assistant message that asked for the call (its arguments are there). */
+  assistantRef: string;
+  token: string;
+  policyHash: string;
+  channel?: string;
+  /** Tools this phase offers; a call of any other is refused. */
+  offered: string[];
+  /** The most of the output the model is sent. */
+  resultBytes: number;
+}
+
+function safeKey(...parts: Array<string | number>): string {
+  return parts.map((p) => String(p).replace(/[^A-Za-z0-9._-]/g, '_')).join('-').slice(0, 200);
+}
+
+/** The SHA-256 a tool call's arguments are named by: canonical JSON when they parse, else the raw text. */
+export function toolArgsHash(raw: string): string {
+  try {
+    return canonicalHash(JSON.parse(raw));
+  } catch {
+    return sha256Hex(raw);
+  }
+}
+
+/** The tool calls of a chat completion's first choice, as the bundle lists them. */
+export function toolCallsOf(message: ChatMessage | undefined): ToolCallRef[] {
+  return (message?.tool_calls ?? []).map((c) => {
+    const raw = typeof c.function?.arguments === 'string' ? c.function.arguments : '';
+    return {
+      id: String(c.id),
+      name: String(c.function?.name ?? ''),
+      argsSha256: toolArgsHash(raw),
+      argsShort: raw.length > SHORT_ARGS ? `${raw.slice(0, SHORT_ARGS - 1)}…` : raw,
+    };
+  });
+}
+
+/** Cuts a string to at most `bytes` UTF-8 bytes without splitting a character. */
+function cutUtf8(text: string, bytes: number): string {
+  const buf = Buffer.from(text, 'utf8');
+  if (buf.length <= bytes) return text;
+  return buf.subarray(0, bytes).toString('utf8').replace(/\uFFFD$/, '');
+}
+
+export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (hash: string) => Wpc) {
+  const tokenJwks = (): { keys: JWK[] } => publicJwks(deps.keysDir, ['token']);
+
+  async function newReceipts(token: string, workflowId: string, after: string | null) {
+    const query = new URLSearchParams({ job: workflowId, ...(after ? { after } : {}) });
+    const r = await fetch(`${deps.proxyUrl}/v1/receipts?${query.toString()}`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    if (!r.ok) return [];
+    const body = (await r.json()) as { receipts: Array<{ receipt_id: string; jws: string }> };
+    return body.receipts.map((x) => ({ id: x.receipt_id, jws: x.jws }));
+  }
+
+  return {
+    async modelTurn(input: ModelTurnInput): Promise<ModelTurnResult> {
+      const { workflowId } = input.job;
+      const key = safeKey('turn', input.phase, input.turn);
+      const kept = deps.evidence.result<ModelTurnResult>(workflowId, key);
+      if (kept) return kept; // asked and answered before this worker was lost: not asked again
+      const messages: ChatMessage[] = [
+        ...input.prelude,
+        ...input.refs.map((ref) => deps.evidence.getJson<ChatMessage>(workflowId, ref)),
+      ];
+      const tools = openAiTools(input.tools, { sideEffectFree: true });
+      const response = await fetch(`${deps.proxyUrl}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${input.token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ model: input.model, messages, ...(tools.length ? { tools } : {}) }),
+      });
+      const text = await response.text();
+      const receiptId = response.headers.get('x-clawgate-receipt-id');
+      const receipts = await newReceipts(input.token, workflowId, input.lastReceiptId);
+      const base = {
+        phase: input.phase,
+        turn: input.turn,
+        receipt_id: receiptId,
+        http_status: response.status,
+        response_sha256: sha256Hex(text),
+      };
+      const fail = (code: string, message: string): ModelTurnResult => ({
+        ok: false,
+        httpStatus: response.status,
+        error: { code, message },
+        receipts,
+        entry: { ...base, finish: 'error', error: { code, message }, tool_calls: [], usage: null },
+        assistantRef: null,
+        toolCalls: [],
+        answer: null,
+        usage: null,
+      });
+      let result: ModelTurnResult;
+      let completion: { choices?: Array<{ message?: ChatMessage }>; usage?: ModelTurnResult['usage'] } = {};
+      try {
+        completion = JSON.parse(text) as typeof completion;
+      } catch {
+        completion = {};
+      }
+      const message = completion.choices?.[0]?.message;
+      if (response.status !== 200) {
+        const error = (completion as { error?: { code?: unknown; message?: unknown } }).error;
+        result = fail(
+          typeof error?.code === 'string' ? error.code : `HTTP_${response.status}`,
+          typeof error?.message === 'string' ? error.message : text.slice(0, 300),
+        );
+      } else if (!message || typeof message !== 'object') {
+        result = fail('MODEL_ANSWER_MALFORMED', 'the model answer is not an OpenAI chat completion');
+      } else {
+        const toolCalls = toolCallsOf(message);
+        const content = typeof message.content === 'string' ? message.content : null;
+        const assistant: ChatMessage = {
+          role: 'assistant',
+          content,
+          ...(message.tool_calls?.length ? { tool_calls: message.tool_calls } : {}),
+        };
+        const assistantRef = deps.evidence.putJson(workflowId, assistant);
+        const usage = completion.usage ?? null;
+        const inline = toolCalls.length > 0 || Buffer.byteLength(text) <= INLINE_RESPONSE_BYTES;
+        const answerText = content ?? '';
+        const carried = cutUtf8(answerText, ANSWER_CARRIED_BYTES);
+        result = {
+          ok: true,
+          httpStatus: 200,
+          error: null,
+          receipts,
+          entry: {
+            ...base,
+            finish: toolCalls.length > 0 ? 'tool_calls' : 'answer',
+            tool_calls: toolCalls.map((c) => ({ id: c.id, name: c.name, args_sha256: c.argsSha256 })),
+            usage,
+            ...(inline ? { response: text } : {}),
+          },
+          assistantRef,
+          toolCalls,
+          answer:
+            toolCalls.length > 0
+              ? null
+              : {
+                  text: carried,
+                  sha256: sha256Hex(answerText),
+                  bytes: Buffer.byteLength(answerText),
+                  truncated: carried.length < answerText.length,
+                },
+          usage,
+        };
+      }
+      deps.evidence.setResult(workflowId, key, result);
+      return result;
+    },
+
+    async runToolCall(input: ToolCallInput): Promise<ToolCallResult> {
+      const { workflowId } = input.job;
+      const key = safeKey('call', input.phase, input.turn, input.call.id);
+      const kept = deps.evidence.result<ToolCallResult>(workflowId, key);
+      if (kept) return kept;
+      const mark = { phase: input.phase, turn: input.turn, call_id: input.call.id };
+      const finish = (
+        record: Record<string, unknown>,
+        output: string | null,
+        refusal: string | null,
+      ): ToolCallResult => {
+        const bytes = output === null ? 0 : Buffer.byteLength(output);
+        const shown = output === null ? '' : cutUtf8(output, input.resultBytes);
+        const header = toolOutputHeader({
+          tool: input.call.name,
+          callId: input.call.id,
+          bytes,
+          shownBytes: Buffer.byteLength(shown),
+          sha256: (record['output_sha256'] as string | null | undefined) ?? null,
+          refused: refusal,
+        });
+        const messageRef = deps.evidence.putJson(workflowId, {
+          role: 'tool',
+          tool_call_id: input.call.id,
+          content: output === null ? header : `${header}\n${shown}`,
+        });
+        const status = record['exit_status'];
+        const outcome =
+          refusal !== null
+            ? `refused: ${refusal}`
+            : `${input.call.name === 'http' ? 'HTTP' : 'exit'} ${String(status)}, ${bytes} bytes`;
+        const result: ToolCallResult = { record: { ...record, ...mark }, messageRef, outcome };
+        deps.evidence.setResult(workflowId, key, result);
+        return result;
+      };
+      const refuse = (code: string, reason: string): ToolCallResult =>
+        finish(
+          {
+            tool: input.call.name,
+            args_sha256: input.call.argsSha256,
+            output_sha256: null,
+            exit_status: null,
+            signal: null,
+            timed_out: false,
+            output_truncated: false,
+            duration_ms: 0,
+            sandbox_profile: null,
+            denial: { code, reason },
+            started_at: new Date().toISOString(),
+          },
+          null,
+          reason,
+        );
+      // At most once: a call claimed by a worker that was lost before it recorded the result
+      // may have run; it is not run again, and the model hears why.
+      if (!deps.evidence.claim(workflowId, key)) {
+        return refuse(
+          ERROR_CODES.toolCallInterrupted,
+          'this call was under way on a worker that was lost; it may have run, and it is not run again',
+        );
+      }
+      const assistant = deps.evidence.getJson<ChatMessage>(workflowId, input.assistantRef);
+      const asked = assistant.tool_calls?.find((c) => c.id === input.call.id);
+      if (!asked) return refuse(ERROR_CODES.toolArgumentsInvalid, 'the model turn has no such tool call');
+      let args: unknown;
+      try {
+        args = JSON.parse(asked.function.arguments);
+      } catch {
+        return refuse(ERROR_CODES.toolArgumentsInvalid, `the arguments of ${input.call.name} are not JSON`);
+      }
+      if (!input.offered.includes(input.call.name)) {
+        return refuse(
+          ERROR_CODES.toolNotOffered,
+          `tool ${input.call.name} is not offered in this ${input.phase === 'planning' ? 'planning step' : 'job'} (offered: ${input.offered.join(', ') || 'none'})`,
+        );
+      }
+      if (input.call.name === 'http') {
+        const method = (args as { method?: unknown } | null)?.method;
+        if (typeof method !== 'string' || !SAFE_HTTP_METHODS.includes(method)) {
+          return refuse(
+            ERROR_CODES.toolNotOffered,
+            `http ${String(method)} has side effects; the agent loop offers http ${SAFE_HTTP_METHODS.join(' and ')} only`,
+          );
+        }
+      }
+      let claims: CstClaims | null = null;
+      let tokenError: { code: string; reason: string } | undefined;
+      try {
+        claims = await verifyCapabilityToken(input.token, {
+          jwks: tokenJwks(),
+          expectedJob: input.job,
+          isRevoked: freshRevocationCheck(deps.revocations, deps.controlStale),
+          activePolicyHash: () =>
+            input.channel ? deps.registry.activeHash(input.channel) : input.policyHash,
+        });
+      } catch (error) {
+        if (error instanceof ClawgateError) tokenError = { code: error.code, reason: error.message };
+        else throw error;
+      }
+      const heartbeat = setInterval(() => {
+        try {
+          Context.current().heartbeat();
+        } catch {
+          // not in an activity (a unit test)
+        }
+      }, 1000);
+      try {
+        const ctx: ToolContext = {
+          workflowId,
+          policy: policyByHash(input.policyHash),
+          token: claims,
+          sandbox: deps.sandbox,
+          workspace: deps.workspaceFor(input.job),
+          ...(tokenError ? { tokenError } : {}),
+        };
+        const { record, output } = await runTool({ tool: input.call.name, args }, ctx);
+        const denial = record.denial;
+        if (output !== null) deps.evidence.put(workflowId, output);
+        return finish(record, output, denial ? `${denial.code}: ${denial.reason}` : null);
+      } finally {
+        clearInterval(heartbeat);
+      }
+    },
+  };
+}
+
+export type AgentActivities = ReturnType<typeof createAgentActivities>;
