@@ -10,7 +10,7 @@ import { openAiTools } from '../agent/tool-schemas.ts';
 import { toolOutputHeader } from '../agent/protocol.ts';
 import type { EvidenceStore } from '../evidence/store.ts';
 import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
-import { SAFE_HTTP_METHODS } from '../tools/kinds.ts';
+import { SAFE_HTTP_METHODS, SIDE_EFFECT_FREE_TOOLS } from '../tools/kinds.ts';
 import { runTool, type ToolContext } from '../tools/runner.ts';
 import type { JobRef, ModelTurnResult, ToolCallRef, ToolCallResult } from '../temporal/job-types.ts';
 import { verifyCapabilityToken, type CstClaims } from '../tokens/cst.ts';
@@ -73,7 +73,10 @@ export interface ToolCallInput {
 }
 
 function safeKey(...parts: Array<string | number>): string {
-  return parts.map((p) => String(p).replace(/[^A-Za-z0-9._-]/g, '_')).join('-').slice(0, 200);
+  return parts
+    .map((p) => String(p).replace(/[^A-Za-z0-9._-]/g, '_'))
+    .join('-')
+    .slice(0, 200);
 }
 
 /** The SHA-256 a tool call's arguments are named by: canonical JSON when they parse, else the raw text. */
@@ -102,7 +105,29 @@ export function toolCallsOf(message: ChatMessage | undefined): ToolCallRef[] {
 function cutUtf8(text: string, bytes: number): string {
   const buf = Buffer.from(text, 'utf8');
   if (buf.length <= bytes) return text;
-  return buf.subarray(0, bytes).toString('utf8').replace(/\uFFFD$/, '');
+  return buf
+    .subarray(0, bytes)
+    .toString('utf8')
+    .replace(/\uFFFD$/, '');
+}
+
+/**
+ * Runs `work` while telling Temporal every second that this activity is alive, so one whose
+ * worker died is retried elsewhere within the heartbeat timeout, not the whole time limit.
+ */
+async function heartbeating<T>(work: () => Promise<T>): Promise<T> {
+  let context: Context | undefined;
+  try {
+    context = Context.current();
+  } catch {
+    context = undefined; // not in an activity (a unit test)
+  }
+  const timer = context ? setInterval(() => context.heartbeat(), 1000) : undefined;
+  try {
+    return await work();
+  } finally {
+    clearInterval(timer);
+  }
 }
 
 export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (hash: string) => Wpc) {
@@ -118,100 +143,104 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
     return body.receipts.map((x) => ({ id: x.receipt_id, jws: x.jws }));
   }
 
-  return {
-    async modelTurn(input: ModelTurnInput): Promise<ModelTurnResult> {
-      const { workflowId } = input.job;
-      const key = safeKey('turn', input.phase, input.turn);
-      const kept = deps.evidence.result<ModelTurnResult>(workflowId, key);
-      if (kept) return kept; // asked and answered before this worker was lost: not asked again
-      const messages: ChatMessage[] = [
-        ...input.prelude,
-        ...input.refs.map((ref) => deps.evidence.getJson<ChatMessage>(workflowId, ref)),
-      ];
-      const tools = openAiTools(input.tools, { sideEffectFree: true });
-      const response = await fetch(`${deps.proxyUrl}/v1/chat/completions`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${input.token}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ model: input.model, messages, ...(tools.length ? { tools } : {}) }),
-      });
-      const text = await response.text();
-      const receiptId = response.headers.get('x-clawgate-receipt-id');
-      const receipts = await newReceipts(input.token, workflowId, input.lastReceiptId);
-      const base = {
-        phase: input.phase,
-        turn: input.turn,
-        receipt_id: receiptId,
-        http_status: response.status,
-        response_sha256: sha256Hex(text),
+  async function modelTurn(input: ModelTurnInput): Promise<ModelTurnResult> {
+    const { workflowId } = input.job;
+    const key = safeKey('turn', input.phase, input.turn);
+    const kept = deps.evidence.result<ModelTurnResult>(workflowId, key);
+    if (kept) return kept; // asked and answered before this worker was lost: not asked again
+    const messages: ChatMessage[] = [
+      ...input.prelude,
+      ...input.refs.map((ref) => deps.evidence.getJson<ChatMessage>(workflowId, ref)),
+    ];
+    const tools = openAiTools(input.tools, { sideEffectFree: true });
+    const response = await fetch(`${deps.proxyUrl}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${input.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: input.model, messages, ...(tools.length ? { tools } : {}) }),
+    });
+    const text = await response.text();
+    const receiptId = response.headers.get('x-clawgate-receipt-id');
+    const receipts = await newReceipts(input.token, workflowId, input.lastReceiptId);
+    const base = {
+      phase: input.phase,
+      turn: input.turn,
+      receipt_id: receiptId,
+      http_status: response.status,
+      response_sha256: sha256Hex(text),
+    };
+    const fail = (code: string, message: string): ModelTurnResult => ({
+      ok: false,
+      httpStatus: response.status,
+      error: { code, message },
+      receipts,
+      entry: { ...base, finish: 'error', error: { code, message }, tool_calls: [], usage: null },
+      assistantRef: null,
+      toolCalls: [],
+      answer: null,
+      usage: null,
+    });
+    let result: ModelTurnResult;
+    let completion: { choices?: Array<{ message?: ChatMessage }>; usage?: ModelTurnResult['usage'] } = {};
+    try {
+      completion = JSON.parse(text) as typeof completion;
+    } catch {
+      completion = {};
+    }
+    const message = completion.choices?.[0]?.message;
+    if (response.status !== 200) {
+      const error = (completion as { error?: { code?: unknown; message?: unknown } }).error;
+      result = fail(
+        typeof error?.code === 'string' ? error.code : `HTTP_${response.status}`,
+        typeof error?.message === 'string' ? error.message : text.slice(0, 300),
+      );
+    } else if (!message || typeof message !== 'object') {
+      result = fail('MODEL_ANSWER_MALFORMED', 'the model answer is not an OpenAI chat completion');
+    } else {
+      const toolCalls = toolCallsOf(message);
+      const content = typeof message.content === 'string' ? message.content : null;
+      const assistant: ChatMessage = {
+        role: 'assistant',
+        content,
+        ...(message.tool_calls?.length ? { tool_calls: message.tool_calls } : {}),
       };
-      const fail = (code: string, message: string): ModelTurnResult => ({
-        ok: false,
-        httpStatus: response.status,
-        error: { code, message },
+      const assistantRef = deps.evidence.putJson(workflowId, assistant);
+      const usage = completion.usage ?? null;
+      const inline = toolCalls.length > 0 || Buffer.byteLength(text) <= INLINE_RESPONSE_BYTES;
+      const answerText = content ?? '';
+      const carried = cutUtf8(answerText, ANSWER_CARRIED_BYTES);
+      result = {
+        ok: true,
+        httpStatus: 200,
+        error: null,
         receipts,
-        entry: { ...base, finish: 'error', error: { code, message }, tool_calls: [], usage: null },
-        assistantRef: null,
-        toolCalls: [],
-        answer: null,
-        usage: null,
-      });
-      let result: ModelTurnResult;
-      let completion: { choices?: Array<{ message?: ChatMessage }>; usage?: ModelTurnResult['usage'] } = {};
-      try {
-        completion = JSON.parse(text) as typeof completion;
-      } catch {
-        completion = {};
-      }
-      const message = completion.choices?.[0]?.message;
-      if (response.status !== 200) {
-        const error = (completion as { error?: { code?: unknown; message?: unknown } }).error;
-        result = fail(
-          typeof error?.code === 'string' ? error.code : `HTTP_${response.status}`,
-          typeof error?.message === 'string' ? error.message : text.slice(0, 300),
-        );
-      } else if (!message || typeof message !== 'object') {
-        result = fail('MODEL_ANSWER_MALFORMED', 'the model answer is not an OpenAI chat completion');
-      } else {
-        const toolCalls = toolCallsOf(message);
-        const content = typeof message.content === 'string' ? message.content : null;
-        const assistant: ChatMessage = {
-          role: 'assistant',
-          content,
-          ...(message.tool_calls?.length ? { tool_calls: message.tool_calls } : {}),
-        };
-        const assistantRef = deps.evidence.putJson(workflowId, assistant);
-        const usage = completion.usage ?? null;
-        const inline = toolCalls.length > 0 || Buffer.byteLength(text) <= INLINE_RESPONSE_BYTES;
-        const answerText = content ?? '';
-        const carried = cutUtf8(answerText, ANSWER_CARRIED_BYTES);
-        result = {
-          ok: true,
-          httpStatus: 200,
-          error: null,
-          receipts,
-          entry: {
-            ...base,
-            finish: toolCalls.length > 0 ? 'tool_calls' : 'answer',
-            tool_calls: toolCalls.map((c) => ({ id: c.id, name: c.name, args_sha256: c.argsSha256 })),
-            usage,
-            ...(inline ? { response: text } : {}),
-          },
-          assistantRef,
-          toolCalls,
-          answer:
-            toolCalls.length > 0
-              ? null
-              : {
-                  text: carried,
-                  sha256: sha256Hex(answerText),
-                  bytes: Buffer.byteLength(answerText),
-                  truncated: carried.length < answerText.length,
-                },
+        entry: {
+          ...base,
+          finish: toolCalls.length > 0 ? 'tool_calls' : 'answer',
+          tool_calls: toolCalls.map((c) => ({ id: c.id, name: c.name, args_sha256: c.argsSha256 })),
           usage,
-        };
-      }
-      deps.evidence.setResult(workflowId, key, result);
-      return result;
+          ...(inline ? { response: text } : {}),
+        },
+        assistantRef,
+        toolCalls,
+        answer:
+          toolCalls.length > 0
+            ? null
+            : {
+                text: carried,
+                sha256: sha256Hex(answerText),
+                bytes: Buffer.byteLength(answerText),
+                truncated: carried.length < answerText.length,
+              },
+        usage,
+      };
+    }
+    deps.evidence.setResult(workflowId, key, result);
+    return result;
+  }
+
+  return {
+    modelTurn(input: ModelTurnInput): Promise<ModelTurnResult> {
+      return heartbeating(() => modelTurn(input));
     },
 
     async runToolCall(input: ToolCallInput): Promise<ToolCallResult> {
@@ -284,10 +313,29 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
       } catch {
         return refuse(ERROR_CODES.toolArgumentsInvalid, `the arguments of ${input.call.name} are not JSON`);
       }
+      const policy = policyByHash(input.policyHash);
+      // The policy's own word first (its deny and allow lists), then what this loop offers.
+      if (policy.execution.tools.deny.includes(input.call.name)) {
+        return refuse(ERROR_CODES.toolDeniedByPolicy, `tool ${input.call.name} is on the policy's deny list`);
+      }
+      if (!policy.execution.tools.allow.includes(input.call.name)) {
+        return refuse(
+          ERROR_CODES.toolNotAllowedByPolicy,
+          `tool ${input.call.name} is not on the policy's allow list`,
+        );
+      }
       if (!input.offered.includes(input.call.name)) {
+        if (input.phase === 'execution' && SIDE_EFFECT_FREE_TOOLS.includes(input.call.name)) {
+          return refuse(
+            ERROR_CODES.toolNotInTokenScope,
+            `tool ${input.call.name} is not among the approved plan's tools (${input.offered.join(', ') || 'none'})`,
+          );
+        }
         return refuse(
           ERROR_CODES.toolNotOffered,
-          `tool ${input.call.name} is not offered in this ${input.phase === 'planning' ? 'planning step' : 'job'} (offered: ${input.offered.join(', ') || 'none'})`,
+          input.phase === 'planning'
+            ? `tool ${input.call.name} is not offered while planning (only ${input.offered.join(', ') || 'none'}, which read the workspace)`
+            : `tool ${input.call.name} has side effects; those wait for per-call approvals, which this job does not have (offered: ${input.offered.join(', ') || 'none'})`,
         );
       }
       if (input.call.name === 'http') {
@@ -313,17 +361,10 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
         if (error instanceof ClawgateError) tokenError = { code: error.code, reason: error.message };
         else throw error;
       }
-      const heartbeat = setInterval(() => {
-        try {
-          Context.current().heartbeat();
-        } catch {
-          // not in an activity (a unit test)
-        }
-      }, 1000);
-      try {
+      return await heartbeating(async () => {
         const ctx: ToolContext = {
           workflowId,
-          policy: policyByHash(input.policyHash),
+          policy,
           token: claims,
           sandbox: deps.sandbox,
           workspace: deps.workspaceFor(input.job),
@@ -333,9 +374,7 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
         const denial = record.denial;
         if (output !== null) deps.evidence.put(workflowId, output);
         return finish(record, output, denial ? `${denial.code}: ${denial.reason}` : null);
-      } finally {
-        clearInterval(heartbeat);
-      }
+      });
     },
   };
 }

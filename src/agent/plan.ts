@@ -57,7 +57,13 @@ export function readAgentPlan(text: string, offered: readonly string[], budget: 
   }
   return {
     ok: true,
-    plan: { mode: 'agent', goal: goal.trim(), steps: (steps as string[]).map((s) => s.trim()), tools: kept, budget },
+    plan: {
+      mode: 'agent',
+      goal: goal.trim(),
+      steps: (steps as string[]).map((s) => s.trim()),
+      tools: kept,
+      budget,
+    },
     dropped,
   };
 }

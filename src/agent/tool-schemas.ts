@@ -17,7 +17,11 @@ export function openAiTools(names: readonly string[], opts: { sideEffectFree: bo
   for (const name of names) {
     const tool = TOOLS[name];
     if (!tool) continue;
-    const { $schema: _schema, description: shape, ...parameters } = z.toJSONSchema(tool.args, {
+    const {
+      $schema: _schema,
+      description: shape,
+      ...parameters
+    } = z.toJSONSchema(tool.args, {
       io: 'input',
       unrepresentable: 'any',
     }) as Record<string, unknown>;
@@ -32,7 +36,11 @@ export function openAiTools(names: readonly string[], opts: { sideEffectFree: bo
     }
     tools.push({
       type: 'function',
-      function: { name, description: typeof shape === 'string' ? `${description} (${shape})` : description, parameters },
+      function: {
+        name,
+        description: typeof shape === 'string' ? `${description} (${shape})` : description,
+        parameters,
+      },
     });
   }
   return tools;

@@ -240,7 +240,8 @@ export function parseConfig(
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
   config.stateDir = abs(config.stateDir);
   // A source that is a path (not a URL) is resolved against the configuration's folder.
-  const localPath = (p: string) => (/^[a-z][a-z0-9+.-]*:\/\//i.test(p) || /^[^/]+@[^/]+:/.test(p) ? p : abs(p));
+  const localPath = (p: string) =>
+    /^[a-z][a-z0-9+.-]*:\/\//i.test(p) || /^[^/]+@[^/]+:/.test(p) ? p : abs(p);
   const source = config.worker.workspace;
   if (source !== undefined) {
     config.worker.workspace =

@@ -120,11 +120,18 @@ export const wpcSchema = z
             /** Model turns during planning (looking with read-only tools, then the plan). */
             planning_turns: z.number().int().min(1).max(20).default(4),
             /** Model turns after approval. The proxy enforces it too, from the job's receipts. */
-            model_turns: z.number().int().min(1).max(500).default(20),
+            // At most 400: a turn's evidence (receipt, turn, tool record, about 3 KB) is carried in the
+            // history until the bundle is sealed, and a payload may be 2 MB.
+            model_turns: z.number().int().min(1).max(400).default(20),
             tool_calls: z.number().int().min(0).max(2000).default(40),
             /** Total tokens over the job's model calls, from the receipts' usage. */
             model_tokens: z.number().int().min(1000).max(100_000_000).default(200_000),
-            wall_seconds: z.number().int().min(10).max(7 * 86_400).default(1800),
+            wall_seconds: z
+              .number()
+              .int()
+              .min(10)
+              .max(7 * 86_400)
+              .default(1800),
             /** The most of one tool result the model is sent (the whole output is kept as evidence). */
             tool_result_bytes: z
               .number()

@@ -2,7 +2,9 @@
 // Ollama, vLLM and llama.cpp servers speak): `POST /v1/chat/completions` as JSON or as a
 // server-sent event stream, and `GET /v1/models`. It stands in for a paid provider in tests,
 // benchmarks and the demo; it answers by echoing the last user message, word by word when
-// streaming, with configurable delays and faults. It is not a model.
+// streaming, with configurable delays and faults. It is not a model, but it can stand in for
+// one: given `reply`, it answers with what that function says, tool calls included (see
+// demo-model.ts for a scripted one).
 import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createTlsServer } from 'node:https';
@@ -35,7 +37,11 @@ export interface DemoUpstreamOptions {
   /** When set, a stream waits for this after its first chunk (to observe pass-through). */
   afterFirstChunk?: () => Promise<void>;
   /** The answer to give, from the request's messages (default: echo the last user message). */
-  answer?: (messages: Array<{ role?: unknown; content?: unknown }>) => string;
+  answer?: (messages: ChatMessage[]) => string;
+  /** The assistant message to give, tool calls included; when set, it wins over `answer`. */
+  reply?: (request: ReplyRequest) => AssistantReply;
+  /** Awaited before each chat answer (a test holds a model turn with it). */
+  beforeAnswer?: (request: ReplyRequest) => Promise<void>;
   /** Serve over TLS with this key and certificate (PEM), as a provider's endpoint is. */
   tls?: { key: string; cert: string };
 }
@@ -53,10 +59,42 @@ export interface DemoUpstream {
   close(): Promise<void>;
 }
 
+/** A chat message as it arrives: nothing in it is trusted to have the type it should. */
+export interface ChatMessage {
+  role?: unknown;
+  content?: unknown;
+  /** On assistant messages: the tool calls the model made. */
+  tool_calls?: unknown;
+  /** On tool messages: the call this is the result of. */
+  tool_call_id?: unknown;
+}
+
+/** One tool call of an assistant message, as OpenAI tool calling has it. */
+export interface ToolCall {
+  id: string;
+  type: 'function';
+  /** `arguments` is JSON text, as the model wrote it. */
+  function: { name: string; arguments: string };
+}
+
+/** What the assistant says: text, tool calls, or both. */
+export interface AssistantReply {
+  content: string | null;
+  tool_calls?: ToolCall[];
+}
+
+/** What `reply` is given of a request: the model asked for, the messages, the OpenAI `tools`. */
+export interface ReplyRequest {
+  model: string;
+  messages: ChatMessage[];
+  tools: unknown[];
+}
+
 interface ChatRequest {
   model?: unknown;
   stream?: unknown;
-  messages?: Array<{ role?: unknown; content?: unknown }>;
+  messages?: ChatMessage[];
+  tools?: unknown;
 }
 
 const sleep = (ms: number): Promise<void> =>
@@ -92,6 +130,41 @@ export function jitterShare(text: string): number {
 /** Rough token counts (words), so usage figures exist and move with the text. */
 function countTokens(text: string): number {
   return text.split(/\s+/).filter(Boolean).length;
+}
+
+/** The text a reply's usage is counted on: its content, and its calls' names and arguments. */
+function replyText(reply: AssistantReply): string {
+  const calls = (reply.tool_calls ?? []).map((c) => `${c.function.name} ${c.function.arguments}`);
+  return [reply.content ?? '', ...calls].join(' ');
+}
+
+/** Characters of a call's arguments per stream chunk (real models send a token or so at a time). */
+const ARGUMENT_FRAGMENT = 8;
+
+/**
+ * A reply as the deltas of a stream, in the OpenAI chunk format: the content word by word, then
+ * each tool call, whose first delta carries its index, id, type, name and empty arguments, and
+ * whose arguments follow in fragments. The first delta also carries the role.
+ */
+function streamDeltas(reply: AssistantReply): Array<Record<string, unknown>> {
+  const deltas: Array<Record<string, unknown>> = [];
+  if (reply.content !== null) {
+    const words = reply.content.split(' ');
+    words.forEach((word, i) => deltas.push({ content: i === 0 ? word : ` ${word}` }));
+  }
+  (reply.tool_calls ?? []).forEach((call, index) => {
+    const { id, type, function: fn } = call;
+    deltas.push({ tool_calls: [{ index, id, type, function: { name: fn.name, arguments: '' } }] });
+    const chars = Array.from(fn.arguments); // code points, so no fragment splits a character
+    for (let at = 0; at < chars.length; at += ARGUMENT_FRAGMENT) {
+      const piece = chars.slice(at, at + ARGUMENT_FRAGMENT).join('');
+      deltas.push({ tool_calls: [{ index, function: { arguments: piece } }] });
+    }
+  });
+  const first = deltas[0] ?? { content: null };
+  deltas[0] =
+    reply.content === null ? { role: 'assistant', content: null, ...first } : { role: 'assistant', ...first };
+  return deltas;
 }
 
 export async function startDemoUpstream(opts: DemoUpstreamOptions = {}): Promise<DemoUpstream> {
@@ -138,6 +211,9 @@ export async function startDemoUpstream(opts: DemoUpstreamOptions = {}): Promise
       return;
     }
     if (fault === 'hang') return; // never answers; the caller's timeout must act
+    if (opts.beforeAnswer) {
+      await opts.beforeAnswer({ model, messages: request.messages ?? [], tools: [] });
+    }
     const jitter = opts.firstByteJitterMs ? opts.firstByteJitterMs * jitterShare(lastUserText(request)) : 0;
     await sleep((opts.firstByteDelayMs ?? 0) + jitter);
     if (fault === 'error-500') {
@@ -147,12 +223,22 @@ export async function startDemoUpstream(opts: DemoUpstreamOptions = {}): Promise
     counter += 1;
     const id = `chatcmpl-demo-${counter}`;
     const created = Math.floor(Date.now() / 1000);
-    const answer = opts.answer ? opts.answer(request.messages ?? []) : answerFor(request);
-    const promptTokens = countTokens(JSON.stringify(request.messages ?? []));
+    const messages = request.messages ?? [];
+    const reply: AssistantReply = opts.reply
+      ? opts.reply({
+          model,
+          messages,
+          tools: Array.isArray(request.tools) ? (request.tools as unknown[]) : [],
+        })
+      : { content: opts.answer ? opts.answer(messages) : answerFor(request) };
+    const calls = reply.tool_calls?.length ? reply.tool_calls : undefined;
+    const finishReason = calls ? 'tool_calls' : 'stop';
+    const promptTokens = countTokens(JSON.stringify(messages));
+    const completionTokens = countTokens(replyText(reply));
     const usage = {
       prompt_tokens: promptTokens,
-      completion_tokens: countTokens(answer),
-      total_tokens: promptTokens + countTokens(answer),
+      completion_tokens: completionTokens,
+      total_tokens: promptTokens + completionTokens,
     };
     if (request.stream !== true) {
       sendJson(
@@ -163,7 +249,13 @@ export async function startDemoUpstream(opts: DemoUpstreamOptions = {}): Promise
           object: 'chat.completion',
           created,
           model,
-          choices: [{ index: 0, message: { role: 'assistant', content: answer }, finish_reason: 'stop' }],
+          choices: [
+            {
+              index: 0,
+              message: { role: 'assistant', content: reply.content, ...(calls ? { tool_calls: calls } : {}) },
+              finish_reason: finishReason,
+            },
+          ],
           usage,
         },
         sent,
@@ -176,9 +268,9 @@ export async function startDemoUpstream(opts: DemoUpstreamOptions = {}): Promise
       streamed.push(text);
       res.write(text);
     };
-    const words = answer.split(' ');
-    for (let i = 0; i < words.length; i++) {
-      const delta = i === 0 ? { role: 'assistant', content: words[i] } : { content: ` ${words[i]}` };
+    const deltas = streamDeltas({ content: reply.content, ...(calls ? { tool_calls: calls } : {}) });
+    for (let i = 0; i < deltas.length; i++) {
+      const delta = deltas[i];
       write(
         `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta, finish_reason: null }] })}\n\n`,
       );
@@ -194,7 +286,7 @@ export async function startDemoUpstream(opts: DemoUpstreamOptions = {}): Promise
       if (res.destroyed) return;
     }
     write(
-      `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta: {}, finish_reason: 'stop' }], usage })}\n\n`,
+      `data: ${JSON.stringify({ id, object: 'chat.completion.chunk', created, model, choices: [{ index: 0, delta: {}, finish_reason: finishReason }], usage })}\n\n`,
     );
     streamed.push('data: [DONE]\n\n');
     sent.push(Buffer.from(streamed.join('')));

@@ -22,6 +22,8 @@ import { generateKeyring, KEY_PURPOSES, loadSigner, publicJwks } from '../keys/k
 import { FilePolicyRegistry } from '../policy/registry.ts';
 import { parseProxyConfig, type UpstreamConfig } from '../proxy/config.ts';
 import { startDemoUpstream, type DemoUpstream } from '../proxy/demo-upstream.ts';
+import { DEMO_SCRIPT, scriptedModel } from '../proxy/demo-model.ts';
+import { AGENT_PROMPT_HEAD, PLANNER_PROMPT_HEAD } from '../agent/protocol.ts';
 import { ReceiptStore } from '../proxy/receipt-store.ts';
 import { startProxy, type RunningProxy } from '../proxy/server.ts';
 import { cstVerifier, registryPolicySource } from '../proxy/token-check.ts';
@@ -70,15 +72,27 @@ export interface RunningUpstream {
 /** The configured upstreams, or the local demo upstream (it echoes, and answers plans with DEMO_PLAN). */
 export async function modelUpstreams(config: ClawgateConfig): Promise<RunningUpstream> {
   if (config.proxy.upstreams) return { upstreams: config.proxy.upstreams, demo: null };
+  const agent = scriptedModel(DEMO_SCRIPT);
   const demo = await startDemoUpstream({
-    answer: (messages) => {
+    // The scripted demo model: it plans, calls tools, reads what they return and answers from
+    // it (src/proxy/demo-model.ts). A fixed-step policy's planner gets DEMO_PLAN.
+    reply: (request) => {
+      const { messages } = request;
       if (messages.some((m) => m.role === 'system' && m.content === PLANNER_PROMPT)) {
-        return JSON.stringify(DEMO_PLAN);
+        return { content: JSON.stringify(DEMO_PLAN) };
+      }
+      const system = messages.find((m) => m.role === 'system')?.content;
+      if (
+        typeof system === 'string' &&
+        (system.startsWith(PLANNER_PROMPT_HEAD) || system.startsWith(AGENT_PROMPT_HEAD))
+      ) {
+        return agent(request);
       }
       const last = messages.at(-1)?.content;
-      return typeof last === 'string'
-        ? `(demo upstream, not a model) ${last}`
-        : '(demo upstream, not a model)';
+      return {
+        content:
+          typeof last === 'string' ? `(demo upstream, not a model) ${last}` : '(demo upstream, not a model)',
+      };
     },
   });
   return { upstreams: [{ name: 'demo', baseUrl: `${demo.url}/v1`, models: [DEMO_MODEL] }], demo };

@@ -103,6 +103,9 @@ export function demoPolicy(demo: DemoState, channel: string, model: string): Wpc
     execution: {
       sandbox: { mode: 'all', workspace_access: 'ro' },
       tools: { allow: ['read', 'search'], deny: ['exec'] },
+      // The agent loop: the model reads what the tools return; read and search have no side effects.
+      mode: 'agent',
+      agent: { model_turns: 12, tool_calls: 24, wall_seconds: 600 },
     },
     tokens: { cst: { job_scoped: true, pin_policy_hash: true } },
     model_access: { route_via: 'clawgate-proxy', receipts: 'required', allowed_models: [model] },

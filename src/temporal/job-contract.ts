@@ -117,7 +117,13 @@ export interface JobStatusView {
   /** Agent mode: the approved plan, each turn (a tool call or the answer), and the answer. */
   mode?: 'agent' | 'plan';
   plan?: AgentPlan | null;
-  turns?: Array<{ phase: 'planning' | 'execution'; turn: number; tool: string | null; args: string; outcome: string }>;
+  turns?: Array<{
+    phase: 'planning' | 'execution';
+    turn: number;
+    tool: string | null;
+    args: string;
+    outcome: string;
+  }>;
   answer?: string | null;
   /** The budget used so far (agent mode). */
   used?: { model_turns: number; tool_calls: number; model_tokens: number; wall_seconds: number };

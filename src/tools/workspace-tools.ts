@@ -76,6 +76,8 @@ export const searchTool: ToolDefinition<typeof searchArgs> = {
       [
         'grep',
         '-rnIF',
+        // git's own files are not the workspace's content (and hold sample hooks that match anything).
+        '--exclude-dir=.git',
         '--',
         args.query,
         args.path ? `${SANDBOX_WORKSPACE}/${args.path}` : SANDBOX_WORKSPACE,

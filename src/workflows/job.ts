@@ -806,13 +806,25 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
     for (;;) {
       view.used = used();
       if (state.turn >= budget.model_turns) {
-        return await stop('budget_exhausted', `stopped after ${state.turn} model turns, the plan's budget`, 'model_turns');
+        return await stop(
+          'budget_exhausted',
+          `stopped after ${state.turn} model turns, the plan's budget`,
+          'model_turns',
+        );
       }
       if (state.tokensUsed >= budget.model_tokens) {
-        return await stop('budget_exhausted', `stopped after ${state.tokensUsed} model tokens (budget ${budget.model_tokens})`, 'model_tokens');
+        return await stop(
+          'budget_exhausted',
+          `stopped after ${state.tokensUsed} model tokens (budget ${budget.model_tokens})`,
+          'model_tokens',
+        );
       }
       if (Date.now() - state.startedAt >= budget.wall_seconds * 1000) {
-        return await stop('budget_exhausted', `stopped after ${budget.wall_seconds} s, the plan's time budget`, 'wall_seconds');
+        return await stop(
+          'budget_exhausted',
+          `stopped after ${budget.wall_seconds} s, the plan's time budget`,
+          'wall_seconds',
+        );
       }
       const info = workflowInfo();
       if (info.continueAsNewSuggested || info.historyLength >= AGENT_CONTINUE_AS_NEW_EVENTS) {
@@ -866,14 +878,28 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
       if (!result.ok) {
         const error = result.error ?? { code: '?', message: '' };
         if (error.code === 'MODEL_BUDGET_EXHAUSTED') {
-          return await stop('budget_exhausted', `the model proxy refused turn ${turn + 1}: ${error.message}`, 'model_calls');
+          return await stop(
+            'budget_exhausted',
+            `the model proxy refused turn ${turn + 1}: ${error.message}`,
+            'model_calls',
+          );
         }
-        return await stop('failed', `turn ${turn + 1}: the model proxy answered ${result.httpStatus} (${error.code}: ${error.message})`, null);
+        return await stop(
+          'failed',
+          `turn ${turn + 1}: the model proxy answered ${result.httpStatus} (${error.code}: ${error.message})`,
+          null,
+        );
       }
       if (result.toolCalls.length === 0) {
         const answer = result.answer ?? { text: '', sha256: '', bytes: 0, truncated: false };
         view.answer = answer.text.slice(0, 4000);
-        (view.turns ??= []).push({ phase: 'execution', turn, tool: null, args: '', outcome: `answer, ${answer.bytes} bytes` });
+        (view.turns ??= []).push({
+          phase: 'execution',
+          turn,
+          tool: null,
+          args: '',
+          outcome: `answer, ${answer.bytes} bytes`,
+        });
         entries.push({ type: 'answer', body: { turn, sha256: answer.sha256, bytes: answer.bytes } });
         const shown = renderAnswer({ jobId: shortId, ...answer });
         await say('answer', shown.body, shown.html);

@@ -116,6 +116,7 @@ export async function startWorkerStack(): Promise<WorkerStack> {
       doc.matrix.requesters_allowlist = choice.requesters;
       doc.matrix.approval.approver_user_ids_allowlist = choice.approvers;
       doc.matrix.approval.expires_after_seconds = 3600;
+      doc.execution.mode = 'plan'; // the gateway's tests run fixed-step jobs
       if (choice.limits) doc.matrix.limits = choice.limits;
       if (choice.requireVerifiedDevice) doc.matrix.approval.require_verified_device = true;
       const signed = signWpc(parseWpc(doc), loadSigner(keysDir, 'policy'));

@@ -113,6 +113,8 @@ before(async () => {
   example.matrix.approval.expires_after_seconds = 3600;
   example.execution.egress_allowlist = [`127.0.0.1:${holdPort}`];
   example.execution.sandbox.limits = { wall_seconds: 2 };
+  // These jobs run the strict mode: fixed steps (the agent loop has its own tests).
+  example.execution.mode = 'plan';
   const registry = new FilePolicyRegistry(join(state, 'registry'));
   const signed = signWpc(parseWpc(example), loadSigner(keys, 'policy'));
   await registry.register(signed, publicJwks(keys, ['policy']));
@@ -295,6 +297,7 @@ test('happy path: request, plan in the thread, approval, steps in the sandbox, s
     'job',
     'request',
     'policy',
+    'workspace',
     'token',
     'model_receipt',
     'plan',
@@ -324,8 +327,8 @@ test('happy path: request, plan in the thread, approval, steps in the sandbox, s
   assert.ok(report.ok && report.replayed);
   // A bundle changed after sealing (and re-sealed with the real key) no longer matches its history.
   const tampered = structuredClone(bundle);
-  tampered.entries[8].body.exit_status = 0;
-  tampered.entries[8].body.output_sha256 = 'f'.repeat(64);
+  tampered.entries[9].body.exit_status = 0;
+  tampered.entries[9].body.output_sha256 = 'f'.repeat(64);
   const resealed = sealBundle(
     tampered.job,
     tampered.entries,
@@ -338,7 +341,7 @@ test('happy path: request, plan in the thread, approval, steps in the sandbox, s
   assert.equal(caught.ok, false);
   assert.ok(
     caught.mismatches.some(
-      (m) => m.entry === 8 && /differs between the history and the bundle/.test(m.problem),
+      (m) => m.entry === 9 && /differs between the history and the bundle/.test(m.problem),
     ),
   );
 });

@@ -8,6 +8,7 @@ import { createJobActivities } from '../../src/activities/job-activities.ts';
 import { FilePolicyRegistry } from '../../src/policy/registry.ts';
 import { bubblewrapSandbox } from '../../src/sandbox/bubblewrap.ts';
 import { FileRevocationStore } from '../../src/tokens/revocations.ts';
+import { jobWorkspacePath } from '../../src/workspace/workspaces.ts';
 
 const cfg = JSON.parse(process.argv[2] ?? '{}') as {
   address: string;
@@ -16,6 +17,8 @@ const cfg = JSON.parse(process.argv[2] ?? '{}') as {
   state: string;
   proxyUrl: string;
   bwrap: string;
+  /** When set, each job gets its own workspace made from this repository (as the real worker does). */
+  source?: { repo: string; ref: string };
 };
 Runtime.install({
   logger: {
@@ -40,7 +43,16 @@ const worker = await Worker.create({
     proxyUrl: cfg.proxyUrl,
     planningModel: 'demo-echo',
     sandbox: bubblewrapSandbox(cfg.bwrap),
+    ...(cfg.source
+      ? {
+          workspaces: {
+            root: join(cfg.state, 'job-workspaces'),
+            source: () => Promise.resolve(cfg.source as { repo: string; ref: string }),
+          },
+        }
+      : {}),
     workspaceFor: (job) => {
+      if (cfg.source) return jobWorkspacePath(join(cfg.state, 'job-workspaces'), job.workflowId);
       const dir = join(cfg.state, 'workspaces', Buffer.from(job.workflowId).toString('base64url'));
       mkdirSync(dir, { recursive: true });
       writeFileSync(join(dir, 'README.md'), '# demo\nTODO: write the docs\n');

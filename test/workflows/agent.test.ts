@@ -1,0 +1,591 @@
+// The agent loop on the real Temporal dev server, with real Matrix users on the real Synapse,
+// the real proxy (its upstream is the scripted demo model), real tokens, each job's own
+// workspace made from a real git repository, the real sandbox, and a sealed bundle verified
+// offline at the end.
+import assert from 'node:assert/strict';
+import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, test } from 'node:test';
+import type { WorkflowHandle } from '@temporalio/client';
+import type { Worker } from '@temporalio/worker';
+import { createJobActivities } from '../../src/activities/job-activities.ts';
+import { readControlState } from '../../src/activities/control-state.ts';
+import { verifyBundle } from '../../src/evidence/bundle.ts';
+import { replayJob } from '../../src/evidence/replay.ts';
+import { createMatrixActivities } from '../../src/ingress/matrix-io.ts';
+import { generateKeyring, KEY_PURPOSES, loadSigner, publicJwks } from '../../src/keys/keyring.ts';
+import { FilePolicyRegistry, signWpc } from '../../src/policy/registry.ts';
+import { parseWpc } from '../../src/policy/wpc.ts';
+import { parseProxyConfig } from '../../src/proxy/config.ts';
+import { scriptedModel, DEMO_SCRIPT, type DemoScript } from '../../src/proxy/demo-model.ts';
+import { startDemoUpstream, type DemoUpstream } from '../../src/proxy/demo-upstream.ts';
+import { ReceiptStore } from '../../src/proxy/receipt-store.ts';
+import { startProxy, type RunningProxy } from '../../src/proxy/server.ts';
+import { cstVerifier, registryPolicySource } from '../../src/proxy/token-check.ts';
+import { bubblewrapSandbox } from '../../src/sandbox/bubblewrap.ts';
+import {
+  approvalSignal,
+  jobWorkflowId,
+  statusQuery,
+  type ApprovalAttempt,
+  type JobRequest,
+} from '../../src/temporal/job-contract.ts';
+import { FileRevocationStore } from '../../src/tokens/revocations.ts';
+import type { JobResult } from '../../src/workflows/job.ts';
+import { DEMO_README, ensureDemoRepository, jobWorkspacePath } from '../../src/workspace/workspaces.ts';
+import { recordHistory } from '../harness/histories.ts';
+import { MatrixTestUser } from '../harness/matrix-user.ts';
+import { testServers, uniqueId } from '../harness/servers.ts';
+import { bundleWorkflows, connectTemporal, type TemporalTestContext } from '../harness/temporal.ts';
+
+let temporal: TemporalTestContext;
+let upstream: DemoUpstream;
+let proxy: RunningProxy;
+let bot: MatrixTestUser;
+let requester: MatrixTestUser;
+let approver: MatrixTestUser;
+let roomId: string;
+let state: string;
+let keys: string;
+let registry: FilePolicyRegistry;
+let worker: Worker;
+let matrixWorker: Worker;
+let taskQueue: string;
+let matrixQueue: string;
+let running: Promise<void>;
+let source: { repo: string; ref: string };
+const policies: Record<string, string> = {};
+
+// A web server the http tool may reach: /hold answers only when the test lets it.
+let holdServer: Server;
+let holdPort = 0;
+const hits = { hold: 0 };
+let holdArrived: () => void = () => {};
+
+const PLAN_WITH_HTTP = JSON.stringify({
+  goal: 'Look around',
+  steps: ['Search, read and fetch what is needed', 'Answer'],
+  tools: ['read', 'search', 'http'],
+});
+
+/** Scripts by a word of the request, so each test plays the model it needs. */
+const scripts: Array<[string, DemoScript]> = [];
+/** When set, the model's answer to a request whose text includes the key waits for the promise (once). */
+const modelHolds = new Map<string, { reached: () => void; release: Promise<void> }>();
+
+function requestText(messages: Array<{ role?: unknown; content?: unknown }>): string {
+  const first = messages.find((m) => m.role === 'user');
+  return typeof first?.content === 'string' ? first.content : '';
+}
+
+before(async () => {
+  holdServer = createServer((req, res) => {
+    if (req.url === '/hold') {
+      hits.hold += 1;
+      holdArrived();
+    } else res.end('ok');
+  });
+  await new Promise<void>((resolve) => holdServer.listen(0, '127.0.0.1', resolve));
+  holdPort = (holdServer.address() as { port: number }).port;
+
+  state = mkdtempSync(join(tmpdir(), 'clawgate-agent-'));
+  keys = join(state, 'keys');
+  for (const purpose of KEY_PURPOSES) await generateKeyring(keys, purpose);
+  // The source every job's workspace is made from: the demo repository, plus a 1,000,000-byte file.
+  const made = await ensureDemoRepository(join(state, 'source'));
+  const git = (...args: string[]) =>
+    execFileSync('git', ['-C', made.repo, ...args], {
+      env: {
+        PATH: process.env['PATH'] ?? '/usr/bin:/bin',
+        HOME: state,
+        GIT_CONFIG_NOSYSTEM: '1',
+        GIT_AUTHOR_NAME: 't',
+        GIT_AUTHOR_EMAIL: 't@example.org',
+        GIT_COMMITTER_NAME: 't',
+        GIT_COMMITTER_EMAIL: 't@example.org',
+      },
+    });
+  git('checkout', '-q', made.ref);
+  writeFileSync(join(made.repo, 'big.txt'), 'x'.repeat(999_999) + '\n');
+  git('add', 'big.txt');
+  git('commit', '-qm', 'a large file');
+  source = made;
+
+  [bot, requester, approver] = (await Promise.all(
+    ['bot', 'requester', 'approver'].map((n) => MatrixTestUser.create(n)),
+  )) as [MatrixTestUser, MatrixTestUser, MatrixTestUser];
+  roomId = await bot.createRoom({ name: 'agents', invite: [requester.userId, approver.userId] });
+  for (const user of [requester, approver]) {
+    await user.waitForMembership(roomId, 'invite');
+    await user.joinRoom(roomId);
+  }
+
+  const example = JSON.parse(readFileSync(new URL('../../examples/policy.json', import.meta.url), 'utf8'));
+  example.matrix.rooms_allowlist = [roomId];
+  example.matrix.requesters_allowlist = [requester.userId];
+  example.matrix.approval.approver_user_ids_allowlist = [approver.userId];
+  example.matrix.approval.expires_after_seconds = 3600;
+  example.execution.egress_allowlist = [`127.0.0.1:${holdPort}`];
+  example.execution.sandbox.limits = { wall_seconds: 5 };
+  example.execution.mode = 'agent';
+  registry = new FilePolicyRegistry(join(state, 'registry'));
+  const register = async (name: string, agent: Record<string, number>) => {
+    const signed = signWpc(
+      parseWpc({ ...example, execution: { ...example.execution, agent } }),
+      loadSigner(keys, 'policy'),
+    );
+    await registry.register(signed, publicJwks(keys, ['policy']));
+    policies[name] = signed.hash;
+  };
+  await register('main', { model_turns: 8, tool_calls: 10 });
+  await register('short', { model_turns: 3, tool_calls: 10 });
+  await register('long', {
+    model_turns: 200,
+    tool_calls: 200,
+    model_tokens: 100_000_000,
+    tool_result_bytes: 1024,
+  });
+  registry.activate('matrix', policies['main'] as string);
+
+  const revocations = new FileRevocationStore(join(state, 'revocations.log'));
+  upstream = await startDemoUpstream({
+    reply: (request) => {
+      const text = requestText(request.messages);
+      const script = scripts.find(([key]) => text.includes(key))?.[1] ?? DEMO_SCRIPT;
+      return scriptedModel(script)(request);
+    },
+    beforeAnswer: async (request) => {
+      const text = requestText(request.messages as Array<{ role?: unknown; content?: unknown }>);
+      for (const [key, hold] of modelHolds) {
+        if (!text.includes(key)) continue;
+        modelHolds.delete(key);
+        hold.reached();
+        await hold.release;
+      }
+    },
+  });
+  const config = parseProxyConfig({
+    listen: { host: '127.0.0.1', port: 0 },
+    upstreams: [{ name: 'demo', baseUrl: `${upstream.url}/v1`, models: ['demo-echo'] }],
+    receiptsPath: join(state, 'proxy', 'receipts.log'),
+  });
+  proxy = await startProxy({
+    config,
+    store: await ReceiptStore.open(config.receiptsPath),
+    receiptKey: loadSigner(keys, 'receipt'),
+    verifyToken: cstVerifier({
+      jwks: publicJwks(keys, ['token']),
+      revocations,
+      policies: registryPolicySource(registry, 'matrix'),
+    }),
+  });
+
+  temporal = await connectTemporal();
+  const workflowBundle = await bundleWorkflows(
+    fileURLToPath(new URL('../../src/workflows/index.ts', import.meta.url)),
+  );
+  const activities = createJobActivities({
+    registry,
+    keysDir: keys,
+    revocations,
+    proxyUrl: proxy.url,
+    planningModel: 'demo-echo',
+    sandbox: bubblewrapSandbox(testServers().bwrap),
+    workspaces: { root: join(state, 'job-workspaces'), source: () => Promise.resolve(source) },
+    workspaceFor: (job) => jobWorkspacePath(join(state, 'job-workspaces'), job.workflowId),
+    bundleDir: join(state, 'bundles'),
+    controlState: () => readControlState(temporal.client),
+  });
+  ({ worker, taskQueue } = await temporal.createWorker({ workflowBundle, activities }));
+  ({ worker: matrixWorker, taskQueue: matrixQueue } = await temporal.createWorker({
+    activities: createMatrixActivities(bot.client),
+  }));
+  running = Promise.all([worker.run(), matrixWorker.run()]).then(() => {});
+});
+
+after(async () => {
+  worker.shutdown();
+  matrixWorker.shutdown();
+  await running;
+  await temporal.close();
+  await proxy.close();
+  await upstream.close();
+  holdServer.closeAllConnections();
+  holdServer.close();
+  for (const user of [bot, requester, approver]) user.stop();
+});
+
+async function request(text: string, queue = taskQueue) {
+  const eventId = await requester.sendText(roomId, text);
+  const input: JobRequest = {
+    roomId,
+    requester: requester.userId,
+    eventId,
+    text,
+    channel: 'matrix',
+    matrixTaskQueue: matrixQueue,
+  };
+  const workflowId = jobWorkflowId(roomId, eventId);
+  const handle = await temporal.client.workflow.start('jobWorkflow', {
+    taskQueue: queue,
+    workflowId,
+    args: [input],
+  });
+  return { handle, eventId, workflowId };
+}
+
+async function threadNotice(root: string, pattern: RegExp, timeoutMs = 60_000) {
+  return await requester.waitForRoomEvent({
+    roomId,
+    timeoutMs,
+    message: `a notice matching ${pattern} in the thread of ${root}`,
+    filter: (e) =>
+      e.getSender() === bot.userId &&
+      e.getContent()['m.relates_to']?.event_id === root &&
+      pattern.test(String(e.getContent()['body'] ?? '')),
+  });
+}
+
+async function approve(handle: WorkflowHandle, root: string): Promise<void> {
+  await threadNotice(root, /^Plan for job/);
+  const eventId = await approver.sendText(roomId, '!approve');
+  const event = await approver.client.fetchRoomEvent(roomId, eventId);
+  const attempt: ApprovalAttempt = {
+    eventId,
+    sender: approver.userId,
+    roomId,
+    decision: 'approve',
+    originServerTs: Number(event.origin_server_ts),
+  };
+  await handle.signal(approvalSignal, attempt);
+}
+
+const jwks = () => publicJwks(keys);
+const bundleOf = (digest: string | null) =>
+  JSON.parse(readFileSync(join(state, 'bundles', `${digest}.json`), 'utf8')) as {
+    entries: Array<{ type: string; body: Record<string, unknown> }>;
+  };
+const ofType = (bundle: ReturnType<typeof bundleOf>, type: string) =>
+  bundle.entries.filter((e) => e.type === type).map((e) => e.body);
+
+/** What the upstream was sent: the tool messages of every request, as text. */
+function toolMessagesSent(): string[] {
+  return upstream.received.flatMap((raw) => {
+    const body = JSON.parse(raw.toString('utf8')) as { messages: Array<{ role: string; content: unknown }> };
+    return body.messages.filter((m) => m.role === 'tool').map((m) => String(m.content));
+  });
+}
+
+async function verified(result: JobResult) {
+  const bundle = bundleOf(result.bundleDigest);
+  const check = await verifyBundle(bundle, jwks());
+  assert.deepEqual(check.problems, []);
+  return bundle;
+}
+
+test('"summarise the README": the plan is posted formatted, and after approval the answer quotes the README the model was sent', async () => {
+  const text = '!claw summarise the README';
+  const { handle, eventId } = await request(text);
+  const plan = await threadNotice(eventId, /^Plan for job/);
+  assert.equal(plan.getContent()['format'], 'org.matrix.custom.html');
+  assert.match(String(plan.getContent()['formatted_body']), /<ol><li>/);
+  assert.match(String(plan.getContent()['body']), /Tools: read\. Budget: 8 model turns/);
+  await approve(handle, eventId);
+  const result = (await handle.result()) as JobResult;
+  assert.equal(result.status, 'succeeded', result.reason);
+  const answer = await threadNotice(eventId, /^Answer for job/);
+  const said = String(answer.getContent()['body']);
+  // Facts of the README that only its content holds, as the model was sent it.
+  const title = /^# (.+)$/m.exec(DEMO_README)?.[1] as string;
+  assert.ok(said.includes(title), said);
+  const section = /^## (.+)$/m.exec(DEMO_README)?.[1] as string;
+  assert.ok(said.includes(section), said);
+  assert.ok(
+    toolMessagesSent().some((m) => m.includes('[clawgate: output of tool read') && m.includes(title)),
+    'the README went back to the model as marked tool output',
+  );
+  await threadNotice(eventId, new RegExp(`bundle ${result.bundleDigest}`));
+
+  const bundle = await verified(result);
+  const turns = ofType(bundle, 'model_turn');
+  assert.deepEqual(
+    turns.map((t) => [t['phase'], t['finish']]),
+    [
+      ['planning', 'answer'],
+      ['execution', 'tool_calls'],
+      ['execution', 'answer'],
+    ],
+  );
+  const [read] = ofType(bundle, 'tool_record');
+  assert.equal(read?.['tool'], 'read');
+  assert.equal(read?.['turn'], 0);
+  assert.equal(read?.['denial'], null);
+  assert.equal(ofType(bundle, 'answer').length, 1);
+  assert.deepEqual((ofType(bundle, 'budget')[0] as { used: { model_turns: number } }).used.model_turns, 2);
+  const view = await handle.query(statusQuery);
+  assert.equal(view.mode, 'agent');
+  assert.equal(view.turns?.[0]?.tool, 'read');
+  assert.ok(view.answer?.includes(title));
+  // The job's workspace went with the job.
+  assert.ok(!existsSync(jobWorkspacePath(join(state, 'job-workspaces'), handle.workflowId)));
+
+  await recordHistory(handle, 'agent-summarise-readme');
+  const report = await replayJob(temporal.client, handle.workflowId, {
+    bundleDir: join(state, 'bundles'),
+    jwks: jwks(),
+  });
+  assert.deepEqual(report.mismatches, []);
+  assert.ok(report.ok && report.replayed, report.replayError ?? '');
+});
+
+test('a question needing two searches and a read answers from what they found', async () => {
+  const { handle, eventId } = await request('!claw where is the retry limit defined?');
+  await approve(handle, eventId);
+  const result = (await handle.result()) as JobResult;
+  assert.equal(result.status, 'succeeded', result.reason);
+  const bundle = await verified(result);
+  assert.deepEqual(
+    ofType(bundle, 'tool_record').map((r) => r['tool']),
+    ['search', 'search', 'read'],
+  );
+  const answer = String((await threadNotice(eventId, /^Answer for job/)).getContent()['body']);
+  // What the searches and the read found, quoted from the files.
+  assert.match(answer, /retried at most 5 times/);
+  assert.match(answer, /src\/retry\.ts begins:/);
+  assert.doesNotMatch(answer, /\.git\//, "search leaves git's own files out");
+});
+
+test('tool calls outside the scope are refused, recorded and handed back to the model, which then answers; nothing ran', async () => {
+  scripts.push([
+    'out of scope',
+    {
+      planning: [{ answer: PLAN_WITH_HTTP }],
+      execution: [
+        {
+          calls: [
+            { name: 'exec', arguments: { argv: ['id'] } },
+            { name: 'read', arguments: { path: '../../etc/passwd' } },
+            { name: 'http', arguments: { method: 'GET', url: 'http://198.51.100.7/' } },
+            { name: 'http', arguments: { method: 'POST', url: `http://127.0.0.1:${holdPort}/hold` } },
+            { name: 'write_pr', arguments: { branch: 'x', message: 'm', files: [] } },
+          ],
+        },
+        { answer: 'Refused: {{output}}' },
+      ],
+    },
+  ]);
+  const { handle, eventId } = await request('!claw try things out of scope');
+  await approve(handle, eventId);
+  const result = (await handle.result()) as JobResult;
+  assert.equal(result.status, 'succeeded', result.reason);
+  const bundle = await verified(result);
+  const records = ofType(bundle, 'tool_record') as Array<{
+    tool: string;
+    exit_status: number | null;
+    denial: { code: string } | null;
+  }>;
+  assert.deepEqual(
+    records.map((r) => [r.tool, r.denial?.code]),
+    [
+      ['exec', 'TOOL_DENIED_BY_POLICY'],
+      ['read', 'TOOL_ARGUMENTS_INVALID'],
+      ['http', 'EGRESS_DENIED'],
+      ['http', 'TOOL_NOT_OFFERED'],
+      ['write_pr', 'TOOL_NOT_OFFERED'],
+    ],
+  );
+  assert.ok(
+    records.every((r) => r.exit_status === null),
+    'nothing ran',
+  );
+  assert.equal(hits.hold, 0, 'the POST never reached the server');
+  const refusals = toolMessagesSent().filter((m) => m.includes('refused'));
+  assert.ok(refusals.length >= 5, 'each refusal went back to the model');
+  await threadNotice(eventId, /^Answer for job/);
+});
+
+test("a model that never stops calling tools ends as budget_exhausted, and the proxy refuses the job's token past the budget", async () => {
+  registry.activate('matrix', policies['short'] as string);
+  const holding = new Promise<void>((resolve) => {
+    holdArrived = resolve;
+  });
+  scripts.push([
+    'never stop',
+    {
+      planning: [{ answer: PLAN_WITH_HTTP }],
+      execution: [
+        { call: { name: 'search', arguments: { query: 'TODO' } } },
+        { call: { name: 'search', arguments: { query: 'retry' } } },
+        { call: { name: 'http', arguments: { method: 'GET', url: `http://127.0.0.1:${holdPort}/hold` } } },
+        { loop: { call: { name: 'search', arguments: { query: 'again' } } } },
+      ],
+    },
+  ]);
+  try {
+    const { handle, eventId, workflowId } = await request('!claw never stop');
+    await approve(handle, eventId);
+    // While the third turn's tool call waits, the job's own token is used directly: the job has
+    // made its one planning and three execution calls, all its budget.
+    await holding;
+    const history = await handle.fetchHistory();
+    const minted = history.events
+      ?.map((e) => e.activityTaskCompletedEventAttributes?.result?.payloads?.[0]?.data)
+      .filter((d): d is Uint8Array => d instanceof Uint8Array)
+      .map((d) => JSON.parse(Buffer.from(d).toString('utf8')) as { token?: string; exp?: number })
+      .find((r) => typeof r.token === 'string' && typeof r.exp === 'number');
+    assert.ok(minted?.token, 'the execution token is in the history');
+    const direct = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${minted.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'demo-echo', messages: [{ role: 'user', content: 'one more' }] }),
+    });
+    assert.equal(direct.status, 429);
+    const refusal = (await direct.json()) as { error: { code: string } };
+    assert.equal(refusal.error.code, 'MODEL_BUDGET_EXHAUSTED');
+    const receiptId = direct.headers.get('x-clawgate-receipt-id');
+    assert.ok(receiptId && proxy.store.get(receiptId), 'the refusal is receipted');
+    holdServer.closeAllConnections(); // the held GET ends
+    const result = (await handle.result()) as JobResult;
+    assert.equal(result.status, 'budget_exhausted', result.reason);
+    assert.match(result.reason, /3 model turns/);
+    await threadNotice(eventId, /budget_exhausted/);
+    const bundle = await verified(result);
+    const budget = ofType(bundle, 'budget')[0] as { exhausted: string; used: { model_turns: number } };
+    assert.equal(budget.exhausted, 'model_turns');
+    assert.equal(budget.used.model_turns, 3);
+    assert.equal(proxy.store.forJob(workflowId).length, 5, '1 planning + 3 execution + the direct refusal');
+  } finally {
+    holdArrived = () => {};
+    registry.activate('matrix', policies['main'] as string);
+  }
+});
+
+/** A job worker in its own process on the given queue, ready when this resolves. */
+async function spawnWorker(queue: string): Promise<ChildProcess> {
+  const child = fork(fileURLToPath(new URL('./worker-process.ts', import.meta.url)), [
+    JSON.stringify({
+      address: testServers().temporal.address,
+      namespace: testServers().temporal.namespace,
+      taskQueue: queue,
+      state,
+      proxyUrl: proxy.url,
+      bwrap: testServers().bwrap,
+      source,
+    }),
+  ]);
+  await new Promise<void>((resolve, reject) => {
+    child.once('message', () => resolve());
+    child.once('exit', (code) => reject(new Error(`worker exited with ${code}`)));
+  });
+  return child;
+}
+
+async function killWorker(child: ChildProcess): Promise<void> {
+  child.kill('SIGKILL');
+  await new Promise((resolve) => child.once('exit', resolve));
+}
+
+test('a worker killed in the middle of a turn, another in the middle of a tool call: the loop goes on, no tool call runs twice, the answer arrives', async () => {
+  scripts.push([
+    'crash twice',
+    {
+      planning: [{ answer: PLAN_WITH_HTTP }],
+      execution: [
+        { call: { name: 'http', arguments: { method: 'GET', url: `http://127.0.0.1:${holdPort}/hold` } } },
+        { answer: 'Done after the interruption: {{output}}' },
+      ],
+    },
+  ]);
+  hits.hold = 0;
+  const queue = uniqueId('killable');
+  const workers: ChildProcess[] = [await spawnWorker(queue)];
+  try {
+    const { handle, eventId } = await request('!claw crash twice', queue);
+    await threadNotice(eventId, /^Plan for job/);
+    // The first execution turn waits at the model; its worker is killed meanwhile.
+    let reached: () => void = () => {};
+    let release: () => void = () => {};
+    const atModel = new Promise<void>((resolve) => {
+      reached = resolve;
+    });
+    modelHolds.set('crash twice', {
+      reached: () => reached(),
+      release: new Promise<void>((resolve) => {
+        release = resolve;
+      }),
+    });
+    const holding = new Promise<void>((resolve) => {
+      holdArrived = resolve;
+    });
+    await approve(handle, eventId);
+    await atModel;
+    await killWorker(workers[0] as ChildProcess);
+    release();
+    workers.push(await spawnWorker(queue));
+    // The turn is asked again on the new worker; its tool call reaches the server; that worker dies too.
+    await holding;
+    await killWorker(workers[1] as ChildProcess);
+    holdServer.closeAllConnections();
+    workers.push(await spawnWorker(queue));
+    const result = (await handle.result()) as JobResult;
+    assert.equal(result.status, 'succeeded', result.reason);
+    assert.equal(hits.hold, 1, 'the interrupted call was not run again');
+    const bundle = await verified(result);
+    const [record] = ofType(bundle, 'tool_record') as Array<{ denial: { code: string } | null }>;
+    assert.equal(record?.denial?.code, 'TOOL_CALL_INTERRUPTED');
+    const statuses = ofType(bundle, 'model_receipt').length;
+    assert.ok(statuses >= 4, `the lost turn's receipt is in the chain too (${statuses} receipts)`);
+    await threadNotice(eventId, /^Answer for job/);
+    await recordHistory(handle, 'agent-workers-killed');
+  } finally {
+    holdArrived = () => {};
+    for (const w of workers) if (w.exitCode === null) w.kill('SIGKILL');
+  }
+});
+
+test("a job of 200 turns with outputs of 1 MB stays inside Temporal's limits: it continues as new and its bundle verifies", async () => {
+  registry.activate('matrix', policies['long'] as string);
+  scripts.push([
+    'two hundred turns',
+    {
+      planning: [{ auto: true }],
+      execution: [
+        ...Array.from({ length: 199 }, () => ({ call: { name: 'read', arguments: { path: 'big.txt' } } })),
+        { answer: 'Read big.txt 199 times.' },
+      ],
+    },
+  ]);
+  try {
+    const { handle, eventId, workflowId } = await request('!claw two hundred turns');
+    await approve(handle, eventId);
+    const result = (await handle.result()) as JobResult;
+    assert.equal(result.status, 'succeeded', result.reason);
+    // The runs of the job: at least two, every history well inside the limits.
+    const runs: Array<{ events: number; bytes: number }> = [];
+    for await (const run of temporal.client.workflow.list({ query: `WorkflowId = '${workflowId}'` })) {
+      const history = await temporal.client.workflow.getHandle(workflowId, run.runId).fetchHistory();
+      runs.push({
+        events: history.events?.length ?? 0,
+        bytes: JSON.stringify(history).length,
+      });
+    }
+    assert.ok(runs.length >= 2, `continued as new at least once (${runs.length} run(s))`);
+    for (const run of runs) {
+      assert.ok(run.events < 51_200 && run.bytes < 50 * 1024 * 1024, JSON.stringify(run));
+    }
+    const bundle = await verified(result);
+    assert.equal(ofType(bundle, 'model_turn').filter((t) => t['phase'] === 'execution').length, 200);
+    const records = ofType(bundle, 'tool_record') as Array<{ output_sha256: string; denial: unknown }>;
+    assert.equal(records.length, 199);
+    assert.ok(records.every((r) => r.denial === null));
+    // The outputs live in the evidence store, named by their hash, not in the history.
+    const store = join(state, 'evidence');
+    assert.ok(readdirSync(store).length > 0);
+  } finally {
+    registry.activate('matrix', policies['main'] as string);
+  }
+});
