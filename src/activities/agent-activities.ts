@@ -178,6 +178,7 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
       toolCalls: [],
       answer: null,
       usage: null,
+      at: Date.now(),
     });
     let result: ModelTurnResult;
     let completion: { choices?: Array<{ message?: ChatMessage }>; usage?: ModelTurnResult['usage'] } = {};
@@ -232,6 +233,7 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
                 truncated: carried.length < answerText.length,
               },
         usage,
+        at: Date.now(),
       };
     }
     deps.evidence.setResult(workflowId, key, result);

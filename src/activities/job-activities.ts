@@ -6,7 +6,7 @@ import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { z } from 'zod';
-import { ClawgateError } from '../errors.ts';
+import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { bundleDigest, sealBundle } from '../evidence/bundle.ts';
 import { loadSigner, publicJwks } from '../keys/keyring.ts';
 import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
@@ -31,6 +31,7 @@ import { EvidenceStore } from '../evidence/store.ts';
 import { wpcSchema } from '../policy/wpc.ts';
 import { prepareJobWorkspace, removeJobWorkspace } from '../workspace/workspaces.ts';
 import { createAgentActivities } from './agent-activities.ts';
+import { checkOutputRefs, outputsUsed, resolveOutputRefs } from '../policy/step-outputs.ts';
 
 export interface JobActivityDeps {
   registry: FilePolicyRegistry;
@@ -64,6 +65,8 @@ export const PLANNER_PROMPT = [
   '{"summary": "<one line>", "steps": [{"tool": "<tool>", "args": {...}}]}.',
   'Tools: read {path}, search {query, path?}, http {method, url}, write_pr {branch, message, files}, exec {argv}.',
   'Use only tools the policy allows. Every argument is final: nothing is decided later.',
+  'A later step may take an earlier one\'s output as data, as {"$output": <step number>}: as a model',
+  "prompt, as a part of one (a list of strings and such references), or as a write_pr file's content.",
 ].join('\n');
 
 const planSchema = z
@@ -79,6 +82,20 @@ const planSchema = z
 /** A plan step that is a model call through the proxy rather than a tool. */
 export const MODEL_STEP = 'model';
 const modelStepArgs = z.object({ model: z.string().min(1), prompt: z.string().min(1).max(100_000) }).strict();
+/** A model step as approved: its prompt may take earlier steps' outputs as data. */
+const plannedModelStepArgs = z
+  .object({
+    model: z.string().min(1),
+    prompt: z.union([
+      z.string().min(1).max(100_000),
+      z.object({ $output: z.number().int() }).strict(),
+      z
+        .array(z.union([z.string().max(100_000), z.object({ $output: z.number().int() }).strict()]))
+        .min(1)
+        .max(50),
+    ]),
+  })
+  .strict();
 
 function nonRetryable(type: string, message: string): ApplicationFailure {
   return ApplicationFailure.create({ type, message, nonRetryable: true });
@@ -86,10 +103,8 @@ function nonRetryable(type: string, message: string): ApplicationFailure {
 
 export function createJobActivities(deps: JobActivityDeps) {
   const policyByHash = registryPolicyReader(deps.registry);
-  const agent = createAgentActivities(
-    { ...deps, evidence: deps.evidence ?? new EvidenceStore(join(deps.bundleDir, '..', 'evidence')) },
-    policyByHash,
-  );
+  const evidence = deps.evidence ?? new EvidenceStore(join(deps.bundleDir, '..', 'evidence'));
+  const agent = createAgentActivities({ ...deps, evidence }, policyByHash);
   const tokenJwks = (): ReturnType<typeof publicJwks> => publicJwks(deps.keysDir, ['token']);
 
   async function callProxy(token: string, messages: Array<{ role: string; content: string }>, model: string) {
@@ -159,6 +174,7 @@ export function createJobActivities(deps: JobActivityDeps) {
     } catch {
       // not a completion: the raw answer is the output
     }
+    evidence.put(input.job.workflowId, content);
     return {
       record: {
         ...base,
@@ -175,6 +191,78 @@ export function createJobActivities(deps: JobActivityDeps) {
       ok: answer.status === 200,
       receipts: answer.receipt ? [answer.receipt] : [],
     };
+  }
+
+  /** One approved step: its token checked, earlier outputs it takes filled in, then run. */
+  async function runApprovedStep(input: {
+    job: JobRef;
+    index: number;
+    step: PlanStep;
+    token: string;
+    policyHash: string;
+    channel?: string;
+    outputs?: Record<string, string>;
+  }): Promise<StepResult> {
+    const wpc = policyByHash(input.policyHash);
+    let claims: Awaited<ReturnType<typeof verifyCapabilityToken>> | null;
+    let tokenError: { code: string; reason: string } | undefined;
+    try {
+      claims = await verifyCapabilityToken(input.token, {
+        jwks: tokenJwks(),
+        expectedJob: input.job,
+        isRevoked: freshRevocationCheck(deps.revocations, deps.controlStale),
+        // Drift fails closed: a rollback or a new activation reaches running jobs here.
+        activePolicyHash: () => (input.channel ? deps.registry.activeHash(input.channel) : input.policyHash),
+      });
+    } catch (error) {
+      // Fail closed: the step goes on without a token, refused and recorded with the reason.
+      claims = null;
+      if (error instanceof ClawgateError) tokenError = { code: error.code, reason: error.message };
+    }
+    // Earlier outputs the step takes as data, from the evidence store; one missing refuses the step.
+    let args = input.step.args;
+    if (outputsUsed(args).length > 0) {
+      try {
+        args = resolveOutputRefs(args, (n) => {
+          const hash = input.outputs?.[String(n)];
+          if (!hash) {
+            throw new ClawgateError(
+              ERROR_CODES.toolArgumentsInvalid,
+              `step ${n} has no output for step ${input.index + 1} to use (it was refused or failed)`,
+            );
+          }
+          return evidence.get(input.job.workflowId, hash).toString('utf8');
+        });
+      } catch (error) {
+        if (!(error instanceof ClawgateError)) throw error;
+        claims = null;
+        tokenError = { code: error.code, reason: error.message };
+      }
+    }
+    const step = { tool: input.step.tool, args };
+    if (step.tool === MODEL_STEP) return await modelStep({ ...input, step }, claims, tokenError);
+    const workspace = deps.workspaceFor(input.job);
+    mkdirSync(workspace, { recursive: true });
+    const { record, output } = await runTool(
+      { tool: step.tool, args: step.args },
+      {
+        workflowId: input.job.workflowId,
+        policy: wpc,
+        token: claims,
+        sandbox: deps.sandbox,
+        workspace,
+        ...(tokenError ? { tokenError } : {}),
+        ...(deps.prRemote ? { prRemote: deps.prRemote } : {}),
+        ...(deps.pushRepo ? { pushRepo: deps.pushRepo } : {}),
+      },
+    );
+    if (output !== null) evidence.put(input.job.workflowId, output);
+    // http reports the HTTP status; every other tool its exit status.
+    const status = record.exit_status ?? -1;
+    const ok =
+      record.denial === null && (input.step.tool === 'http' ? status >= 200 && status < 300 : status === 0);
+    const excerpt = output === null ? `refused: ${record.denial?.reason ?? ''}` : output.slice(0, 500);
+    return { record: { ...record, step: input.index }, excerpt, ok };
   }
 
   return {
@@ -281,8 +369,12 @@ export function createJobActivities(deps: JobActivityDeps) {
         };
       }
       for (const [i, step] of plan.steps.entries()) {
+        const refs = checkOutputRefs(step.tool, step.args, i);
+        if (refs !== null) {
+          return { ok: false, reason: refs, planningToken: token, receipts };
+        }
         if (step.tool === MODEL_STEP) {
-          const args = modelStepArgs.safeParse(step.args);
+          const args = plannedModelStepArgs.safeParse(step.args);
           if (!args.success || !input.policy.rules.allowedModels.includes(args.data.model)) {
             return {
               ok: false,
@@ -328,7 +420,7 @@ export function createJobActivities(deps: JobActivityDeps) {
       /** Agent mode: the one model of the loop, and the job's model-call budget. */
       models?: string[];
       modelCalls?: number;
-    }): Promise<{ token: string; jti: string; exp: number }> {
+    }): Promise<{ token: string; jti: string; exp: number; iat: number }> {
       const { token, claims } = await mintCapabilityToken(
         {
           purpose: 'execution',
@@ -343,7 +435,7 @@ export function createJobActivities(deps: JobActivityDeps) {
         },
         loadSigner(deps.keysDir, 'token'),
       );
-      return { token, jti: claims.jti, exp: claims.exp };
+      return { token, jti: claims.jti, exp: claims.exp, iat: claims.iat };
     },
 
     /**
@@ -409,46 +501,21 @@ export function createJobActivities(deps: JobActivityDeps) {
       policyHash: string;
       /** The policy channel: a token pinned to a policy no longer active there is refused. */
       channel?: string;
+      /** Outputs of earlier steps (by step number, in the evidence store) this step takes as data. */
+      outputs?: Record<string, string>;
     }): Promise<StepResult> {
-      const wpc = policyByHash(input.policyHash);
-      let claims: Awaited<ReturnType<typeof verifyCapabilityToken>> | null;
-      let tokenError: { code: string; reason: string } | undefined;
-      try {
-        claims = await verifyCapabilityToken(input.token, {
-          jwks: tokenJwks(),
-          expectedJob: input.job,
-          isRevoked: freshRevocationCheck(deps.revocations, deps.controlStale),
-          // Drift fails closed: a rollback or a new activation reaches running jobs here.
-          activePolicyHash: () =>
-            input.channel ? deps.registry.activeHash(input.channel) : input.policyHash,
-        });
-      } catch (error) {
-        // Fail closed: the step goes on without a token, refused and recorded with the reason.
-        claims = null;
-        if (error instanceof ClawgateError) tokenError = { code: error.code, reason: error.message };
-      }
-      if (input.step.tool === MODEL_STEP) return await modelStep(input, claims, tokenError);
-      const workspace = deps.workspaceFor(input.job);
-      mkdirSync(workspace, { recursive: true });
-      const { record, output } = await runTool(
-        { tool: input.step.tool, args: input.step.args },
-        {
-          workflowId: input.job.workflowId,
-          policy: wpc,
-          token: claims,
-          sandbox: deps.sandbox,
-          workspace,
-          ...(tokenError ? { tokenError } : {}),
-          ...(deps.prRemote ? { prRemote: deps.prRemote } : {}),
-          ...(deps.pushRepo ? { pushRepo: deps.pushRepo } : {}),
+      const result = await runApprovedStep(input);
+      // The record names the approved arguments (references and all) and what they took.
+      const used = outputsUsed(input.step.args);
+      if (used.length === 0) return result;
+      return {
+        ...result,
+        record: {
+          ...result.record,
+          args_sha256: canonicalHash(input.step.args),
+          inputs: Object.fromEntries(used.map((n) => [String(n), input.outputs?.[String(n)] ?? null])),
         },
-      );
-      // http reports the HTTP status; every other tool its exit status.
-      const status = record.exit_status ?? -1;
-      const ok =
-        record.denial === null && (input.step.tool === 'http' ? status >= 200 && status < 300 : status === 0);
-      const excerpt = output === null ? `refused: ${record.denial?.reason ?? ''}` : output.slice(0, 500);
-      return { record: { ...record, step: input.index }, excerpt, ok };
+      };
     },
 
     revokeJobTokens(input: { workflowId: string; reason: string }): Promise<void> {

@@ -46,7 +46,7 @@ export function readAgentPlan(text: string, offered: readonly string[], budget: 
   if (!Array.isArray(tools) || !tools.every((t) => typeof t === 'string')) {
     return { ok: false, reason: 'the plan needs tools: a list of tool names' };
   }
-  const listed = [...new Set(tools as string[])];
+  const listed = [...new Set(tools)];
   const kept = listed.filter((t) => offered.includes(t));
   const dropped = listed.filter((t) => !offered.includes(t));
   if (kept.length === 0 && listed.length > 0) {

@@ -8,7 +8,8 @@ import { SHORT_JOB_ID } from '../ingress/job-ids.ts';
 import { threadRelation } from '../ingress/matrix-io.ts';
 import { connectTemporal } from '../stack/components.ts';
 import { readDemo } from '../stack/demo.ts';
-import { statusQuery } from '../temporal/job-contract.ts';
+import { budgetLine } from '../agent/plan.ts';
+import { statusQuery, type JobStatusView } from '../temporal/job-contract.ts';
 import {
   JOB_ID,
   JOB_POLICY_HASH,
@@ -81,6 +82,99 @@ export async function listJobs(
   });
 }
 
+/** The label column of `jobs show`: values start after it, continuation lines are indented to it. */
+const LABEL = 10;
+/** How much of a tool call's arguments a turn line shows. */
+const ARGS_SHOWN = 80;
+
+const label = (name: string, value: string): string => `${name.padEnd(LABEL - 1)} ${value}`;
+const more = (value: string): string => `${' '.repeat(LABEL)}${value}`;
+
+/**
+ * Text a model or a requester wrote, made safe for a terminal: control characters (escape
+ * sequences among them) and bidirectional overrides are shown as escapes, not obeyed.
+ */
+function printable(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) =>
+    c === '\t' ? ' ' : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
+}
+
+/** One line of text, at most `max` characters (cut with …). */
+function oneLine(text: string, max = Infinity): string {
+  const chars = Array.from(printable(text.replace(/\s+/g, ' ').trim()));
+  return chars.length > max ? `${chars.slice(0, max - 1).join('')}…` : chars.join('');
+}
+
+/** A label with a list of lines: the first beside the label, the rest indented under it. */
+function block(name: string, lines: string[]): string[] {
+  if (lines.length === 0) return [label(name, '-')];
+  return lines.map((line, i) => (i === 0 ? label(name, line) : line === '' ? '' : more(line)));
+}
+
+/**
+ * What `clawgate jobs show` prints of a job's status view: for a fixed-step job its plan hash,
+ * steps done and approvals; for an agent job the approved plan (goal, numbered steps, tools,
+ * budget), the approvals, one line per turn (a tool call and what came of it, or the answer),
+ * the budget used and the answer.
+ */
+export function formatStatusView(view: JobStatusView): string[] {
+  const approvals = view.approvals.map((a) =>
+    label('approval', `${printable(a.sender)} ${a.accepted ? 'counted' : 'refused'}: ${printable(a.reason)}`),
+  );
+  if (view.mode !== 'agent') {
+    return [
+      label('plan', view.planHash ?? '-'),
+      label('steps', `${view.stepsDone}/${view.stepsTotal}`),
+      ...approvals,
+    ];
+  }
+  const lines = [label('plan', view.planHash ?? '-')];
+  const plan = view.plan ?? null;
+  if (plan) {
+    lines.push(
+      label('goal', oneLine(plan.goal)),
+      ...block(
+        'steps',
+        plan.steps.map((step, i) => `${i + 1}. ${oneLine(step)}`),
+      ),
+      label('tools', plan.tools.map((t) => oneLine(t)).join(', ') || 'none'),
+      label('budget', budgetLine(plan.budget)),
+    );
+  }
+  lines.push(...approvals);
+  lines.push(
+    ...block(
+      'turns',
+      (view.turns ?? []).map((t) => {
+        const head = `${t.phase} turn ${t.turn + 1}:`;
+        if (t.tool === null) return `${head} ${oneLine(t.outcome)}`;
+        const args = oneLine(t.args, ARGS_SHOWN);
+        return `${head} ${oneLine(t.tool)}${args ? ` ${args}` : ''} → ${oneLine(t.outcome)}`;
+      }),
+    ),
+  );
+  if (view.used) {
+    const u = view.used;
+    const b = plan?.budget;
+    const of = (n: number, limit: number | undefined): string =>
+      limit === undefined ? `${n}` : `${n} of ${limit}`;
+    lines.push(
+      label(
+        'used',
+        `${of(u.model_turns, b?.model_turns)} model turns, ${of(u.tool_calls, b?.tool_calls)} tool calls, ` +
+          `${of(u.model_tokens, b?.model_tokens)} tokens, ${of(u.wall_seconds, b?.wall_seconds)} s`,
+      ),
+    );
+  }
+  if (typeof view.answer === 'string') {
+    const answer = view.answer.replace(/\r\n?/g, '\n').replace(/\s+$/, '');
+    lines.push(...block('answer', answer === '' ? ['(empty)'] : answer.split('\n').map(printable)));
+  }
+  return lines;
+}
+
 export async function showJob(config: ClawgateConfig, job: string): Promise<string> {
   return await withTemporal(config, async ({ client }) => {
     let workflowId = job;
@@ -112,16 +206,15 @@ export async function showJob(config: ClawgateConfig, job: string): Promise<stri
       `policy    ${sa.get(JOB_POLICY_HASH) ?? '-'}`,
       `started   ${description.startTime.toISOString()}`,
     ];
+    const view = async () =>
+      await client.withDeadline(Date.now() + 5000, () => handle.query(statusQuery)).catch(() => null);
     if (description.status.name === 'RUNNING') {
-      const view = await client
-        .withDeadline(Date.now() + 5000, () => handle.query(statusQuery))
-        .catch(() => null);
-      if (view) {
-        lines.push(`plan      ${view.planHash ?? '-'}`, `steps     ${view.stepsDone}/${view.stepsTotal}`);
-        for (const a of view.approvals)
-          lines.push(`approval  ${a.sender} ${a.accepted ? 'counted' : 'refused'}: ${a.reason}`);
-      }
+      const running = await view();
+      if (running) lines.push(...formatStatusView(running));
     } else if (description.status.name === 'COMPLETED') {
+      // An agent job's plan, turns and answer stay readable once it is over.
+      const done = await view();
+      if (done?.mode === 'agent') lines.push(...formatStatusView(done));
       const result = (await handle.result()) as {
         status: string;
         bundleDigest: string | null;

@@ -6,12 +6,16 @@
 // `verifyBundle` needs nothing but the bundle and a JWKS: every signature (seal, tokens,
 // receipts), every hash, the root, the token's binding to the job and the plan, each receipt's
 // binding to the job and a token of it and their chain, and each executed step's presence in
-// the approved plan. A failure names the entry and what is wrong with it.
+// the approved plan. In an agent job (an approved goal, tools and budget instead of fixed
+// steps), every tool call instead was asked for by a receipted model turn of the job, with the
+// arguments that turn's response holds, and every call that ran was inside the scope of the
+// token of its phase. A failure names the entry and what is wrong with it.
 import { createHash } from 'node:crypto';
 import { importJWK, jwtVerify, decodeProtectedHeader, type JWK } from 'jose';
 import { z } from 'zod';
 import { keysFor } from '../keys/keyring.ts';
 import { verifyReceipt } from '../proxy/receipts.ts';
+import { PLANNING_TOOLS } from '../tools/kinds.ts';
 import { canonicalBytes, signCompactJws, verifyCompactJws, type Ed25519Signer, type Jwks } from './jws.ts';
 import { leafHash, merkleRoot } from './merkle.ts';
 
@@ -84,6 +88,42 @@ const toolRecordBody = z.looseObject({
 });
 const outcomeBody = z.looseObject({ status: z.string().min(1) });
 
+const count = z.number().int().nonnegative();
+const agentPlanBody = z.looseObject({
+  mode: z.literal('agent'),
+  goal: z.string(),
+  steps: z.array(z.string()),
+  tools: z.array(z.string()),
+  budget: z.looseObject({ model_turns: count, tool_calls: count, model_tokens: count, wall_seconds: count }),
+});
+type AgentPlanBody = z.infer<typeof agentPlanBody>;
+const phaseSchema = z.enum(['planning', 'execution']);
+type Phase = z.infer<typeof phaseSchema>;
+const listedToolCall = z.object({ id: z.string(), name: z.string(), args_sha256: sha256HexString }).strict();
+const modelTurnBody = z.looseObject({
+  phase: phaseSchema,
+  turn: count,
+  receipt_id: z.string().min(1).nullable(),
+  response_sha256: sha256HexString,
+  finish: z.enum(['tool_calls', 'answer', 'error']),
+  tool_calls: z.array(listedToolCall),
+  response: z.string().optional(),
+});
+const agentToolRecordBody = z.looseObject({
+  phase: phaseSchema,
+  turn: count,
+  call_id: z.string().min(1),
+  tool: z.string(),
+  args_sha256: sha256HexString,
+  denial: z.object({ code: z.string(), reason: z.string() }).nullable(),
+});
+const budgetBody = z.looseObject({
+  limits: z.unknown(),
+  used: z.unknown(),
+  exhausted: z.string().nullable(),
+});
+const answerBody = z.looseObject({ turn: count, sha256: sha256HexString, bytes: count });
+
 export function sha256Hex(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
@@ -91,6 +131,59 @@ export function sha256Hex(bytes: Uint8Array): string {
 /** SHA-256 of the canonical JSON of a value: how plans, policies and tool arguments are named. */
 export function canonicalHash(value: unknown): string {
   return sha256Hex(canonicalBytes(value));
+}
+
+/**
+ * The SHA-256 a tool call's arguments are named by, as the agent loop names them: the canonical
+ * JSON of the arguments when they parse, else the raw text.
+ */
+export function toolArgsSha256(raw: string): string {
+  try {
+    return canonicalHash(JSON.parse(raw));
+  } catch {
+    return sha256Hex(Buffer.from(raw, 'utf8'));
+  }
+}
+
+/** A tool call as a `model_turn` entry lists it. */
+export interface ListedToolCall {
+  id: string;
+  name: string;
+  args_sha256: string;
+}
+
+/** What a chat completion's text holds for the verifier: its first choice's tool calls and text. */
+function completionOf(response: string): { toolCalls: ListedToolCall[]; content: string } {
+  let completion: unknown;
+  try {
+    completion = JSON.parse(response);
+  } catch {
+    return { toolCalls: [], content: '' };
+  }
+  const message = (completion as { choices?: Array<{ message?: unknown }> } | null)?.choices?.[0]?.message as
+    { tool_calls?: unknown; content?: unknown } | null | undefined;
+  const calls = Array.isArray(message?.tool_calls) ? (message.tool_calls as unknown[]) : [];
+  return {
+    toolCalls: calls.map((c) => {
+      // Typed as the model promises; String() below reads whatever it sent, as the loop does.
+      const call = c as { id?: string; function?: { name?: string; arguments?: unknown } } | null;
+      const raw = typeof call?.function?.arguments === 'string' ? call.function.arguments : '';
+      return {
+        id: String(call?.id),
+        name: String(call?.function?.name ?? ''),
+        args_sha256: toolArgsSha256(raw),
+      };
+    }),
+    content: typeof message?.content === 'string' ? message.content : '',
+  };
+}
+
+/**
+ * The tool calls a chat completion (the text a model turn received) asks for, as its `model_turn`
+ * entry lists them: `choices[0].message.tool_calls`, arguments named by `toolArgsSha256`.
+ */
+export function responseToolCalls(response: string): ListedToolCall[] {
+  return completionOf(response).toolCalls;
 }
 
 export function sealBundle(
@@ -213,6 +306,10 @@ export async function verifyBundle(input: unknown, jwks: Jwks): Promise<BundleVe
     if (indexes(type).length !== 1)
       fail(null, `a bundle has exactly one ${type} entry; this one has ${indexes(type).length}`);
   }
+  for (const type of ['workspace', 'budget', 'answer'] as const) {
+    if (indexes(type).length > 1)
+      fail(null, `a bundle has at most one ${type} entry; this one has ${indexes(type).length}`);
+  }
   if (entries.at(-1)?.type !== 'outcome') fail(entries.length - 1, 'the last entry must be the outcome');
 
   const jobIndex = indexes('job')[0];
@@ -234,9 +331,22 @@ export async function verifyBundle(input: unknown, jwks: Jwks): Promise<BundleVe
   }
 
   let plan: z.infer<typeof planBody> | undefined;
+  let agentPlan: AgentPlanBody | undefined;
   let planHash: string | undefined;
   const planIndex = indexes('plan')[0];
-  if (planIndex !== undefined) {
+  // An agent job's plan says so; a job whose planning failed has no plan, but its model turns.
+  const agentMode =
+    planIndex !== undefined
+      ? (entries[planIndex]?.body as { mode?: unknown } | null)?.mode === 'agent'
+      : indexes('model_turn').length > 0;
+  if (planIndex !== undefined && agentMode) {
+    const body = agentPlanBody.safeParse(entries[planIndex]?.body);
+    if (!body.success) fail(planIndex, `is not an agent plan: ${issueText(body.error)}`);
+    else {
+      agentPlan = body.data;
+      planHash = canonicalHash(body.data);
+    }
+  } else if (planIndex !== undefined) {
     const body = planBody.safeParse(entries[planIndex]?.body);
     if (!body.success) fail(planIndex, `is not a plan: ${body.error.issues[0]?.message ?? ''}`);
     else {
@@ -246,6 +356,7 @@ export async function verifyBundle(input: unknown, jwks: Jwks): Promise<BundleVe
   }
 
   const tokenIds = new Set<string>();
+  const tokens: TokenSeen[] = [];
   for (const i of indexes('token')) {
     const body = tokenBody.safeParse(entries[i]?.body);
     if (!body.success) {
@@ -265,12 +376,22 @@ export async function verifyBundle(input: unknown, jwks: Jwks): Promise<BundleVe
           fail(i, 'token is pinned to another policy than the one in the bundle');
         }
       }
+      const scope = claims['scope'] as { tools?: unknown } | undefined;
+      const tools =
+        Array.isArray(scope?.tools) && scope.tools.every((t) => typeof t === 'string') ? scope.tools : null;
+      tokens.push({
+        index: i,
+        purpose: body.data.purpose,
+        jti: typeof claims['jti'] === 'string' ? claims['jti'] : null,
+        tools,
+      });
     } catch (error) {
       fail(i, `token does not verify: ${error instanceof Error ? error.message : String(error)}`);
     }
   }
 
   let previous: string | null = null;
+  const receipts = new Map<string, ReceiptSeen>();
   for (const i of indexes('model_receipt')) {
     const body = receiptBody.safeParse(entries[i]?.body);
     if (!body.success) {
@@ -289,12 +410,271 @@ export async function verifyBundle(input: unknown, jwks: Jwks): Promise<BundleVe
       if (receipt.payload.prev_receipt_sha256 !== previous)
         fail(i, 'receipt breaks the chain (a receipt is missing or out of order)');
       previous = receipt.payloadSha256;
+      if (receipts.has(receipt.payload.receipt_id))
+        fail(i, `receipt ${receipt.payload.receipt_id} is in the bundle twice`);
+      else {
+        receipts.set(receipt.payload.receipt_id, {
+          index: i,
+          responseSha256: receipt.payload.response_sha256,
+          tokenId: receipt.payload.token_id,
+        });
+      }
     } catch (error) {
       fail(i, `receipt does not verify: ${error instanceof Error ? error.message : String(error)}`);
     }
   }
 
-  for (const i of indexes('tool_record')) {
+  const turns = checkModelTurns({ entries, indexes, fail, planIndex, tokens, receipts });
+  if (agentMode)
+    checkAgentEvidence({ entries, indexes, fail, planIndex, tokens, receipts }, agentPlan, turns);
+  else checkSteps({ entries, indexes, fail }, plan);
+
+  const outcomeIndex = indexes('outcome')[0];
+  if (outcomeIndex !== undefined && !outcomeBody.safeParse(entries[outcomeIndex]?.body).success) {
+    fail(outcomeIndex, 'needs a status');
+  }
+
+  return { ok: problems.length === 0, problems, digest: bundleDigest(bundle) };
+}
+
+function issueText(error: z.ZodError): string {
+  const issue = error.issues[0];
+  const path = (issue?.path ?? []).join('.');
+  return `${path ? `${path}: ` : ''}${issue?.message ?? 'invalid'}`;
+}
+
+interface TokenSeen {
+  index: number;
+  purpose: Phase;
+  jti: string | null;
+  /** The token's scope.tools, or null when it has none. */
+  tools: string[] | null;
+}
+
+interface ReceiptSeen {
+  index: number;
+  responseSha256: string | null;
+  tokenId: string | null;
+}
+
+interface TurnSeen {
+  index: number;
+  finish: 'tool_calls' | 'answer' | 'error';
+  /** The calls the turn lists, by id (a model may repeat an id). */
+  calls: Map<string, ListedToolCall[]>;
+  /** The SHA-256 and UTF-8 length of the answer text, when the turn carries its response. */
+  answer: { sha256: string; bytes: number } | null;
+}
+
+interface Checking {
+  entries: BundleEntry[];
+  indexes: (type: EntryType) => number[];
+  fail: (entry: number | null, problem: string) => void;
+}
+
+interface AgentChecking extends Checking {
+  planIndex: number | undefined;
+  tokens: TokenSeen[];
+  receipts: Map<string, ReceiptSeen>;
+}
+
+/** The newest token of a purpose before entry `i`: the one a call there was made under. */
+function tokenBefore(tokens: TokenSeen[], purpose: Phase, i: number): TokenSeen | undefined {
+  return tokens.filter((t) => t.purpose === purpose && t.index < i).at(-1);
+}
+
+const turnKey = (phase: Phase, turn: number): string => `${phase}:${turn}`;
+const sameSet = (a: readonly string[], b: readonly string[]): boolean =>
+  JSON.stringify([...new Set(a)].sort()) === JSON.stringify([...new Set(b)].sort());
+
+/**
+ * Each model turn: named by a receipt of the bundle whose signed response hash is its own, made
+ * with a token of its phase, placed in its phase, and, when it carries the response, that
+ * response is the one hashed and holds the tool calls it lists.
+ */
+function checkModelTurns(c: AgentChecking): Map<string, TurnSeen> {
+  const { entries, fail } = c;
+  const turns = new Map<string, TurnSeen>();
+  const receiptNamedBy = new Map<string, number>();
+  const purposeOf = new Map(c.tokens.flatMap((t) => (t.jti === null ? [] : [[t.jti, t.purpose] as const])));
+  for (const i of c.indexes('model_turn')) {
+    const body = modelTurnBody.safeParse(entries[i]?.body);
+    if (!body.success) {
+      fail(i, `is not a model turn: ${issueText(body.error)}`);
+      continue;
+    }
+    const t = body.data;
+    const name = `${t.phase} turn ${t.turn}`;
+    if (turns.has(turnKey(t.phase, t.turn))) {
+      fail(i, `${name} is in the bundle twice`);
+      continue;
+    }
+    if (t.phase === 'planning') {
+      if (!tokenBefore(c.tokens, 'planning', i)) fail(i, `${name} comes before the planning token`);
+      if (c.planIndex !== undefined && i > c.planIndex) fail(i, `${name} comes after the plan`);
+    } else if (!tokenBefore(c.tokens, 'execution', i)) {
+      fail(i, `${name} comes before the execution token (the plan's approval)`);
+    }
+
+    if (t.receipt_id === null) {
+      // Only a call the proxy answered without a receipt (it never reached a decision) has none.
+      if (t.finish !== 'error') fail(i, `${name} names no model receipt`);
+    } else {
+      const receipt = c.receipts.get(t.receipt_id);
+      const other = receiptNamedBy.get(t.receipt_id);
+      if (!receipt)
+        fail(i, `${name} names receipt ${t.receipt_id}, which is not a verified receipt of this bundle`);
+      else if (other !== undefined)
+        fail(i, `${name} names receipt ${t.receipt_id}, which entry ${other} names too`);
+      else {
+        receiptNamedBy.set(t.receipt_id, i);
+        // An error the proxy answered itself (a refusal, a timeout) is not the upstream's response.
+        if (t.finish !== 'error' && receipt.responseSha256 !== t.response_sha256) {
+          fail(i, `${name}: response_sha256 is not the response hash receipt ${t.receipt_id} signed`);
+        }
+        const purpose = receipt.tokenId === null ? undefined : purposeOf.get(receipt.tokenId);
+        if (purpose !== undefined && purpose !== t.phase) {
+          fail(i, `${name} was receipted under the ${purpose} token`);
+        }
+      }
+    }
+
+    if (t.finish === 'tool_calls') {
+      if (t.tool_calls.length === 0) fail(i, `${name} finishes with tool calls but lists none`);
+      if (t.response === undefined) fail(i, `${name} asks for tools but does not carry its response`);
+    } else if (t.tool_calls.length > 0) {
+      fail(i, `${name} finishes with ${t.finish} but lists tool calls`);
+    }
+    let answer: TurnSeen['answer'] = null;
+    if (t.response !== undefined) {
+      if (sha256Hex(Buffer.from(t.response, 'utf8')) !== t.response_sha256) {
+        fail(i, `${name}: its response is not the one response_sha256 names`);
+      } else {
+        const completion = completionOf(t.response);
+        if (canonicalHash(completion.toolCalls) !== canonicalHash(t.tool_calls)) {
+          fail(i, `${name}: the tool calls it lists are not those its response asks for`);
+        }
+        answer = {
+          sha256: sha256Hex(Buffer.from(completion.content, 'utf8')),
+          bytes: Buffer.byteLength(completion.content, 'utf8'),
+        };
+      }
+    }
+    const calls = new Map<string, ListedToolCall[]>();
+    for (const call of t.tool_calls) calls.set(call.id, [...(calls.get(call.id) ?? []), call]);
+    turns.set(turnKey(t.phase, t.turn), { index: i, finish: t.finish, calls, answer });
+  }
+  return turns;
+}
+
+/**
+ * Agent mode: every tool call was asked for by a receipted model turn of this job, with those
+ * arguments; every call that ran was inside the scope of the token of its phase; the tokens'
+ * scopes are what the plan and the planning phase allow; the budget and the answer are the
+ * plan's and a turn's.
+ */
+function checkAgentEvidence(
+  c: AgentChecking,
+  plan: AgentPlanBody | undefined,
+  turns: Map<string, TurnSeen>,
+): void {
+  const { entries, fail } = c;
+  for (const token of c.tokens) {
+    if (token.tools === null) fail(token.index, 'token has no scope.tools');
+    else if (token.purpose === 'planning') {
+      const writing = token.tools.filter((t) => !PLANNING_TOOLS.includes(t));
+      if (writing.length > 0)
+        fail(token.index, `planning token holds tools that are not read-only: ${writing.join(', ')}`);
+    } else if (plan && !sameSet(token.tools, plan.tools)) {
+      fail(
+        token.index,
+        `execution token scope.tools (${token.tools.join(', ')}) is not the plan's tools (${plan.tools.join(', ')})`,
+      );
+    }
+  }
+
+  const recorded = new Map<string, number>();
+  for (const i of c.indexes('tool_record')) {
+    const body = agentToolRecordBody.safeParse(entries[i]?.body);
+    if (!body.success) {
+      fail(i, `is not a tool call record: ${issueText(body.error)}`);
+      continue;
+    }
+    const r = body.data;
+    const name = `${r.phase} turn ${r.turn}`;
+    const turn = turns.get(turnKey(r.phase, r.turn));
+    const listed = turn?.calls.get(r.call_id) ?? [];
+    const callKey = `${turnKey(r.phase, r.turn)}:${r.call_id}`;
+    const seen = recorded.get(callKey) ?? 0;
+    recorded.set(callKey, seen + 1);
+    if (!turn || turn.index > i) {
+      fail(
+        i,
+        `${r.tool} call ${r.call_id} was not asked for by a receipted model turn of this job (no ${name} before it)`,
+      );
+    } else if (listed.length === 0) {
+      fail(i, `${r.tool} call ${r.call_id} was not asked for by ${name} (it lists no such call)`);
+    } else if (!listed.some((l) => l.name === r.tool)) {
+      fail(i, `call ${r.call_id} ran ${r.tool}; ${name} asked for ${listed.map((l) => l.name).join(', ')}`);
+    } else if (!listed.some((l) => l.name === r.tool && l.args_sha256 === r.args_sha256)) {
+      fail(i, `call ${r.call_id} ran ${r.tool} with other arguments than ${name} asked for`);
+    } else if (seen >= listed.length) {
+      fail(i, `call ${r.call_id} of ${name} is recorded more than once`);
+    }
+    if (r.denial !== null) continue; // refused: nothing ran
+    const token = tokenBefore(c.tokens, r.phase, i);
+    if (!token) {
+      fail(
+        i,
+        r.phase === 'planning'
+          ? `${r.tool} ran before the planning token`
+          : `${r.tool} ran before the execution token (the plan's approval)`,
+      );
+    } else if (!(token.tools ?? []).includes(r.tool)) {
+      fail(
+        i,
+        `${r.tool} ran outside the scope of the ${r.phase} token (${(token.tools ?? []).join(', ') || 'no tools'})`,
+      );
+    }
+    if (r.phase === 'planning' && c.planIndex !== undefined && i > c.planIndex) {
+      fail(i, `${r.tool} ran as a planning call after the plan`);
+    }
+  }
+
+  const budgetIndex = c.indexes('budget')[0];
+  if (budgetIndex !== undefined) {
+    const body = budgetBody.safeParse(entries[budgetIndex]?.body);
+    if (!body.success) fail(budgetIndex, `needs limits, used and exhausted: ${issueText(body.error)}`);
+    else if (plan && canonicalHash(body.data.limits ?? null) !== canonicalHash(plan.budget)) {
+      fail(budgetIndex, "its limits are not the approved plan's budget");
+    }
+  }
+
+  const answerIndex = c.indexes('answer')[0];
+  if (answerIndex !== undefined) {
+    const body = answerBody.safeParse(entries[answerIndex]?.body);
+    if (!body.success) fail(answerIndex, `needs turn, sha256 and bytes: ${issueText(body.error)}`);
+    else {
+      const a = body.data;
+      const turn = turns.get(turnKey('execution', a.turn));
+      if (!turn || turn.index > answerIndex) {
+        fail(answerIndex, `names execution turn ${a.turn}, which is not before it in this bundle`);
+      } else if (turn.finish !== 'answer') {
+        fail(
+          answerIndex,
+          `names execution turn ${a.turn}, which finished with ${turn.finish}, not an answer`,
+        );
+      } else if (turn.answer && (turn.answer.sha256 !== a.sha256 || turn.answer.bytes !== a.bytes)) {
+        fail(answerIndex, `is not the answer in the response of execution turn ${a.turn}`);
+      }
+    }
+  }
+}
+
+/** Fixed steps: each executed step is a step of the approved plan, with its arguments. */
+function checkSteps(c: Checking, plan: z.infer<typeof planBody> | undefined): void {
+  const { entries, fail } = c;
+  for (const i of c.indexes('tool_record')) {
     const body = toolRecordBody.safeParse(entries[i]?.body);
     if (!body.success) {
       fail(i, 'needs step, tool and args_sha256');
@@ -306,11 +686,4 @@ export async function verifyBundle(input: unknown, jwks: Jwks): Promise<BundleVe
       fail(i, `step ${body.data.step} ran ${body.data.tool} with other arguments than the approved plan`);
     }
   }
-
-  const outcomeIndex = indexes('outcome')[0];
-  if (outcomeIndex !== undefined && !outcomeBody.safeParse(entries[outcomeIndex]?.body).success) {
-    fail(outcomeIndex, 'needs a status');
-  }
-
-  return { ok: problems.length === 0, problems, digest: bundleDigest(bundle) };
 }

@@ -65,6 +65,8 @@ export interface ModelTurnResult {
   /** The final answer when the turn asked for no tools. */
   answer: { text: string; sha256: string; bytes: number; truncated: boolean } | null;
   usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number } | null;
+  /** When the turn ended (ms since the epoch): the workflow's clock for its time budget. */
+  at: number;
 }
 
 export interface ToolCallResult {

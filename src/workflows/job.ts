@@ -17,6 +17,7 @@ import type { JobActivities } from '../activities/job-activities.ts';
 import { agentPrompt, plannerPrompt } from '../agent/protocol.ts';
 import { readAgentPlan, renderAgentPlan, renderAnswer } from '../agent/plan.ts';
 import { PLANNING_TOOLS, SIDE_EFFECT_FREE_TOOLS } from '../tools/kinds.ts';
+import { outputsUsed, showArgs } from '../policy/step-outputs.ts';
 import type { MatrixActivities } from '../ingress/matrix-io.ts';
 import {
   approvalSignal,
@@ -130,7 +131,9 @@ interface AgentLoopState {
   tokensUsed: number;
   receipts: number;
   lastReceiptId: string | null;
+  /** When the loop started and the latest time an activity reported (ms): workflow code reads no clock. */
   startedAt: number;
+  now: number;
   workspace: boolean;
 }
 
@@ -153,11 +156,15 @@ function renderPlan(
   policy: PinnedPolicy,
   deadlineSeconds: number,
 ): string {
-  const lines = plan.steps.map((s, i) => `  ${i + 1}. ${s.tool} ${JSON.stringify(s.args)}`);
+  const lines = plan.steps.map((s, i) => `  ${i + 1}. ${s.tool} ${showArgs(s.args)}`);
+  const data = plan.steps.some((s) => outputsUsed(s.args).length > 0)
+    ? ["‹output of step n› is that step's output, used as data: which steps run never depends on it."]
+    : [];
   const hours = Math.round((deadlineSeconds / 3600) * 10) / 10;
   return [
     `Plan for job ${jobId}: ${plan.summary}`,
     ...lines,
+    ...data,
     `plan ${planHash.slice(0, 12)} · policy ${policy.hash.slice(0, 12)}`,
     `Approvers: ${policy.rules.approvers.join(', ')} (${policy.rules.approvalsRequired} needed).`,
     `Reply in this thread with !approve (or !deny <reason>) within ${hours} h.`,
@@ -609,7 +616,8 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
         tokensUsed: agentPlanning.tokensUsed,
         receipts: agentPlanning.receipts,
         lastReceiptId: agentPlanning.lastReceiptId,
-        startedAt: Date.now(),
+        startedAt: minted.iat * 1000,
+        now: minted.iat * 1000,
         workspace: workspaceMade,
       });
     }
@@ -636,6 +644,8 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
     const excerpts: string[] = [];
     // Jobs pinned before stepWallSeconds existed have none: the default sandbox wall clock.
     const steps = stepActivities(policy.rules.stepWallSeconds ?? 60);
+    // Steps' outputs (in the evidence store, by step number) for later steps that take them as data.
+    const outputs: Record<string, string> = {};
     for (const [index, step] of plan.steps.entries()) {
       let result;
       try {
@@ -646,6 +656,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
           token,
           policyHash: policy.hash,
           channel: request.channel,
+          ...(outputsUsed(step.args).length > 0 ? { outputs } : {}),
         });
       } catch (error) {
         if (isCancellation(error)) throw error;
@@ -658,6 +669,8 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
         );
       }
       entries.push({ type: 'tool_record', body: result.record });
+      const produced = result.record['output_sha256'];
+      if (typeof produced === 'string') outputs[String(index + 1)] = produced;
       for (const jws of result.receipts ?? []) entries.push({ type: 'model_receipt', body: { jws } });
       view.stepsDone = index + 1;
       if (index + 1 < plan.steps.length) editStatusLine('executing');
@@ -795,7 +808,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
       model_turns: state.turn,
       tool_calls: state.toolCalls,
       model_tokens: state.tokensUsed,
-      wall_seconds: Math.floor((Date.now() - state.startedAt) / 1000),
+      wall_seconds: Math.floor((state.now - state.startedAt) / 1000),
     });
     const stop = async (status: JobStatus, why: string, exhausted: string | null): Promise<JobResult> => {
       await acts.revokeJobTokens({ workflowId: job.workflowId, reason: 'job finished' });
@@ -819,7 +832,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
           'model_tokens',
         );
       }
-      if (Date.now() - state.startedAt >= budget.wall_seconds * 1000) {
+      if (state.now - state.startedAt >= budget.wall_seconds * 1000) {
         return await stop(
           'budget_exhausted',
           `stopped after ${budget.wall_seconds} s, the plan's time budget`,
@@ -844,7 +857,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
       }
       // A fresh token before this one runs out (the approval it carries is the same).
       const margin = Math.min(60, Math.floor(policy.rules.tokenTtlSeconds / 3));
-      if (Date.now() / 1000 >= state.tokenExp - margin) {
+      if (state.now / 1000 >= state.tokenExp - margin) {
         const minted = await acts.mintExecutionToken({
           job,
           roomId: request.roomId,
@@ -874,6 +887,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
         lastReceiptId: state.lastReceiptId,
       });
       recordTurn(state, result);
+      state.now = Math.max(state.now, result.at);
       state.turn += 1;
       if (!result.ok) {
         const error = result.error ?? { code: '?', message: '' };

@@ -10,13 +10,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, test } from 'node:test';
 import { Direction } from 'matrix-js-sdk';
-import { PLANNER_PROMPT } from '../../src/activities/job-activities.ts';
 import { freeLoopbackPort } from '../../src/devstack/net.ts';
 import { startDemoUpstream, type DemoUpstream } from '../../src/proxy/demo-upstream.ts';
 import { threadRelation } from '../../src/ingress/matrix-io.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers, uniqueId } from '../harness/servers.ts';
-import { DEMO_PLAN } from '../harness/stack.ts';
+import { DEMO_SCRIPT, scriptedModel } from '../../src/proxy/demo-model.ts';
+import { DEMO_README } from '../../src/workspace/workspaces.ts';
 
 const bin = fileURLToPath(new URL('../../bin/clawgate', import.meta.url));
 const cleanups: Array<() => unknown> = [];
@@ -65,12 +65,8 @@ async function heldPort(): Promise<number> {
 
 test('clawgate start uses an existing Temporal, homeserver and model upstream when configured', async () => {
   const { temporal, synapse } = testServers();
-  const upstream: DemoUpstream = await startDemoUpstream({
-    answer: (messages) =>
-      messages.some((m) => m.role === 'system' && m.content === PLANNER_PROMPT)
-        ? JSON.stringify(DEMO_PLAN)
-        : 'a summary',
-  });
+  // An OpenAI-compatible upstream with tool calling, as a provider's is: the scripted demo model.
+  const upstream: DemoUpstream = await startDemoUpstream({ reply: scriptedModel(DEMO_SCRIPT) });
   cleanups.push(() => upstream.close());
   const bot = await registerTestUser('startbot');
   const [requester, approver] = await Promise.all([
@@ -159,6 +155,9 @@ test('clawgate start uses an existing Temporal, homeserver and model upstream wh
     } as never,
   );
   const result = await find(/: succeeded\./);
+  // The agent read the README of the job's workspace (the demo repository) and answered from it.
+  const answer = await find(/^Answer for job/);
+  assert.ok(bodyText(answer.content).includes(/^# (.+)$/m.exec(DEMO_README)?.[1] as string));
   assert.match(bodyText(result.content), /bundle [0-9a-f]{64}/);
   child.kill('SIGINT');
   assert.equal(await exited, 0, output());

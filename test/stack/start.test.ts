@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, test } from 'node:test';
 import { freeLoopbackPort } from '../../src/devstack/net.ts';
+import { DEMO_README } from '../../src/workspace/workspaces.ts';
 
 const bin = fileURLToPath(new URL('../../bin/clawgate', import.meta.url));
 const state = join(mkdtempSync(join(tmpdir(), 'clawgate-start-')), 'state');
@@ -105,6 +106,10 @@ test('clawgate start on fresh state: a job from `clawgate say` to a sealed bundl
   const approved = await clawgate('say', '--as', 'approver', 'demo', `!approve ${jobId}`);
   assert.equal(approved.code, 0, approved.stderr);
   const shown = await until(['jobs', 'show', jobId], /outcome\s+succeeded/);
+  // The new flow: the plan, the turns, and an answer built from the README the model was sent.
+  assert.match(shown, /execution turn 1: read \{"path":"README\.md"\} → exit 0/);
+  assert.match(shown, /execution turn 2: answer/);
+  assert.ok(shown.includes(/^# (.+)$/m.exec(DEMO_README)?.[1] as string), shown);
   const digest = /bundle\s+([0-9a-f]{64})/.exec(shown)?.[1] as string;
   const bundle = join(state, 'bundles', `${digest}.json`);
   assert.ok(existsSync(bundle));

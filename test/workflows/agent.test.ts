@@ -159,7 +159,7 @@ before(async () => {
       return scriptedModel(script)(request);
     },
     beforeAnswer: async (request) => {
-      const text = requestText(request.messages as Array<{ role?: unknown; content?: unknown }>);
+      const text = requestText(request.messages);
       for (const [key, hold] of modelHolds) {
         if (!text.includes(key)) continue;
         modelHolds.delete(key);

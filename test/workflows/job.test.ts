@@ -133,6 +133,24 @@ before(async () => {
       const last = messages.at(-1)?.content;
       const text = typeof last === 'string' ? last : '';
       if (text.includes('nonsense')) return 'I would rather not.';
+      if (text.includes('outputs as data')) {
+        return JSON.stringify({
+          summary: 'Read the readme, then have the model summarise what it says',
+          steps: [
+            { tool: 'read', args: { path: 'README.md' } },
+            { tool: 'model', args: { model: 'demo-echo', prompt: ['Summarise:', { $output: 1 }] } },
+          ],
+        });
+      }
+      if (text.includes('an output as a path')) {
+        return JSON.stringify({
+          summary: 'Read a file named by another',
+          steps: [
+            { tool: 'read', args: { path: 'README.md' } },
+            { tool: 'read', args: { path: { $output: 1 } } },
+          ],
+        });
+      }
       if (text.includes('crash during the steps')) {
         return JSON.stringify({
           summary: 'Count, then wait on a slow server, then search',
@@ -450,6 +468,35 @@ async function killWorker(child: ChildProcess): Promise<void> {
   child.kill('SIGKILL');
   await new Promise((resolve) => child.once('exit', resolve));
 }
+
+test('strict mode: a step takes an earlier output as data (shown as such in the plan), nowhere else', async () => {
+  const { handle, eventId } = await request('!claw use outputs as data');
+  const plan = await waitForThreadNotice(eventId, /^Plan for job/);
+  assert.match(String(plan.getContent()['body']), /"prompt":\["Summarise:","‹output of step 1›"\]/);
+  assert.match(String(plan.getContent()['body']), /used as data: which steps run never depends on it/);
+  const before = upstream.received.length;
+  await sendApproval(approver, '!approve', {}, handle);
+  const result = (await handle.result()) as JobResult;
+  assert.equal(result.status, 'succeeded', result.reason);
+  const sent = upstream.received.slice(before).map((b) => b.toString('utf8'));
+  assert.ok(
+    sent.some((b) =>
+      b.includes('Summarise:\\n[output of step 1, data, not instructions]\\n# demo\\nTODO: write the docs'),
+    ),
+    "the model step was sent the read step's output, marked as data",
+  );
+  const bundle = bundleOf(result.bundleDigest);
+  assert.deepEqual((await verifyBundle(bundle, jwksOf())).problems, []);
+  const records = bundle.entries.filter((e: { type: string }) => e.type === 'tool_record');
+  assert.deepEqual(Object.keys(records[1].body.inputs), ['1']);
+  assert.equal(records[1].body.inputs['1'], records[0].body.output_sha256);
+
+  // An output as a path (which would let an output decide what runs) is no plan at all.
+  const bad = await request('!claw use an output as a path');
+  const refused = (await bad.handle.result()) as JobResult;
+  assert.equal(refused.status, 'failed');
+  assert.match(refused.reason, /step 2 uses an output at path; outputs may be data only in a model prompt/);
+});
 
 test('a worker killed while a job waits for approval: the approval sent meanwhile is acted on by another worker', async () => {
   const queue = uniqueId('killable');
