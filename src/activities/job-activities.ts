@@ -472,18 +472,18 @@ export function createJobActivities(deps: JobActivityDeps) {
     },
 
     /** The job's own workspace, fresh from the configured source (idempotent). */
-    async prepareWorkspace(input: { job: JobRef }): Promise<{ path: string; commit: string | null }> {
+    async prepareWorkspace(input: { job: JobRef }): Promise<{ commit: string | null }> {
+      // Only the commit goes back: a host path has no place in the job's history.
       if (!deps.workspaces) {
-        const path = deps.workspaceFor(input.job);
-        mkdirSync(path, { recursive: true });
-        return { path, commit: null };
+        mkdirSync(deps.workspaceFor(input.job), { recursive: true });
+        return { commit: null };
       }
       const made = await prepareJobWorkspace({
         root: deps.workspaces.root,
         workflowId: input.job.workflowId,
         source: await deps.workspaces.source(),
       });
-      return made;
+      return { commit: made.commit };
     },
 
     /** Removes the job's workspace once the job is over (idempotent). */
