@@ -3,6 +3,8 @@ import { ApplicationFailure, proxyActivities } from '@temporalio/workflow';
 import type { JobActivities } from '../src/activities/job-activities.ts';
 import type { JobRef, ModelTurnResult } from '../src/temporal/job-types.ts';
 
+import { TURN_ACTIVITY_OPTIONS, toolCallActivityOptions } from '../src/workflows/job.ts';
+
 export { jobWorkflow } from '../src/workflows/job.ts';
 
 const { noop } = proxyActivities<{ noop(): Promise<void> }>({ startToCloseTimeout: '1 minute' });
@@ -44,17 +46,9 @@ const setup = proxyActivities<JobActivities>({
   startToCloseTimeout: '2 minutes',
   retry: { maximumAttempts: 5 },
 });
-const turnActivities = proxyActivities<JobActivities>({
-  startToCloseTimeout: '4 minutes',
-  heartbeatTimeout: '15 seconds',
-  retry: { maximumAttempts: 4, initialInterval: '1 second' },
-});
+const turnActivities = proxyActivities<JobActivities>(TURN_ACTIVITY_OPTIONS);
 function toolCallActivities(wallSeconds: number): JobActivities {
-  return proxyActivities<JobActivities>({
-    startToCloseTimeout: `${wallSeconds + 20} seconds`,
-    heartbeatTimeout: '10 seconds',
-    retry: { maximumAttempts: 3, initialInterval: '1 second' },
-  });
+  return proxyActivities<JobActivities>(toolCallActivityOptions(wallSeconds));
 }
 
 /**

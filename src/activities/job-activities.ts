@@ -193,6 +193,34 @@ export function createJobActivities(deps: JobActivityDeps) {
     };
   }
 
+  /** A planning token: the planning model, these read-only tools, the planning budget if any. */
+  async function mintPlanning(
+    input: { job: JobRef; roomId: string; policy: PinnedPolicy },
+    tools: string[],
+    modelCalls?: number,
+  ): Promise<{ token: string; model: string }> {
+    const model = deps.planningModel;
+    if (!input.policy.rules.allowedModels.includes(model)) {
+      throw nonRetryable(
+        'PLANNING_MODEL_NOT_ALLOWED',
+        `the planning model ${model} is not allowed by the policy`,
+      );
+    }
+    const { token } = await mintCapabilityToken(
+      {
+        purpose: 'planning',
+        job: input.job,
+        roomId: input.roomId,
+        scope: { tools, models: [model] },
+        ...(input.policy.rules.pinPolicyHash ? { wpcHash: input.policy.hash } : {}),
+        ...(modelCalls !== undefined ? { budget: { modelCalls } } : {}),
+        ttlSeconds: input.policy.rules.tokenTtlSeconds,
+      },
+      loadSigner(deps.keysDir, 'token'),
+    );
+    return { token, model };
+  }
+
   /** One approved step: its token checked, earlier outputs it takes filled in, then run. */
   async function runApprovedStep(input: {
     job: JobRef;
@@ -307,24 +335,7 @@ export function createJobActivities(deps: JobActivityDeps) {
       text: string;
       policy: PinnedPolicy;
     }): Promise<PlanDraft> {
-      const model = deps.planningModel;
-      if (!input.policy.rules.allowedModels.includes(model)) {
-        throw nonRetryable(
-          'PLANNING_MODEL_NOT_ALLOWED',
-          `the planning model ${model} is not allowed by the policy`,
-        );
-      }
-      const { token } = await mintCapabilityToken(
-        {
-          purpose: 'planning',
-          job: input.job,
-          roomId: input.roomId,
-          scope: { tools: [], models: [model] },
-          ...(input.policy.rules.pinPolicyHash ? { wpcHash: input.policy.hash } : {}),
-          ttlSeconds: input.policy.rules.tokenTtlSeconds,
-        },
-        loadSigner(deps.keysDir, 'token'),
-      );
+      const { token, model } = await mintPlanning(input, []);
       const answer = await callProxy(
         token,
         [
@@ -449,26 +460,7 @@ export function createJobActivities(deps: JobActivityDeps) {
       tools: string[];
       modelCalls: number;
     }): Promise<{ token: string; model: string }> {
-      const model = deps.planningModel;
-      if (!input.policy.rules.allowedModels.includes(model)) {
-        throw nonRetryable(
-          'PLANNING_MODEL_NOT_ALLOWED',
-          `the planning model ${model} is not allowed by the policy`,
-        );
-      }
-      const { token } = await mintCapabilityToken(
-        {
-          purpose: 'planning',
-          job: input.job,
-          roomId: input.roomId,
-          scope: { tools: input.tools, models: [model] },
-          ...(input.policy.rules.pinPolicyHash ? { wpcHash: input.policy.hash } : {}),
-          budget: { modelCalls: input.modelCalls },
-          ttlSeconds: input.policy.rules.tokenTtlSeconds,
-        },
-        loadSigner(deps.keysDir, 'token'),
-      );
-      return { token, model };
+      return await mintPlanning(input, input.tools, input.modelCalls);
     },
 
     /** The job's own workspace, fresh from the configured source (idempotent). */

@@ -1105,7 +1105,10 @@ export class GatewayAccount {
           .catch(() => null);
         if (view) {
           const accepted = view.approvals.filter((a) => a.accepted).length;
-          line += ` · approvals ${accepted} · steps ${view.stepsDone}/${view.stepsTotal}`;
+          line +=
+            view.mode === 'agent'
+              ? ` · approvals ${accepted} · turns ${view.used?.model_turns ?? 0} · tool calls ${view.used?.tool_calls ?? 0}`
+              : ` · approvals ${accepted} · steps ${view.stepsDone}/${view.stepsTotal}`;
           if (view.planHash) line += ` · plan ${view.planHash.slice(0, 12)}`;
         }
       } else if (description.status.name === 'COMPLETED') {

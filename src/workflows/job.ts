@@ -67,21 +67,25 @@ function stepActivities(wallSeconds: number): JobActivities {
  * A model turn: retried (a turn whose answer was kept is not asked again), and it heartbeats,
  * so a turn whose worker died moves to another worker within seconds.
  */
-const turnActivities = proxyActivities<JobActivities>({
+export const TURN_ACTIVITY_OPTIONS = {
   startToCloseTimeout: '4 minutes',
   heartbeatTimeout: '15 seconds',
   retry: { maximumAttempts: 4, initialInterval: '1 second' },
-});
+} as const;
+const turnActivities = proxyActivities<JobActivities>(TURN_ACTIVITY_OPTIONS);
 /**
  * A tool call of the loop: a second attempt (after its worker died) never runs the call again,
  * it reports it as interrupted (the activity's claim in the evidence store decides).
  */
-function toolCallActivities(wallSeconds: number): JobActivities {
-  return proxyActivities<JobActivities>({
+export function toolCallActivityOptions(wallSeconds: number) {
+  return {
     startToCloseTimeout: `${wallSeconds + 20} seconds`,
     heartbeatTimeout: '10 seconds',
     retry: { maximumAttempts: 3, initialInterval: '1 second' },
-  });
+  } as const;
+}
+function toolCallActivities(wallSeconds: number): JobActivities {
+  return proxyActivities<JobActivities>(toolCallActivityOptions(wallSeconds));
 }
 /** Status-line edits are cosmetic: a few quick tries, so one that cannot land never holds the job up. */
 function statusLineActivities(taskQueue: string): MatrixActivities {
