@@ -359,6 +359,51 @@ test('a question needing two searches and a read answers from what they found', 
   assert.doesNotMatch(answer, /\.git\//, "search leaves git's own files out");
 });
 
+test('the model may look before it plans: read and search run under the planning token, nothing else does', async () => {
+  scripts.push([
+    'look first',
+    {
+      planning: [
+        {
+          calls: [
+            { name: 'read', arguments: { path: 'README.md' } },
+            { name: 'http', arguments: { method: 'GET', url: `http://127.0.0.1:${holdPort}/hold` } },
+          ],
+        },
+        { answer: PLAN_WITH_HTTP },
+      ],
+      execution: [{ answer: 'Nothing more to do.' }],
+    },
+  ]);
+  hits.hold = 0;
+  const { handle, eventId } = await request('!claw look first, then plan');
+  const plan = await threadNotice(eventId, /^Plan for job/);
+  assert.match(String(plan.getContent()['body']), /Tools: read, search, http/);
+  // Before any approval: the read ran, the http call did not.
+  await approve(handle, eventId);
+  const result = (await handle.result()) as JobResult;
+  assert.equal(result.status, 'succeeded', result.reason);
+  const bundle = await verified(result);
+  const records = ofType(bundle, 'tool_record') as Array<{
+    phase: string;
+    tool: string;
+    exit_status: number | null;
+    denial: { code: string } | null;
+  }>;
+  assert.deepEqual(
+    records.map((r) => [r.phase, r.tool, r.exit_status, r.denial?.code ?? null]),
+    [
+      ['planning', 'read', 0, null],
+      ['planning', 'http', null, 'TOOL_NOT_OFFERED'],
+    ],
+  );
+  assert.equal(hits.hold, 0);
+  const planningToken = bundle.entries.find((e) => e.type === 'token')?.body as { purpose: string };
+  assert.equal(planningToken.purpose, 'planning');
+  const index = (t: string) => bundle.entries.findIndex((e) => e.type === t);
+  assert.ok(index('tool_record') < index('plan'), 'the look came before the plan');
+});
+
 test('tool calls outside the scope are refused, recorded and handed back to the model, which then answers; nothing ran', async () => {
   scripts.push([
     'out of scope',
@@ -585,6 +630,13 @@ test("a job of 200 turns with outputs of 1 MB stays inside Temporal's limits: it
     // The outputs live in the evidence store, named by their hash, not in the history.
     const store = join(state, 'evidence');
     assert.ok(readdirSync(store).length > 0);
+    // The last run replays against the code and agrees with the bundle, entry by entry.
+    const report = await replayJob(temporal.client, workflowId, {
+      bundleDir: join(state, 'bundles'),
+      jwks: jwks(),
+    });
+    assert.deepEqual(report.mismatches, []);
+    assert.ok(report.ok && report.replayed, report.replayError ?? '');
   } finally {
     registry.activate('matrix', policies['main'] as string);
   }
