@@ -61,13 +61,17 @@ function hostMatches(entry: string, host: string, port: string): boolean {
 
 const httpArgs = z
   .object({
-    method: z.enum(['GET', 'POST']),
+    method: z.enum(['GET', 'HEAD', 'POST']),
     url: z.url({ protocol: /^https?$/ }),
     headers: z.record(z.string().regex(/^[A-Za-z0-9-]{1,64}$/), z.string().max(4096)).optional(),
     body: z.string().max(MAX_BODY_BYTES).optional(),
   })
   .strict()
-  .describe('http: { method: GET|POST, url, headers?, body? } — to allowlisted hosts only');
+  .describe('http: { method: GET|HEAD|POST, url, headers?, body? } — to allowlisted hosts only')
+  .refine((a) => a.method === 'POST' || a.body === undefined, {
+    message: 'only a POST has a body',
+    path: ['body'],
+  });
 
 function deny(reason: string): never {
   throw new ClawgateError(ERROR_CODES.egressDenied, reason);
@@ -101,7 +105,13 @@ function once(
   url: URL,
   target: { address: string; family: number },
   args: z.infer<typeof httpArgs>,
-): Promise<{ status: number; location: string | undefined; body: string; truncated: boolean }> {
+): Promise<{
+  status: number;
+  location: string | undefined;
+  body: string;
+  truncated: boolean;
+  headers: string;
+}> {
   return new Promise((resolve, reject) => {
     const request = url.protocol === 'https:' ? httpsRequest : httpRequest;
     const req = request(
@@ -134,6 +144,9 @@ function once(
             location: res.headers.location,
             body: Buffer.concat(chunks).toString('utf8'),
             truncated,
+            headers: Object.entries(res.headers)
+              .map(([name, value]) => `${name}: ${Array.isArray(value) ? value.join(', ') : String(value)}`)
+              .join('\n'),
           });
         res.on('end', done);
         res.on('close', done);
@@ -147,7 +160,8 @@ function once(
 
 export const httpTool: ToolDefinition<typeof httpArgs> = {
   name: 'http',
-  description: 'GET or POST to a host on the egress allowlist; redirects followed only to allowed hosts.',
+  description:
+    'GET, HEAD or POST to a host on the egress allowlist; redirects followed only to allowed hosts. A HEAD answers with the headers.',
   args: httpArgs,
   async run(args, ctx): Promise<ToolOutput> {
     let url = new URL(args.url);
@@ -155,7 +169,9 @@ export const httpTool: ToolDefinition<typeof httpArgs> = {
       const target = await checkedAddress(url, ctx);
       let answer;
       try {
-        answer = await once(url, target, hop === 0 ? args : { ...args, method: 'GET', body: undefined });
+        // A redirect is followed with GET (HEAD stays HEAD), without the body.
+        const method = args.method === 'HEAD' ? 'HEAD' : 'GET';
+        answer = await once(url, target, hop === 0 ? args : { ...args, method, body: undefined });
       } catch (error) {
         return {
           exitStatus: null,
@@ -173,7 +189,7 @@ export const httpTool: ToolDefinition<typeof httpArgs> = {
       return {
         exitStatus: answer.status,
         signal: null,
-        output: answer.body,
+        output: args.method === 'HEAD' ? `HTTP ${answer.status}\n${answer.headers}\n` : answer.body,
         timedOut: false,
         outputTruncated: answer.truncated,
         sandboxProfile: 'http: egress allowlist, checked address, redirects checked per hop',

@@ -10,5 +10,5 @@ export const PLANNING_TOOLS: readonly string[] = ['read', 'search'];
  */
 export const SIDE_EFFECT_FREE_TOOLS: readonly string[] = ['read', 'search', 'http'];
 
-/** The http methods the agent loop lets through (they change nothing on a server that keeps to HTTP). */
+/** The http methods the agent loop lets through (they change nothing on a server that keeps to HTTP's rules). */
 export const SAFE_HTTP_METHODS: readonly string[] = ['GET', 'HEAD'];

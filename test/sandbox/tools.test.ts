@@ -16,8 +16,11 @@ import { examplePolicy, toolContext } from './tool-harness.ts';
 
 let server: Server;
 let port = 0;
+/** The method of every request the server saw, in order. */
+const methods: string[] = [];
 before(async () => {
   server = createServer((req, res) => {
+    methods.push(req.method ?? '');
     if (req.url === '/ok') {
       res.end('hello from the listed host');
     } else if (req.url === '/to-private') {
@@ -67,6 +70,25 @@ test('http: a listed host answers; an unlisted one is refused before any connect
   const unlisted = await runTool({ tool: 'http', args: { method: 'GET', url: 'http://example.org/' } }, ctx);
   assert.equal(unlisted.record.denial?.code, 'EGRESS_DENIED');
   assert.match(unlisted.record.denial?.reason ?? '', /not on the policy's egress allowlist/);
+});
+
+test('http: HEAD answers with the status and headers, follows redirects as HEAD, and carries no body', async () => {
+  const ctx = await toolContext({ policy: httpPolicy() });
+  const head = await runTool(
+    { tool: 'http', args: { method: 'HEAD', url: `http://127.0.0.1:${port}/to-listed` } },
+    ctx,
+  );
+  assert.equal(head.record.exit_status, 200);
+  assert.match(head.output ?? '', /^HTTP 200\n/);
+  assert.match(head.output ?? '', /\ndate: /);
+  assert.doesNotMatch(head.output ?? '', /hello from the listed host/);
+  assert.deepEqual(methods.slice(-2), ['HEAD', 'HEAD']);
+  const withBody = await runTool(
+    { tool: 'http', args: { method: 'HEAD', url: `http://127.0.0.1:${port}/ok`, body: 'x' } },
+    ctx,
+  );
+  assert.equal(withBody.record.denial?.code, 'TOOL_ARGUMENTS_INVALID');
+  assert.match(withBody.record.denial?.reason ?? '', /only a POST has a body/);
 });
 
 test('http: a redirect from a listed host to a private or unlisted one is refused; to itself is followed', async () => {
