@@ -35,6 +35,7 @@ export const ENTRY_TYPES = [
   'tool_record',
   'model_receipt',
   'model_turn',
+  'taint',
   'budget',
   'answer',
   'workspace',
@@ -87,6 +88,11 @@ const toolRecordBody = z.looseObject({
   args_sha256: sha256HexString,
 });
 const outcomeBody = z.looseObject({ status: z.string().min(1) });
+const taintBody = z.looseObject({
+  phase: z.enum(['planning', 'execution']),
+  turn: z.number().int().nonnegative(),
+  call_id: z.string().min(1),
+});
 
 const count = z.number().int().nonnegative();
 const agentPlanBody = z.looseObject({
@@ -639,6 +645,37 @@ function checkAgentEvidence(
     if (r.phase === 'planning' && c.planIndex !== undefined && i > c.planIndex) {
       fail(i, `${r.tool} ran as a planning call after the plan`);
     }
+  }
+
+  // The taint point: the first call that ran is where untrusted text entered the job's context;
+  // the bundle must say so, right after it, and name exactly that call.
+  const firstRan = c.indexes('tool_record').find((i) => {
+    const body = agentToolRecordBody.safeParse(entries[i]?.body);
+    return body.success && body.data.denial === null;
+  });
+  const taints = c.indexes('taint');
+  if (taints.length > 1) fail(null, `a bundle has at most one taint entry; this one has ${taints.length}`);
+  const taintIndex = taints[0];
+  if (firstRan !== undefined) {
+    const ran = agentToolRecordBody.parse(entries[firstRan]?.body);
+    const taint = taintIndex === undefined ? undefined : taintBody.safeParse(entries[taintIndex]?.body);
+    if (taintIndex === undefined || !taint) {
+      fail(firstRan, `${ran.tool} ran, and no taint entry records that its output entered the job's context`);
+    } else if (!taint.success) {
+      fail(taintIndex, `needs phase, turn and call_id: ${issueText(taint.error)}`);
+    } else if (
+      taintIndex !== firstRan + 1 ||
+      taint.data.phase !== ran.phase ||
+      taint.data.turn !== ran.turn ||
+      taint.data.call_id !== ran.call_id
+    ) {
+      fail(
+        taintIndex,
+        `does not name the first call that ran (${ran.phase} turn ${ran.turn}, ${ran.call_id})`,
+      );
+    }
+  } else if (taintIndex !== undefined) {
+    fail(taintIndex, 'names a taint point, but no tool call ran');
   }
 
   const budgetIndex = c.indexes('budget')[0];

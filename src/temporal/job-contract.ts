@@ -125,6 +125,8 @@ export interface JobStatusView {
     outcome: string;
   }>;
   answer?: string | null;
+  /** Agent mode: the tool call whose output first entered the job's context (untrusted text), if any. */
+  taint?: { phase: 'planning' | 'execution'; turn: number; tool: string; callId: string } | null;
   /** The budget used so far (agent mode). */
   used?: { model_turns: number; tool_calls: number; model_tokens: number; wall_seconds: number };
 }

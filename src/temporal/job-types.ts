@@ -135,6 +135,7 @@ export interface BundleEntryInput {
     | 'tool_record'
     | 'model_receipt'
     | 'model_turn'
+    | 'taint'
     | 'budget'
     | 'answer'
     | 'workspace'

@@ -326,9 +326,14 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
         : view.mode === 'agent'
           ? ` (turn ${(view.used?.model_turns ?? 0) + 1} of at most ${view.plan?.budget.model_turns ?? '?'})`
           : ` (step ${view.stepsDone + 1} of ${view.stepsTotal})`;
-    const body = `${planMessage.body}\nStatus: ${line}${extra}`;
+    const tainted = view.taint
+      ? ` · context holds tool output since ${view.taint.phase} turn ${view.taint.turn + 1} (${view.taint.tool})`
+      : '';
+    const body = `${planMessage.body}\nStatus: ${line}${extra}${tainted}`;
     const html =
-      planMessage.html === undefined ? undefined : `${planMessage.html}<p>Status: ${line}${extra}</p>`;
+      planMessage.html === undefined
+        ? undefined
+        : `${planMessage.html}<p>Status: ${line}${extra}${tainted}</p>`;
     const eventId = planMessage.eventId;
     const key = `${job.workflowId}/${job.runId}/status/${++editCount}`;
     statusEdits = statusEdits
@@ -732,6 +737,15 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
       entries.push({ type: 'tool_record', body: done.record });
       refs.push(done.messageRef);
       (view.turns ??= []).push({ phase, turn, tool: call.name, args: call.argsShort, outcome: done.outcome });
+      // The first output of a tool that ran is the first text in the job's context that is not
+      // the requester's own words (a plan drafted after it is tainted too): recorded once.
+      if (!view.taint && done.record['denial'] === null) {
+        view.taint = { phase, turn, tool: call.name, callId: call.id };
+        entries.push({
+          type: 'taint',
+          body: { phase, turn, tool: call.name, call_id: call.id, source: `output of tool ${call.name}` },
+        });
+      }
     }
   }
 

@@ -326,7 +326,12 @@ test('"summarise the README": the plan is posted formatted, and after approval t
   assert.equal(read?.['denial'], null);
   assert.equal(ofType(bundle, 'answer').length, 1);
   assert.deepEqual((ofType(bundle, 'budget')[0] as { used: { model_turns: number } }).used.model_turns, 2);
+  // The README's text is the first untrusted text in the job's context: the taint point.
+  assert.deepEqual(ofType(bundle, 'taint'), [
+    { phase: 'execution', turn: 0, tool: 'read', call_id: read?.['call_id'], source: 'output of tool read' },
+  ]);
   const view = await handle.query(statusQuery);
+  assert.deepEqual(view.taint, { phase: 'execution', turn: 0, tool: 'read', callId: read?.['call_id'] });
   assert.equal(view.mode, 'agent');
   assert.equal(view.turns?.[0]?.tool, 'read');
   assert.ok(view.answer?.includes(title));
@@ -402,6 +407,8 @@ test('the model may look before it plans: read and search run under the planning
   assert.equal(planningToken.purpose, 'planning');
   const index = (t: string) => bundle.entries.findIndex((e) => e.type === t);
   assert.ok(index('tool_record') < index('plan'), 'the look came before the plan');
+  // The plan was drafted after the model read the workspace: the job is tainted from planning on.
+  assert.equal(ofType(bundle, 'taint')[0]?.['phase'], 'planning');
 });
 
 test('tool calls outside the scope are refused, recorded and handed back to the model, which then answers; nothing ran', async () => {

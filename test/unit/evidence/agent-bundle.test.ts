@@ -213,20 +213,30 @@ async function buildEntries(): Promise<BundleEntry[]> {
     r(0), // 5
     modelTurn('planning', 0, 'receipt-1', response(0)), // 6
     toolRecord('planning', 0, planningRead), // 7
-    r(1), // 8
-    modelTurn('planning', 1, 'receipt-2', response(1)), // 9
-    { type: 'plan', body: plan }, // 10
-    { type: 'approval_attempt', body: { sender: '@bob:localhost', eventId: '$approve1', accepted: true } }, // 11
-    { type: 'token', body: { purpose: 'execution', jwt: execution.token } }, // 12
-    r(2), // 13
-    modelTurn('execution', 0, 'receipt-3', response(2)), // 14
-    toolRecord('execution', 0, executionSearch), // 15
+    {
+      type: 'taint',
+      body: {
+        phase: 'planning',
+        turn: 0,
+        tool: 'read',
+        call_id: planningRead.id,
+        source: 'output of tool read',
+      },
+    }, // 8
+    r(1), // 9
+    modelTurn('planning', 1, 'receipt-2', response(1)), // 10
+    { type: 'plan', body: plan }, // 11
+    { type: 'approval_attempt', body: { sender: '@bob:localhost', eventId: '$approve1', accepted: true } }, // 12
+    { type: 'token', body: { purpose: 'execution', jwt: execution.token } }, // 13
+    r(2), // 14
+    modelTurn('execution', 0, 'receipt-3', response(2)), // 15
+    toolRecord('execution', 0, executionSearch), // 16
     toolRecord('execution', 0, executionExec, {
       code: 'TOOL_NOT_OFFERED',
       reason: 'tool exec is not offered in this job (offered: read, search)',
-    }), // 16
-    r(3), // 17
-    modelTurn('execution', 1, 'receipt-4', response(3)), // 18
+    }), // 17
+    r(3), // 18
+    modelTurn('execution', 1, 'receipt-4', response(3)), // 19
     {
       type: 'budget',
       body: {
@@ -234,16 +244,25 @@ async function buildEntries(): Promise<BundleEntry[]> {
         used: { model_turns: 2, tool_calls: 2, model_tokens: 480, wall_seconds: 4 },
         exhausted: null,
       },
-    }, // 19
+    }, // 20
     {
       type: 'answer',
       body: { turn: 1, sha256: sha256Hex(Buffer.from(answerText)), bytes: Buffer.byteLength(answerText) },
-    }, // 20
-    { type: 'outcome', body: { status: 'succeeded', reason: 'answered' } }, // 21
+    }, // 21
+    { type: 'outcome', body: { status: 'succeeded', reason: 'answered' } }, // 22
   ];
 }
 
-const INDEX = { planningRecord: 7, plan: 10, executionToken: 12, turn: 14, search: 15, exec: 16, answer: 20 };
+const INDEX = {
+  planningRecord: 7,
+  taint: 8,
+  plan: 11,
+  executionToken: 13,
+  turn: 15,
+  search: 16,
+  exec: 17,
+  answer: 21,
+};
 
 async function verify(entries: BundleEntry[]): Promise<BundleProblem[]> {
   const bundle = sealBundle(job, entries, orchestrator, new Date('2026-01-01T00:00:05Z'));
@@ -394,7 +413,7 @@ test('a model turn whose response is not the one its receipt signed is refused',
       e[INDEX.turn]!.body['receipt_id'] = 'receipt-2';
     }),
   );
-  assertProblem(reused, INDEX.turn, /names receipt receipt-2, which entry 9 names too/);
+  assertProblem(reused, INDEX.turn, /names receipt receipt-2, which entry 10 names too/);
 });
 
 test('a tool that ran outside the scope of its token is refused; a refused one is only recorded', async () => {
@@ -407,6 +426,26 @@ test('a tool that ran outside the scope of its token is refused; a refused one i
   );
   assertProblem(problems, INDEX.exec, /exec ran outside the scope of the execution token \(read, search\)/);
   assert.equal(problems.length, 1, JSON.stringify(problems));
+});
+
+test('the taint point must name the first call that ran, right after it', async () => {
+  const missing = await verify(changed((e) => e.splice(INDEX.taint, 1)));
+  assertProblem(
+    missing,
+    INDEX.planningRecord,
+    /read ran, and no taint entry records that its output entered/,
+  );
+  const other = await verify(
+    changed((e) => ((e[INDEX.taint] as { body: Record<string, unknown> }).body['call_id'] = 'call_e0a')),
+  );
+  assertProblem(other, INDEX.taint, /does not name the first call that ran \(planning turn 0, call_p0\)/);
+  const late = await verify(
+    changed((e) => {
+      const [taint] = e.splice(INDEX.taint, 1);
+      e.splice(INDEX.search, 0, taint as (typeof e)[number]);
+    }),
+  );
+  assertProblem(late, INDEX.search, /does not name the first call that ran/);
 });
 
 test('a planning call outside the planning token scope is refused', async () => {
@@ -484,10 +523,10 @@ test('the plan, the execution token scope and the budget must agree', async () =
 
   const budgetChanged = await verify(
     changed((e) => {
-      (e[19]!.body['limits'] as Record<string, number>)['tool_calls'] = 1000;
+      (e[20]!.body['limits'] as Record<string, number>)['tool_calls'] = 1000;
     }),
   );
-  assertProblem(budgetChanged, 19, /limits are not the approved plan's budget/);
+  assertProblem(budgetChanged, 20, /limits are not the approved plan's budget/);
 
   const twoAnswers = await verify(
     changed((e) => e.splice(INDEX.answer, 0, structuredClone(e[INDEX.answer]!))),
