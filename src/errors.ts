@@ -65,6 +65,9 @@ export const ERROR_CODES = {
   toolNotOffered: 'TOOL_NOT_OFFERED',
   toolCallInterrupted: 'TOOL_CALL_INTERRUPTED',
   toolCallBudgetExhausted: 'TOOL_CALL_BUDGET_EXHAUSTED',
+  callApprovalRequired: 'CALL_APPROVAL_REQUIRED',
+  callDenied: 'CALL_DENIED',
+  callExpired: 'CALL_APPROVAL_EXPIRED',
   // Gateway
   configInvalid: 'CONFIG_INVALID',
   portInUse: 'PORT_IN_USE',

@@ -10,7 +10,7 @@ import { openAiTools } from '../agent/tool-schemas.ts';
 import { toolOutputHeader } from '../agent/protocol.ts';
 import type { EvidenceStore } from '../evidence/store.ts';
 import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
-import { SAFE_HTTP_METHODS, SIDE_EFFECT_FREE_TOOLS } from '../tools/kinds.ts';
+import { argumentShape, effectOf, gateOf, type GateRules } from '../tools/kinds.ts';
 import { runTool, type ToolContext } from '../tools/runner.ts';
 import type { JobRef, ModelTurnResult, ToolCallRef, ToolCallResult } from '../temporal/job-types.ts';
 import { verifyCapabilityToken, type CstClaims } from '../tokens/cst.ts';
@@ -54,6 +54,8 @@ export interface ModelTurnInput {
   tools: string[];
   /** The id of the newest receipt the workflow holds (null before the first). */
   lastReceiptId: string | null;
+  /** The job's pinned policy: each call's effect class and gate come from it. */
+  policyHash?: string;
 }
 
 export interface ToolCallInput {
@@ -70,6 +72,14 @@ export interface ToolCallInput {
   offered: string[];
   /** The most of the output the model is sent. */
   resultBytes: number;
+  /** Whether the job's context holds untrusted text (the taint point has passed). */
+  tainted?: boolean;
+  /** The call token an approver's decision on this call's card made (or a job-wide grant). */
+  callToken?: string;
+  /** How the call was allowed without its own card: an earlier card approved for the job. */
+  allowedBy?: { cardId: string };
+  /** The call's card was denied or expired: it does not run, and the model hears why. */
+  denied?: { code: string; reason: string };
 }
 
 function safeKey(...parts: Array<string | number>): string {
@@ -99,6 +109,38 @@ export function toolCallsOf(message: ChatMessage | undefined): ToolCallRef[] {
       argsShort: raw.length > SHORT_ARGS ? `${raw.slice(0, SHORT_ARGS - 1)}…` : raw,
     };
   });
+}
+
+/** What of a policy decides a call's effect class and gate. */
+export function gateRules(policy: Wpc): GateRules {
+  const tools = policy.execution.tools;
+  return {
+    workspaceAccess: policy.execution.sandbox.workspace_access,
+    ...(tools.effects ? { effects: tools.effects } : {}),
+    ...(tools.http_effects ? { httpEffects: tools.http_effects } : {}),
+    ...(tools.approval ? { approval: tools.approval } : {}),
+  };
+}
+
+const PREVIEW_CHARS = 4000;
+
+/** A call with its effect class, gate and argument shape, and what an approval card shows of it. */
+function withGate(call: ToolCallRef, message: ChatMessage, rules: GateRules): ToolCallRef {
+  const raw = message.tool_calls?.find((c) => c.id === call.id)?.function.arguments ?? '';
+  let args: unknown = raw;
+  try {
+    args = JSON.parse(raw);
+  } catch {
+    // not JSON: refused when it is run; shown as it is
+  }
+  const effect = effectOf(call.name, args, rules);
+  return {
+    ...call,
+    effect,
+    gate: gateOf(call.name, effect, rules),
+    shapeSha256: canonicalHash(argumentShape(args)),
+    argsPreview: raw.length > PREVIEW_CHARS ? `${raw.slice(0, PREVIEW_CHARS - 1)}…` : raw,
+  };
 }
 
 /** Cuts a string to at most `bytes` UTF-8 bytes without splitting a character. */
@@ -133,6 +175,40 @@ async function heartbeating<T>(work: () => Promise<T>): Promise<T> {
 export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (hash: string) => Wpc) {
   const tokenJwks = (): { keys: JWK[] } => publicJwks(deps.keysDir, ['token']);
 
+  /**
+   * The call token of a call that needs approval, checked: signature, expiry, revocation, this
+   * job, purpose call, this call and these exact arguments, and never used before. Its claims,
+   * or why not.
+   */
+  async function checkCallToken(input: ToolCallInput, argsSha256: string): Promise<CstClaims | string> {
+    if (!input.callToken) {
+      return `${input.call.name} has side effects and the job's context holds untrusted text: it runs only once an approver approves this exact call`;
+    }
+    let claims: CstClaims;
+    try {
+      claims = await verifyCapabilityToken(input.callToken, {
+        jwks: tokenJwks(),
+        expectedJob: input.job,
+        isRevoked: freshRevocationCheck(deps.revocations, deps.controlStale),
+        activePolicyHash: () => (input.channel ? deps.registry.activeHash(input.channel) : input.policyHash),
+      });
+    } catch (error) {
+      if (error instanceof ClawgateError) return `the call token is refused: ${error.message}`;
+      throw error;
+    }
+    if (claims.purpose !== 'call' || !claims.call) return 'the token given is not a call token';
+    if (claims.call.call_id !== input.call.id) {
+      return `the call token is for call ${claims.call.call_id}, not ${input.call.id}`;
+    }
+    if (claims.call.args_sha256 !== argsSha256) {
+      return 'the call token was approved for other arguments than these';
+    }
+    if (!deps.evidence.claim(input.job.workflowId, safeKey('call-token', claims.jti))) {
+      return `call token ${claims.jti} was used already`;
+    }
+    return claims;
+  }
+
   async function newReceipts(token: string, workflowId: string, after: string | null) {
     const query = new URLSearchParams({ job: workflowId, ...(after ? { after } : {}) });
     const r = await fetch(`${deps.proxyUrl}/v1/receipts?${query.toString()}`, {
@@ -152,7 +228,8 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
       ...input.prelude,
       ...input.refs.map((ref) => deps.evidence.getJson<ChatMessage>(workflowId, ref)),
     ];
-    const tools = openAiTools(input.tools, { sideEffectFree: true });
+    // While planning only the read-only tools are offered; after approval, the plan's tools.
+    const tools = openAiTools(input.tools, { sideEffectFree: input.phase === 'planning' });
     const response = await fetch(`${deps.proxyUrl}/v1/chat/completions`, {
       method: 'POST',
       headers: { authorization: `Bearer ${input.token}`, 'content-type': 'application/json' },
@@ -197,7 +274,8 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
     } else if (!message || typeof message !== 'object') {
       result = fail('MODEL_ANSWER_MALFORMED', 'the model answer is not an OpenAI chat completion');
     } else {
-      const toolCalls = toolCallsOf(message);
+      const rules = input.policyHash ? gateRules(policyByHash(input.policyHash)) : undefined;
+      const toolCalls = toolCallsOf(message).map((c) => (rules ? withGate(c, message, rules) : c));
       const content = typeof message.content === 'string' ? message.content : null;
       const assistant: ChatMessage = {
         role: 'assistant',
@@ -234,6 +312,7 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
               },
         usage,
         at: Date.now(),
+        said: toolCalls.length > 0 && content ? content.slice(0, 1000) : null,
       };
     }
     deps.evidence.setResult(workflowId, key, result);
@@ -327,7 +406,7 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
         );
       }
       if (!input.offered.includes(input.call.name)) {
-        if (input.phase === 'execution' && SIDE_EFFECT_FREE_TOOLS.includes(input.call.name)) {
+        if (input.phase === 'execution') {
           return refuse(
             ERROR_CODES.toolNotInTokenScope,
             `tool ${input.call.name} is not among the approved plan's tools (${input.offered.join(', ') || 'none'})`,
@@ -335,34 +414,48 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
         }
         return refuse(
           ERROR_CODES.toolNotOffered,
-          input.phase === 'planning'
-            ? `tool ${input.call.name} is not offered while planning (only ${input.offered.join(', ') || 'none'}, which read the workspace)`
-            : `tool ${input.call.name} has side effects; those wait for per-call approvals, which this job does not have (offered: ${input.offered.join(', ') || 'none'})`,
+          `tool ${input.call.name} is not offered while planning (only ${input.offered.join(', ') || 'none'}, which read the workspace)`,
         );
       }
-      if (input.call.name === 'http') {
-        const method = (args as { method?: unknown } | null)?.method;
-        if (typeof method !== 'string' || !SAFE_HTTP_METHODS.includes(method)) {
-          return refuse(
-            ERROR_CODES.toolNotOffered,
-            `http ${String(method)} has side effects; the agent loop offers http ${SAFE_HTTP_METHODS.join(' and ')} only`,
-          );
-        }
+      const rules = gateRules(policy);
+      const effect = effectOf(input.call.name, args, rules);
+      const gate = gateOf(input.call.name, effect, rules);
+      Object.assign(mark, {
+        effect,
+        gate,
+        shape_sha256: canonicalHash(argumentShape(args)),
+        ...(input.allowedBy ? { allowed_by: { card_id: input.allowedBy.cardId } } : {}),
+      });
+      if (input.denied) return refuse(input.denied.code, input.denied.reason);
+      if (input.phase === 'planning' && effect === 'write') {
+        return refuse(ERROR_CODES.toolNotOffered, `a call with side effects waits for the plan's approval`);
       }
-      let claims: CstClaims | null = null;
+      // A call that needs a person's approval runs only with the call token that approval made:
+      // bound to this job, this call and these exact arguments, used once.
+      const needsApproval = gate === 'always' || (gate === 'when_tainted' && input.tainted === true);
+      let callClaims: CstClaims | null = null;
+      if (needsApproval) {
+        const why = await checkCallToken(input, toolArgsHash(asked.function.arguments));
+        if (typeof why === 'string') return refuse(ERROR_CODES.callApprovalRequired, why);
+        callClaims = why;
+        if (!callClaims.call?.card_id) throw new Error('unreachable');
+        Object.assign(mark, input.allowedBy ? {} : { card_id: callClaims.call.card_id });
+      }
+      let claims: CstClaims | null = callClaims;
       let tokenError: { code: string; reason: string } | undefined;
-      try {
-        claims = await verifyCapabilityToken(input.token, {
-          jwks: tokenJwks(),
-          expectedJob: input.job,
-          isRevoked: freshRevocationCheck(deps.revocations, deps.controlStale),
-          activePolicyHash: () =>
-            input.channel ? deps.registry.activeHash(input.channel) : input.policyHash,
-        });
-      } catch (error) {
-        if (error instanceof ClawgateError) tokenError = { code: error.code, reason: error.message };
-        else throw error;
-      }
+      if (!callClaims)
+        try {
+          claims = await verifyCapabilityToken(input.token, {
+            jwks: tokenJwks(),
+            expectedJob: input.job,
+            isRevoked: freshRevocationCheck(deps.revocations, deps.controlStale),
+            activePolicyHash: () =>
+              input.channel ? deps.registry.activeHash(input.channel) : input.policyHash,
+          });
+        } catch (error) {
+          if (error instanceof ClawgateError) tokenError = { code: error.code, reason: error.message };
+          else throw error;
+        }
       return await heartbeating(async () => {
         const ctx: ToolContext = {
           workflowId,
@@ -371,6 +464,8 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
           sandbox: deps.sandbox,
           workspace: deps.workspaceFor(input.job),
           ...(tokenError ? { tokenError } : {}),
+          ...(deps.prRemote ? { prRemote: deps.prRemote } : {}),
+          ...(deps.pushRepo ? { pushRepo: deps.pushRepo } : {}),
         };
         const { record, output } = await runTool({ tool: input.call.name, args }, ctx);
         const denial = record.denial;

@@ -450,6 +450,37 @@ export function createJobActivities(deps: JobActivityDeps) {
     },
 
     /**
+     * A call token: one approved call with side effects (this card, this call, these exact
+     * arguments), its one tool, short-lived, used once; minted only after the approver's decision.
+     */
+    async mintCallToken(input: {
+      job: JobRef;
+      roomId: string;
+      policy: PinnedPolicy;
+      planHash: string;
+      tool: string;
+      card: { cardId: string; callId: string; argsSha256: string };
+      approver: string;
+      decisionEventId: string;
+    }): Promise<{ token: string; jti: string }> {
+      const { token, claims } = await mintCapabilityToken(
+        {
+          purpose: 'call',
+          job: input.job,
+          roomId: input.roomId,
+          scope: { tools: [input.tool], models: [] },
+          planHash: input.planHash,
+          approval: { approvers: [input.approver], eventIds: [input.decisionEventId] },
+          call: input.card,
+          ...(input.policy.rules.pinPolicyHash ? { wpcHash: input.policy.hash } : {}),
+          ttlSeconds: Math.min(input.policy.rules.tokenTtlSeconds, 300),
+        },
+        loadSigner(deps.keysDir, 'token'),
+      );
+      return { token, jti: claims.jti };
+    },
+
+    /**
      * Agent mode: the planning token (the read-only tools, the planning model, the planning
      * budget) and which model plans and works.
      */

@@ -1,6 +1,6 @@
 // The agent plan: read from the planning conversation's final answer, checked, and shown to
 // the approvers as text and HTML. Deterministic (the workflow runs it): no I/O, no zod.
-import type { AgentBudget, AgentPlan } from '../temporal/job-types.ts';
+import type { AgentBudget, AgentPlan, ToolCallRef } from '../temporal/job-types.ts';
 
 export type PlanReading = { ok: true; plan: AgentPlan; dropped: string[] } | { ok: false; reason: string };
 
@@ -136,5 +136,36 @@ export function renderAnswer(input: {
   const html = long
     ? `<p><b>${escapeHtml(head)}</b></p><details><summary>${escapeHtml(input.text.slice(0, 120))}…</summary><p>${text}</p></details><p>${escapeHtml(note)}</p>`
     : `<p><b>${escapeHtml(head)}</b></p><p>${text}</p>`;
+  return { body, html };
+}
+
+/** An approval card: the call in full where short, why the model wants it, what tainted the job. */
+export function renderCard(input: {
+  jobId: string;
+  cardId: string;
+  call: ToolCallRef;
+  said: string | null;
+  taint: { phase: string; turn: number; tool: string; callId: string } | null;
+  expirySeconds: number;
+}): { body: string; html: string } {
+  const { call, cardId } = input;
+  const args = call.argsPreview ?? call.argsShort;
+  const minutes = Math.round(input.expirySeconds / 60);
+  const why = input.said ? `Why (the model): ${input.said}` : 'The model gave no reason.';
+  const taint = input.taint
+    ? `The job's context holds untrusted text since ${input.taint.phase} turn ${input.taint.turn + 1} (output of ${input.taint.tool}).`
+    : 'The policy asks for an approval of every call of this tool.';
+  const how = `Reply in this thread: !approve ${cardId}, or !approve ${cardId} job (also later ${call.name} calls of this shape in this job), or !deny ${cardId} <reason>; or react ✅ / ❌. Expires in ${minutes} min.`;
+  const hash = `arguments sha256 ${call.argsSha256}`;
+  const head = `Approval needed for job ${input.jobId}, card ${cardId}: ${call.name} (${call.effect ?? 'write'})`;
+  const body = [head, args, why, taint, hash, how].join('\n');
+  const html = [
+    `<p><b>${escapeHtml(head)}</b></p>`,
+    args.length > 600
+      ? `<details><summary>arguments (${args.length} characters)</summary><pre><code>${escapeHtml(args)}</code></pre></details>`
+      : `<pre><code>${escapeHtml(args)}</code></pre>`,
+    `<p>${escapeHtml(why)}<br>${escapeHtml(taint)}<br><code>${escapeHtml(hash)}</code></p>`,
+    `<p>${escapeHtml(how)}</p>`,
+  ].join('');
   return { body, html };
 }

@@ -9,13 +9,16 @@
 // the approved plan. In an agent job (an approved goal, tools and budget instead of fixed
 // steps), every tool call instead was asked for by a receipted model turn of the job, with the
 // arguments that turn's response holds, and every call that ran was inside the scope of the
-// token of its phase. A failure names the entry and what is wrong with it.
+// token of its phase; once the job's context was tainted, every call with side effects (and,
+// before that too, every call whose tool the policy always gates) ran only after an approver
+// accepted that exact call on an approval card, under a call token bound to its arguments. A
+// failure names the entry and what is wrong with it.
 import { createHash } from 'node:crypto';
 import { importJWK, jwtVerify, decodeProtectedHeader, type JWK } from 'jose';
 import { z } from 'zod';
 import { keysFor } from '../keys/keyring.ts';
 import { verifyReceipt } from '../proxy/receipts.ts';
-import { PLANNING_TOOLS } from '../tools/kinds.ts';
+import { effectOf, gateOf, PLANNING_TOOLS, type Gate, type GateRules } from '../tools/kinds.ts';
 import { canonicalBytes, signCompactJws, verifyCompactJws, type Ed25519Signer, type Jwks } from './jws.ts';
 import { leafHash, merkleRoot } from './merkle.ts';
 
@@ -36,6 +39,9 @@ export const ENTRY_TYPES = [
   'model_receipt',
   'model_turn',
   'taint',
+  'call_card',
+  'call_decision',
+  'card_outcome',
   'budget',
   'answer',
   'workspace',
@@ -80,7 +86,9 @@ const policyBody = z.looseObject({ document: z.unknown(), hash: sha256HexString 
 const planBody = z.looseObject({
   steps: z.array(z.looseObject({ tool: z.string().min(1), args: z.unknown() })),
 });
-const tokenBody = z.looseObject({ purpose: z.enum(['planning', 'execution']), jwt: z.string().min(1) });
+const tokenPurpose = z.enum(['planning', 'execution', 'call']);
+type TokenPurpose = z.infer<typeof tokenPurpose>;
+const tokenBody = z.looseObject({ purpose: tokenPurpose, jwt: z.string().min(1) });
 const receiptBody = z.looseObject({ jws: z.string().min(1) });
 const toolRecordBody = z.looseObject({
   step: z.number().int().nonnegative(),
@@ -122,7 +130,55 @@ const agentToolRecordBody = z.looseObject({
   tool: z.string(),
   args_sha256: sha256HexString,
   denial: z.object({ code: z.string(), reason: z.string() }).nullable(),
+  // Since calls are gated: the call's effect class and gate, its argument shape, and the
+  // approval it ran under (its own card, or a card approved for the job's later calls alike).
+  effect: z.enum(['read', 'write']).optional(),
+  gate: z.enum(['never', 'when_tainted', 'always']).optional(),
+  shape_sha256: sha256HexString.nullable().optional(),
+  card_id: z.string().min(1).nullable().optional(),
+  allowed_by: z
+    .looseObject({ card_id: z.string().min(1) })
+    .nullable()
+    .optional(),
 });
+const callCardBody = z.looseObject({
+  card_id: z.string().min(1),
+  phase: phaseSchema,
+  turn: count,
+  call_id: z.string().min(1),
+  tool: z.string().min(1),
+  args_sha256: sha256HexString,
+  shape_sha256: sha256HexString,
+  effect: z.enum(['read', 'write']),
+  gate: z.enum(['always', 'when_tainted']),
+  taint: z.looseObject({ phase: phaseSchema, turn: count, call_id: z.string().min(1) }).nullable(),
+  event_id: z.string().min(1),
+  expires_at: count,
+});
+type CallCard = z.infer<typeof callCardBody>;
+const callDecisionBody = z.looseObject({
+  card_id: z.string().min(1).nullable(),
+  event_id: z.string().min(1),
+  sender: z.string().min(1),
+  via: z.enum(['command', 'reaction']),
+  decision: z.enum(['approve', 'deny']),
+  scope: z.enum(['call', 'job']),
+  accepted: z.boolean(),
+  code: z.string().nullable(),
+  reason: z.string(),
+  origin_server_ts: count,
+});
+type CallDecision = z.infer<typeof callDecisionBody>;
+const cardOutcomeBody = z.looseObject({
+  card_id: z.string().min(1),
+  state: z.enum(['approved', 'denied', 'expired']),
+  by: z.string().nullable(),
+  reason: z.string(),
+});
+type CardOutcome = z.infer<typeof cardOutcomeBody>;
+/** A call token's claim: the card it was approved on and the exact call it may run. */
+const callClaim = z.object({ card_id: z.string(), call_id: z.string(), args_sha256: z.string() }).strict();
+const approvalClaim = z.looseObject({ approvers: z.array(z.string()), event_ids: z.array(z.string()) });
 const budgetBody = z.looseObject({
   limits: z.unknown(),
   used: z.unknown(),
@@ -375,7 +431,8 @@ export async function verifyBundle(input: unknown, jwks: Jwks): Promise<BundleVe
         fail(i, `token is for job ${String(claims['sub'])}, not this one`);
       if (typeof claims['jti'] === 'string') tokenIds.add(claims['jti']);
       else fail(i, 'token has no jti');
-      if (body.data.purpose === 'execution') {
+      // An execution token and a call token both act on the approved plan.
+      if (body.data.purpose !== 'planning') {
         if (claims['plan_hash'] !== planHash)
           fail(i, 'token is not bound to the approved plan (plan_hash differs)');
         if (claims['wpc_hash'] !== undefined && claims['wpc_hash'] !== policyHash) {
@@ -385,11 +442,15 @@ export async function verifyBundle(input: unknown, jwks: Jwks): Promise<BundleVe
       const scope = claims['scope'] as { tools?: unknown } | undefined;
       const tools =
         Array.isArray(scope?.tools) && scope.tools.every((t) => typeof t === 'string') ? scope.tools : null;
+      const call = callClaim.safeParse(claims['call']);
+      const approval = approvalClaim.safeParse(claims['approval']);
       tokens.push({
         index: i,
         purpose: body.data.purpose,
         jti: typeof claims['jti'] === 'string' ? claims['jti'] : null,
         tools,
+        call: call.success ? call.data : null,
+        approval: approval.success ? approval.data : null,
       });
     } catch (error) {
       fail(i, `token does not verify: ${error instanceof Error ? error.message : String(error)}`);
@@ -451,10 +512,14 @@ function issueText(error: z.ZodError): string {
 
 interface TokenSeen {
   index: number;
-  purpose: Phase;
+  purpose: TokenPurpose;
   jti: string | null;
   /** The token's scope.tools, or null when it has none. */
   tools: string[] | null;
+  /** A call token's card, call and argument hash. */
+  call: z.infer<typeof callClaim> | null;
+  /** Who approved what the token carries, and their events. */
+  approval: z.infer<typeof approvalClaim> | null;
 }
 
 interface ReceiptSeen {
@@ -591,6 +656,14 @@ function checkAgentEvidence(
       const writing = token.tools.filter((t) => !PLANNING_TOOLS.includes(t));
       if (writing.length > 0)
         fail(token.index, `planning token holds tools that are not read-only: ${writing.join(', ')}`);
+    } else if (token.purpose === 'call') {
+      if (token.call === null)
+        fail(token.index, 'call token names no call (its card, call and argument hash)');
+      if (token.tools.length !== 1) {
+        fail(token.index, `call token holds ${token.tools.length} tools; it holds the one tool of its call`);
+      } else if (plan && !plan.tools.includes(token.tools[0] ?? '')) {
+        fail(token.index, `call token is for ${token.tools[0]}, which is not among the plan's tools`);
+      }
     } else if (plan && !sameSet(token.tools, plan.tools)) {
       fail(
         token.index,
@@ -677,6 +750,8 @@ function checkAgentEvidence(
   } else if (taintIndex !== undefined) {
     fail(taintIndex, 'names a taint point, but no tool call ran');
   }
+  const taint = taintIndex === undefined ? undefined : taintBody.safeParse(entries[taintIndex]?.body);
+  checkCallApprovals(c, turns, firstRan, taint?.success ? taint.data : null);
 
   const budgetIndex = c.indexes('budget')[0];
   if (budgetIndex !== undefined) {
@@ -704,6 +779,307 @@ function checkAgentEvidence(
       } else if (turn.answer && (turn.answer.sha256 !== a.sha256 || turn.answer.bytes !== a.bytes)) {
         fail(answerIndex, `is not the answer in the response of execution turn ${a.turn}`);
       }
+    }
+  }
+}
+
+const effectRecord = z.record(z.string(), z.enum(['read', 'write']));
+const gateRecord = z.record(z.string(), z.enum(['never', 'when_tainted', 'always']));
+const policyRules = z.looseObject({
+  matrix: z
+    .looseObject({
+      approval: z
+        .looseObject({
+          approver_user_ids_allowlist: z.array(z.string()).catch([]),
+          requester_may_approve: z.boolean().catch(false),
+        })
+        .catch({ approver_user_ids_allowlist: [], requester_may_approve: false }),
+    })
+    .catch({ approval: { approver_user_ids_allowlist: [], requester_may_approve: false } }),
+  execution: z
+    .looseObject({
+      sandbox: z.looseObject({ workspace_access: z.enum(['none', 'ro', 'rw']).catch('none') }).catch({
+        workspace_access: 'none',
+      }),
+      tools: z
+        .looseObject({
+          effects: effectRecord.optional().catch(undefined),
+          http_effects: effectRecord.optional().catch(undefined),
+          approval: gateRecord.optional().catch(undefined),
+        })
+        .catch({}),
+    })
+    .catch({ sandbox: { workspace_access: 'none' }, tools: {} }),
+});
+
+/** What the bundle's policy says of call approvals: who approves, and each tool's effect and gate. */
+function callPolicyOf(document: unknown): {
+  approvers: string[];
+  requesterMayApprove: boolean;
+  rules: GateRules;
+} {
+  const parsed = policyRules.safeParse(document);
+  if (!parsed.success)
+    return { approvers: [], requesterMayApprove: false, rules: { workspaceAccess: 'none' } };
+  const { matrix, execution } = parsed.data;
+  const tools = execution.tools;
+  return {
+    approvers: matrix.approval.approver_user_ids_allowlist,
+    requesterMayApprove: matrix.approval.requester_may_approve,
+    rules: {
+      workspaceAccess: execution.sandbox.workspace_access,
+      ...(tools.effects ? { effects: tools.effects } : {}),
+      ...(tools.http_effects ? { httpEffects: tools.http_effects } : {}),
+      ...(tools.approval ? { approval: tools.approval } : {}),
+    },
+  };
+}
+
+const GATE_RANK: Record<Gate, number> = { never: 0, when_tainted: 1, always: 2 };
+
+interface Seen<T> {
+  index: number;
+  body: T;
+}
+
+/**
+ * Per-call approvals (agent mode). A call that ran needs an approval of that exact call when it
+ * has side effects and the job's context was tainted before it, or when the policy always gates
+ * its tool: an approval card for the call and its arguments before it (or, named by
+ * `allowed_by`, an earlier card for the same tool and argument shape approved for the whole
+ * job), an accepted approval of that card by an approver of the policy (not the requester,
+ * unless the policy lets requesters approve), the card's approved outcome, and, for its own
+ * card, a call token bound to the card, the call and its arguments, used by that call alone.
+ * Each record's effect and gate are at least what the policy makes them.
+ */
+function checkCallApprovals(
+  c: AgentChecking,
+  turns: Map<string, TurnSeen>,
+  firstRan: number | undefined,
+  taint: z.infer<typeof taintBody> | null,
+): void {
+  const { entries, fail } = c;
+  const policy = policyBody.safeParse(entries[c.indexes('policy')[0] ?? -1]?.body);
+  const { approvers, requesterMayApprove, rules } = callPolicyOf(
+    policy.success ? policy.data.document : undefined,
+  );
+  const requester = (entries[c.indexes('request')[0] ?? -1]?.body as { sender?: unknown } | null)?.sender;
+
+  const cards = new Map<string, Seen<CallCard>>();
+  for (const i of c.indexes('call_card')) {
+    const body = callCardBody.safeParse(entries[i]?.body);
+    if (!body.success) {
+      fail(i, `is not an approval card: ${issueText(body.error)}`);
+      continue;
+    }
+    const card = body.data;
+    const name = `card ${card.card_id}`;
+    const other = cards.get(card.card_id);
+    if (other) {
+      fail(i, `${name} is in the bundle twice (entry ${other.index} is the first)`);
+      continue;
+    }
+    cards.set(card.card_id, { index: i, body: card });
+    const turn = turns.get(turnKey(card.phase, card.turn));
+    const asked = (turn?.calls.get(card.call_id) ?? []).some(
+      (l) => l.name === card.tool && l.args_sha256 === card.args_sha256,
+    );
+    if (!turn || turn.index > i || !asked) {
+      fail(
+        i,
+        `${name} is for ${card.tool} call ${card.call_id}, which ${card.phase} turn ${card.turn} before it did not ask for with those arguments`,
+      );
+    }
+    if (card.taint === null) {
+      if (card.gate === 'when_tainted') fail(i, `${name} is gated when_tainted but names no taint point`);
+    } else if (
+      taint === null ||
+      card.taint.phase !== taint.phase ||
+      card.taint.turn !== taint.turn ||
+      card.taint.call_id !== taint.call_id
+    ) {
+      fail(i, `${name} names another taint point than the bundle's`);
+    }
+  }
+
+  const decisions: Array<Seen<CallDecision>> = [];
+  for (const i of c.indexes('call_decision')) {
+    const body = callDecisionBody.safeParse(entries[i]?.body);
+    if (!body.success) {
+      fail(i, `is not an answer to an approval card: ${issueText(body.error)}`);
+      continue;
+    }
+    const d = body.data;
+    decisions.push({ index: i, body: d });
+    if (!d.accepted) continue;
+    const card = d.card_id === null ? undefined : cards.get(d.card_id);
+    if (d.card_id === null) fail(i, `${d.sender}'s ${d.decision} is accepted but names no card`);
+    else if (!card || card.index > i)
+      fail(i, `accepts an answer to card ${d.card_id}, which is not before it`);
+  }
+  /** The accepted approvals of a card between it and entry `before`. */
+  const approvalsOf = (card: Seen<CallCard>, before: number): Array<Seen<CallDecision>> =>
+    decisions.filter(
+      (d) =>
+        d.body.card_id === card.body.card_id &&
+        d.index > card.index &&
+        d.index < before &&
+        d.body.accepted &&
+        d.body.decision === 'approve',
+    );
+
+  const outcomes: Array<Seen<CardOutcome>> = [];
+  for (const i of c.indexes('card_outcome')) {
+    const body = cardOutcomeBody.safeParse(entries[i]?.body);
+    if (!body.success) {
+      fail(i, `is not an approval card's outcome: ${issueText(body.error)}`);
+      continue;
+    }
+    const o = body.data;
+    const card = cards.get(o.card_id);
+    const other = outcomes.find((p) => p.body.card_id === o.card_id);
+    outcomes.push({ index: i, body: o });
+    if (!card || card.index > i) fail(i, `is the outcome of card ${o.card_id}, which is not before it`);
+    else if (other) fail(i, `card ${o.card_id} has an outcome already (entry ${other.index})`);
+    else if (o.state === 'approved' && !approvalsOf(card, i).some((d) => d.body.sender === o.by)) {
+      fail(
+        i,
+        `card ${o.card_id} is approved by ${String(o.by)}, whose accepted approval of it is not before it`,
+      );
+    }
+  }
+
+  const usedBy = new Map<number, number>();
+  for (const i of c.indexes('tool_record')) {
+    const body = agentToolRecordBody.safeParse(entries[i]?.body);
+    if (!body.success || body.data.denial !== null) continue; // malformed (told above), or refused
+    const r = body.data;
+    const what = `${r.tool} call ${r.call_id}`;
+    if (r.effect === undefined || r.gate === undefined) {
+      if (r.effect !== undefined || r.gate !== undefined) {
+        fail(i, `${what} has ${r.effect ? 'an effect class but no gate' : 'a gate but no effect class'}`);
+      } else if (r.tool !== 'http' && effectOf(r.tool, null, rules) === 'write') {
+        // Before calls were gated the agent loop ran tools without side effects only (http
+        // for GET and HEAD), so a record of a call with side effects says how it was gated.
+        fail(i, `${what} ran with side effects, and its record has no effect class or gate`);
+      }
+      continue;
+    }
+    let effect = r.effect;
+    // The effect of an http call depends on its method, which the bundle does not hold.
+    if (effect === 'read' && r.tool !== 'http' && effectOf(r.tool, null, rules) === 'write') {
+      fail(i, `${what} is recorded as without side effects; the policy says ${r.tool} has them`);
+      effect = 'write';
+    }
+    let gate = r.gate;
+    const policyGate = gateOf(r.tool, effect, rules);
+    if (GATE_RANK[gate] < GATE_RANK[policyGate]) {
+      fail(i, `${what} is recorded with gate ${gate}; the policy's gate for it is ${policyGate}`);
+      gate = policyGate;
+    }
+    // The gate decides (checked above against the policy): a `never` gate is the policy's own
+    // choice to let that tool run unasked; `when_tainted` needs an approval after the taint point.
+    const afterTaint = firstRan !== undefined && i > firstRan;
+    const needed = gate === 'always' || (gate === 'when_tainted' && afterTaint);
+    if (!needed) continue;
+
+    const when = gate === 'always' ? 'ran with gate always' : 'ran after the taint point';
+    const unapproved = (why: string): void =>
+      fail(i, `${what} ${when} without an accepted approval of its arguments (${why})`);
+    const own = r.card_id ?? null;
+    const cardId = own ?? r.allowed_by?.card_id ?? null;
+    if (cardId === null) {
+      unapproved('it names no approval card');
+      continue;
+    }
+    const card = cards.get(cardId);
+    if (!card || card.index > i) {
+      unapproved(`card ${cardId} is not before it in this bundle`);
+      continue;
+    }
+    const k = card.body;
+    if (own !== null) {
+      if (k.phase !== r.phase || k.turn !== r.turn || k.call_id !== r.call_id || k.tool !== r.tool) {
+        unapproved(`card ${cardId} is for ${k.tool} call ${k.call_id} of ${k.phase} turn ${k.turn}`);
+        continue;
+      }
+      if (k.args_sha256 !== r.args_sha256) {
+        unapproved(`card ${cardId} shows other arguments`);
+        continue;
+      }
+    } else if (k.tool !== r.tool) {
+      unapproved(`card ${cardId}, which it names as allowing it, is for ${k.tool}`);
+      continue;
+    } else if (r.shape_sha256 == null || k.shape_sha256 !== r.shape_sha256) {
+      unapproved(`card ${cardId}, which it names as allowing it, is for arguments of another shape`);
+      continue;
+    }
+
+    const accepted = approvalsOf(card, i);
+    if (accepted.length === 0) {
+      unapproved(`card ${cardId} has no accepted approval before it`);
+      continue;
+    }
+    const valid: Array<Seen<CallDecision>> = [];
+    for (const d of accepted) {
+      const by = d.body.sender;
+      if (!approvers.includes(by))
+        fail(i, `${what}: card ${cardId} was approved by ${by}, who is not an approver`);
+      else if (by === requester && !requesterMayApprove) {
+        fail(
+          i,
+          `${what}: card ${cardId} was approved by ${by}, who requested the job (the policy does not let requesters approve)`,
+        );
+      } else valid.push(d);
+    }
+    if (valid.length === 0) continue;
+    if (own === null && !valid.some((d) => d.body.scope === 'job')) {
+      unapproved(`card ${cardId} was approved for its own call only, not for the job`);
+      continue;
+    }
+    if (
+      !outcomes.some(
+        (o) =>
+          o.body.card_id === cardId && o.index > card.index && o.index < i && o.body.state === 'approved',
+      )
+    ) {
+      fail(i, `${what}: card ${cardId} has no approved outcome before it`);
+    }
+    if (own === null) continue;
+
+    const binding = canonicalHash({ card_id: cardId, call_id: r.call_id, args_sha256: r.args_sha256 });
+    const bound = c.tokens.filter(
+      (t) => t.purpose === 'call' && t.index < i && t.call !== null && canonicalHash(t.call) === binding,
+    );
+    const token = bound.find((t) => !usedBy.has(t.index));
+    if (!token) {
+      const first = bound[0];
+      if (first)
+        fail(
+          i,
+          `${what}: its call token (entry ${first.index}) was used by entry ${usedBy.get(first.index)} already`,
+        );
+      else fail(i, `${what} ran with no call token bound to its arguments (card ${cardId})`);
+      continue;
+    }
+    usedBy.set(token.index, i);
+    if (token.tools?.length !== 1 || token.tools[0] !== r.tool) {
+      fail(
+        i,
+        `${what}: its call token (entry ${token.index}) is scoped to ${(token.tools ?? []).join(', ') || 'no tools'}, not ${r.tool} alone`,
+      );
+    }
+    const carried = valid.some(
+      (d) =>
+        d.index < token.index &&
+        (token.approval?.event_ids ?? []).includes(d.body.event_id) &&
+        (token.approval?.approvers ?? []).includes(d.body.sender),
+    );
+    if (!carried) {
+      fail(
+        i,
+        `${what}: its call token (entry ${token.index}) does not carry an accepted approval of card ${cardId} made before it`,
+      );
     }
   }
 }

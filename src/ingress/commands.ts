@@ -3,7 +3,10 @@
 // edits (`m.replace`) are not read as commands, the quoted part of a reply is dropped, notices
 // (what bots post) are ignored, commands come from `m.text` messages only (not emotes), and a
 // command counts only when what the room shows (a formatted body, say) says the same.
+// Approval cards are answered with `!approve <card>` / `!deny <card>` in the job's thread, or
+// with a ✅ / ❌ reaction on the card message.
 import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
+import { CALL_CARD_FIELD, CALL_CARD_ID, jobWorkflowId } from '../temporal/job-contract.ts';
 import { BIDI_CONTROLS, clip, MATRIX_HTML_FORMAT, sameWords, shownHtml } from './displayed.ts';
 import { isJobRef } from './job-ids.ts';
 
@@ -11,6 +14,10 @@ export type Command =
   | { kind: 'request'; text: string }
   | { kind: 'approve'; job?: string; planHash?: string }
   | { kind: 'deny'; job?: string; reason?: string }
+  /** An answer to an approval card (`!approve c3.1 [job]`); `job` scope covers later calls of its kind. */
+  | { kind: 'call-approve'; cardId: string; scope: 'call' | 'job' }
+  /** A refusal of an approval card (`!deny c3.1 [reason]`); the reason may be empty. */
+  | { kind: 'call-deny'; cardId: string; reason: string }
   | { kind: 'status'; job?: string }
   | { kind: 'cancel'; job?: string }
   | { kind: 'help' };
@@ -57,6 +64,18 @@ export const COMMANDS: readonly CommandSpec[] = [
     args: '[job] [reason]',
     help: 'deny a job (the requester may withdraw their own)',
   },
+  {
+    kind: 'call-approve',
+    word: (w) => w.approve,
+    args: '<card> [job]',
+    help: 'in a job\'s thread, approve the call of an approval card (such as c3.1; or react ✅ to the card); with "job", later calls of that tool with arguments of the same shape too',
+  },
+  {
+    kind: 'call-deny',
+    word: (w) => w.deny,
+    args: '<card> [reason]',
+    help: "in a job's thread, refuse the call of an approval card (or react ❌ to the card)",
+  },
   { kind: 'status', word: () => '!status', args: '[job]', help: "a job's state, approvals and steps" },
   {
     kind: 'cancel',
@@ -74,6 +93,10 @@ export function renderHelp(words: CommandWords = DEFAULT_COMMAND_WORDS): string 
     ...lines,
     'In a job\'s thread the job may be left out; elsewhere name it (the id in its plan, such as "j4k2m7q3xa").',
   ].join('\n');
+}
+
+function specOf(kind: CommandKind): CommandSpec {
+  return COMMANDS.find((c) => c.kind === kind) as CommandSpec;
 }
 
 function usage(spec: CommandSpec, words: CommandWords): string {
@@ -98,15 +121,20 @@ export function parseCommand(
   const trimmed = text.trim();
   const [first = '', ...rest] = trimmed.split(/\s+/);
   const word = first.toLowerCase();
-  const spec = COMMANDS.find((c) => c.word(words) === word);
+  let spec = COMMANDS.find((c) => c.word(words) === word);
   if (!spec) {
     if (mentioned && trimmed !== '' && !trimmed.startsWith('!')) return request(trimmed);
     return null;
   }
+  // The approve and deny words answer a card when a card comes first.
+  if (rest[0] !== undefined && looksLikeCard(rest[0])) {
+    if (spec.kind === 'approve') spec = specOf('call-approve');
+    else if (spec.kind === 'deny') spec = specOf('call-deny');
+  }
   const argText = trimmed.slice(first.length).trim();
-  const bad = (message: string): ParseResult => ({
+  const bad = (message: string, of: CommandSpec = spec): ParseResult => ({
     ok: false,
-    error: `${message}. Usage: ${usage(spec, words)}`,
+    error: `${message}. Usage: ${usage(of, words)}`,
   });
   switch (spec.kind) {
     case 'request':
@@ -120,10 +148,35 @@ export function parseCommand(
       if (job !== undefined && !isJobRef(job)) return bad(`"${job}" is not a job id`);
       return { ok: true, command: job === undefined ? { kind: spec.kind } : { kind: spec.kind, job } };
     }
+    case 'call-approve':
+    case 'call-deny': {
+      const [typed = '', ...after] = rest;
+      const cardId = typed.toLowerCase();
+      if (!CALL_CARD_ID.test(cardId)) {
+        return bad(`"${typed}" is not a card id (c<turn>.<n>, such as c3.1, as the card shows it)`);
+      }
+      if (spec.kind === 'call-deny') {
+        const reason = after.join(' ');
+        if (reason.length > MAX_REASON_CHARS) {
+          return bad(`the reason is ${reason.length} characters long, at most ${MAX_REASON_CHARS}`);
+        }
+        return { ok: true, command: { kind: 'call-deny', cardId, reason } };
+      }
+      if (after.length === 0) return { ok: true, command: { kind: 'call-approve', cardId, scope: 'call' } };
+      if (after.length === 1 && (after[0] as string).toLowerCase() === 'job') {
+        return { ok: true, command: { kind: 'call-approve', cardId, scope: 'job' } };
+      }
+      return bad(
+        `only "job" may follow the card (to approve later calls of that tool with arguments of the same shape too), not "${after.join(' ')}"`,
+      );
+    }
     case 'approve': {
       const args = [...rest];
       const command: { kind: 'approve'; job?: string; planHash?: string } = { kind: 'approve' };
       if (args[0] !== undefined && isJobRef(args[0])) command.job = args.shift();
+      if (command.job !== undefined && args[0] !== undefined && looksLikeCard(args[0])) {
+        return bad(cardAfterJob(args[0]), specOf('call-approve'));
+      }
       if (args[0] !== undefined && /^[0-9a-f]{6,64}$/i.test(args[0])) {
         command.planHash = (args.shift() as string).toLowerCase();
       }
@@ -136,6 +189,9 @@ export function parseCommand(
       const args = [...rest];
       const command: { kind: 'deny'; job?: string; reason?: string } = { kind: 'deny' };
       if (args[0] !== undefined && isJobRef(args[0])) command.job = args.shift();
+      if (command.job !== undefined && args[0] !== undefined && looksLikeCard(args[0])) {
+        return bad(cardAfterJob(args[0]), specOf('call-deny'));
+      }
       const reason = args.join(' ');
       if (reason.length > MAX_REASON_CHARS) {
         return bad(`the reason is ${reason.length} characters long, at most ${MAX_REASON_CHARS}`);
@@ -144,6 +200,19 @@ export function parseCommand(
       return { ok: true, command };
     }
   }
+}
+
+/**
+ * A word meant as a card id: `c`, digits and a dot (`c3.1`, or a mistyped `c0.1`, `c3.`). Such a
+ * word first after approve or deny is read as a card, never as a job's reason, so a mistyped
+ * card is refused rather than taken for a decision on the whole job.
+ */
+function looksLikeCard(word: string): boolean {
+  return /^c[0-9]+\.[0-9]*$/i.test(word);
+}
+
+function cardAfterJob(card: string): string {
+  return `a card is answered in its job's thread, named first and without the job ("${card}" after a job id)`;
 }
 
 function request(text: string): ParseResult {
@@ -306,6 +375,7 @@ function shownAlternatives(content: Record<string, unknown>): Array<{ what: stri
 function freeText(command: Command): string {
   if (command.kind === 'request') return command.text;
   if (command.kind === 'deny') return command.reason ?? '';
+  if (command.kind === 'call-deny') return command.reason;
   return '';
 }
 
@@ -318,6 +388,8 @@ function sameCommand(a: ParseResult, b: ParseResult): boolean {
     c.kind,
     'job' in c ? c.job : undefined,
     'planHash' in c ? c.planHash : undefined,
+    'cardId' in c ? c.cardId : undefined,
+    'scope' in c ? c.scope : undefined,
   ];
   if (JSON.stringify(ref(x)) !== JSON.stringify(ref(y))) return false;
   return sameWords(freeText(x), freeText(y));
@@ -433,6 +505,64 @@ export function readCommand(
         evidence,
         mismatch: `what the room shows is not this command: ${mismatches.join('; ')}. Send the command as plain text`,
       };
+}
+
+/** The reaction keys that answer a card; the emoji's variation selector (U+FE0F) may follow. */
+export const REACTION_DECISIONS: Readonly<Record<string, 'approve' | 'deny'>> = {
+  '\u2705': 'approve',
+  '\u2705\ufe0f': 'approve',
+  '\u274c': 'deny',
+  '\u274c\ufe0f': 'deny',
+};
+
+/** A reaction that may answer a card: its annotated event, its key and the decision the key says. */
+export interface ReactionReading {
+  target: string;
+  key: string;
+  decision: 'approve' | 'deny';
+}
+
+/** The relation of an `m.reaction`'s content, if it is a well-formed annotation. */
+export function annotationOf(content: unknown): { target: string; key: string } | null {
+  const relates = isRecord(content) && isRecord(content['m.relates_to']) ? content['m.relates_to'] : null;
+  if (relates?.['rel_type'] !== 'm.annotation') return null;
+  const target = relates['event_id'];
+  const key = relates['key'];
+  return typeof target === 'string' && typeof key === 'string' ? { target, key } : null;
+}
+
+/**
+ * Reads an `m.reaction`'s content: an annotation whose key is ✅ (approve) or ❌ (deny), or null
+ * for any other reaction (those are ordinary chat).
+ */
+export function readReaction(content: unknown): ReactionReading | null {
+  const annotation = annotationOf(content);
+  if (!annotation) return null;
+  const decision = Object.hasOwn(REACTION_DECISIONS, annotation.key)
+    ? REACTION_DECISIONS[annotation.key]
+    : undefined;
+  return decision === undefined ? null : { ...annotation, decision };
+}
+
+/** What a card message's content says of its card: the card id and the job's workflow id, or null. */
+export function readCard(content: unknown): { cardId: string | null; workflowId: string } | null {
+  const field = isRecord(content) ? content[CALL_CARD_FIELD] : undefined;
+  if (!isRecord(field) || typeof field['workflow_id'] !== 'string') return null;
+  const cardId = typeof field['card_id'] === 'string' ? field['card_id'] : null;
+  return { cardId, workflowId: field['workflow_id'] };
+}
+
+/**
+ * The request event of a job of this room, from the job's workflow id
+ * (`job:<room>:<request event id>`), or null when the workflow id names no job of this room.
+ */
+export function jobRootInRoom(workflowId: string, roomId: string): string | null {
+  const prefix = jobWorkflowId(roomId, '');
+  if (!workflowId.startsWith(prefix)) return null;
+  const root = workflowId.slice(prefix.length);
+  // An event id starts with `$`, and a room id never holds `:$` (its server name follows its
+  // first colon), so the workflow id of another room's job never reads as one of this room.
+  return /^\$\S{1,255}$/.test(root) && jobWorkflowId(roomId, root) === workflowId ? root : null;
 }
 
 function escapeRegExp(s: string): string {

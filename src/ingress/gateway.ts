@@ -1,11 +1,13 @@
 // The Matrix gateway: bot accounts that sync their rooms, read commands, start jobs and signal
-// approvals in Temporal, and host the Matrix I/O activities the job workflows call.
+// approvals (of plans, and of calls on approval cards, by command or reaction) in Temporal, and
+// host the Matrix I/O activities the job workflows call.
 //
 // At least once, never twice: the sync token of an account is saved only after every event of
 // the batch before it was handled (a job start or a signal accepted by Temporal), so a crash
 // between the two loses nothing; the next start syncs from the saved token and the same events
 // come again. Temporal makes the repeat harmless: a job's workflow id is derived from its
-// request event (a second start is refused) and approvals are deduplicated by event id.
+// request event (a second start is refused) and approvals and card answers are deduplicated by
+// event id.
 import { createServer, type Server } from 'node:http';
 import {
   Client,
@@ -38,13 +40,16 @@ import type { Logger } from 'pino';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { FilePolicyRegistry } from '../policy/registry.ts';
 import type { Wpc } from '../policy/wpc.ts';
+import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
 import {
   approvalSignal,
+  callDecisionSignal,
   cancelSignal,
   jobStaticSummary,
   jobWorkflowId,
   statusQuery,
   type ApprovalAttempt,
+  type CallDecisionAttempt,
   type JobRequest,
 } from '../temporal/job-contract.ts';
 import { JOB_ID, JOB_REQUESTER, JOB_ROOM, JOB_STATUS } from '../temporal/search-attributes.ts';
@@ -59,8 +64,12 @@ import {
   type CryptoState,
 } from './crypto-store.ts';
 import {
+  annotationOf,
   DEFAULT_COMMAND_WORDS,
+  jobRootInRoom,
+  readCard,
   readCommand,
+  readReaction,
   renderHelp,
   type Command,
   type CommandEvidence,
@@ -133,6 +142,8 @@ interface EventContext {
   receivedAt: number;
   /** For a decrypted event: whether its sending device is verified by its owner's cross-signing. */
   senderDeviceVerified?: boolean;
+  /** The message an answer replies to, when not the event itself (a reaction's card). */
+  replyTo?: string;
 }
 
 interface JobTarget {
@@ -157,6 +168,15 @@ export function isTransient(error: unknown): boolean {
   if (error instanceof MatrixError) return error.httpStatus === 429 || (error.httpStatus ?? 500) >= 500;
   const name = (error as { name?: string } | null)?.name;
   return name === 'ConnectionError' || name === 'TimeoutError' || name === 'AbortError';
+}
+
+/** SHA-256 of an event's content as canonical JSON (of its JSON text when it has none). */
+function contentSha256(content: unknown): string {
+  try {
+    return canonicalHash(content);
+  } catch {
+    return sha256Hex(String(JSON.stringify(content)));
+  }
 }
 
 function percentile(sorted: number[], p: number): number | null {
@@ -813,11 +833,15 @@ export class GatewayAccount {
     let type = raw.type;
     let content: unknown = raw.content;
     let senderDeviceVerified: boolean | undefined;
-    if (type === 'm.room.encrypted') {
+    const encrypted = type === 'm.room.encrypted';
+    if (encrypted) {
       const clear = await this.decrypt(roomId, raw);
       if (!clear) return false;
       ({ type, content } = clear);
       senderDeviceVerified = clear.verified;
+    }
+    if (type === 'm.reaction') {
+      return await this.handleReaction(roomId, raw, content, encrypted, senderDeviceVerified, receivedAt);
     }
     if (type !== 'm.room.message') return false;
     this.stats.handledEvents += 1;
@@ -851,6 +875,9 @@ export class GatewayAccount {
       if (command.kind === 'approve' || command.kind === 'deny') {
         return await this.signalApproval(ctx, command, words, evidence, mismatch);
       }
+      if (command.kind === 'call-approve' || command.kind === 'call-deny') {
+        return await this.signalCallDecision(ctx, command, words, evidence, mismatch);
+      }
       await this.reply(ctx, `${sender}: not acted on. ${mismatch}.`);
       return false;
     }
@@ -878,9 +905,14 @@ export class GatewayAccount {
     const read = readCommand(content, { userId: this.userId }, words);
     if (read.kind !== 'command' || read.mismatch !== undefined) return false;
     const { kind } = read.command;
-    if (kind !== 'approve' && kind !== 'deny' && kind !== 'cancel' && kind !== 'request') return false;
+    if (!['approve', 'deny', 'call-approve', 'call-deny', 'cancel', 'request'].includes(kind)) return false;
     this.stats.refusedEvents += 1;
-    const withdraw = kind === 'approve' ? `; to withdraw an approval, send ${words.deny} or !cancel` : '';
+    const withdraw =
+      kind === 'approve'
+        ? `; to withdraw an approval, send ${words.deny} or !cancel`
+        : kind === 'call-approve'
+          ? '; to stop the job, send !cancel'
+          : '';
     await this.reply(
       ctx,
       `${ctx.sender}: an edit does not change a command clawgate has read: "${clip(read.evidence.shown)}" stands as first sent (the job's evidence keeps it)${withdraw}.`,
@@ -903,6 +935,9 @@ export class GatewayAccount {
       case 'approve':
       case 'deny':
         return await this.signalApproval(ctx, command, words, evidence);
+      case 'call-approve':
+      case 'call-deny':
+        return await this.signalCallDecision(ctx, command, words, evidence);
       case 'cancel':
         return await this.signalCancel(ctx, command.job, `${'!cancel'} [job]`);
       case 'status':
@@ -1037,6 +1072,130 @@ export class GatewayAccount {
     return sent;
   }
 
+  /**
+   * An answer to an approval card by command, in the job's thread: the thread's job decides
+   * (whether the card is its own and waiting, the sender an approver, the display the same).
+   */
+  private async signalCallDecision(
+    ctx: EventContext,
+    command: Extract<Command, { kind: 'call-approve' | 'call-deny' }>,
+    words: CommandWords,
+    evidence: CommandEvidence,
+    mismatch?: string,
+  ): Promise<boolean> {
+    if (!ctx.threadRoot) {
+      this.stats.refusedEvents += 1;
+      const word = command.kind === 'call-approve' ? words.approve : words.deny;
+      await this.reply(
+        ctx,
+        `${ctx.sender}: a card is answered in its job's thread; send ${word} ${command.cardId} there. Nothing was changed.`,
+      );
+      return false;
+    }
+    const workflowId = jobWorkflowId(ctx.roomId, ctx.threadRoot);
+    const attempt: CallDecisionAttempt = {
+      eventId: ctx.eventId,
+      sender: ctx.sender,
+      roomId: ctx.roomId,
+      decision: command.kind === 'call-approve' ? 'approve' : 'deny',
+      cardId: command.cardId,
+      ...(command.kind === 'call-approve' ? { scope: command.scope } : {}),
+      ...(command.kind === 'call-deny' && command.reason !== '' ? { reason: command.reason } : {}),
+      via: 'command',
+      originServerTs: ctx.originServerTs,
+      ...(ctx.senderDeviceVerified !== undefined ? { senderDeviceVerified: ctx.senderDeviceVerified } : {}),
+      content: { sha256: evidence.contentSha256, shown: evidence.shown },
+      ...(mismatch !== undefined ? { displayMismatch: mismatch } : {}),
+    };
+    const target = { workflowId, jobId: shortJobId(workflowId), roomId: ctx.roomId };
+    return await this.signal(ctx, target, (handle) => handle.signal(callDecisionSignal, attempt));
+  }
+
+  /**
+   * A ✅ or ❌ reaction on an approval card the bot posted for a job of this room answers that
+   * card; the job decides, as for a command. Any other reaction, or one on any other message, is
+   * ordinary chat and passes unanswered.
+   */
+  private async handleReaction(
+    roomId: string,
+    raw: IRoomEvent,
+    content: unknown,
+    encrypted: boolean,
+    decryptedVerified: boolean | undefined,
+    receivedAt: number,
+  ): Promise<boolean> {
+    const reaction = readReaction(content);
+    if (!reaction) return false;
+    const eventId = raw.event_id;
+    const sender = raw.sender;
+    const about = { roomId, eventId, sender, card: reaction.target };
+    if (encrypted) {
+      // Clients show a reaction under the event its clear relation names, with its key.
+      const wire = annotationOf(raw.content);
+      if (wire?.target !== reaction.target || wire.key !== reaction.key) {
+        this.stats.refusedEvents += 1;
+        this.log.warn(about, 'an encrypted reaction whose clear relation says otherwise: ignored');
+        return false;
+      }
+    }
+    let card: IRoomEvent;
+    try {
+      card = (await this.matrix.fetchRoomEvent(roomId, reaction.target)) as IRoomEvent;
+    } catch (error) {
+      if (isTransient(error)) throw error;
+      return false; // not an event the bot can see: not one of its cards
+    }
+    if (card.sender !== this.userId) return false;
+    let cardContent: unknown = card.content;
+    if (card.type === 'm.room.encrypted') {
+      const clear = await this.decrypt(roomId, card);
+      if (clear?.type !== 'm.room.message') return false;
+      cardContent = clear.content;
+    } else if (card.type !== 'm.room.message') return false;
+    const named = readCard(cardContent);
+    if (!named) return false;
+    this.stats.handledEvents += 1;
+    const root = jobRootInRoom(named.workflowId, roomId);
+    if (root === null) {
+      this.stats.refusedEvents += 1;
+      this.log.warn(
+        { ...about, workflowId: named.workflowId },
+        'a reaction on a card naming a job of another room: not routed',
+      );
+      return false;
+    }
+    // A reaction sent in clear in an encrypted room comes from no device that can be verified.
+    const senderDeviceVerified = encrypted
+      ? decryptedVerified
+      : this.matrix.getRoom(roomId)?.hasEncryptionStateEvent()
+        ? false
+        : undefined;
+    const ctx: EventContext = {
+      roomId,
+      eventId,
+      sender,
+      originServerTs: Number(raw.origin_server_ts) || 0,
+      receivedAt,
+      threadRoot: root,
+      replyTo: reaction.target,
+      ...(senderDeviceVerified !== undefined ? { senderDeviceVerified } : {}),
+    };
+    this.stats.eventLagMs = Date.now() - ctx.originServerTs;
+    const attempt: CallDecisionAttempt = {
+      eventId,
+      sender,
+      roomId,
+      decision: reaction.decision,
+      cardEventId: reaction.target,
+      via: 'reaction',
+      originServerTs: ctx.originServerTs,
+      ...(senderDeviceVerified !== undefined ? { senderDeviceVerified } : {}),
+      content: { sha256: contentSha256(content), shown: reaction.key },
+    };
+    const target = { workflowId: named.workflowId, jobId: shortJobId(named.workflowId), roomId };
+    return await this.signal(ctx, target, (handle) => handle.signal(callDecisionSignal, attempt));
+  }
+
   private async signalCancel(ctx: EventContext, named: string | undefined, usage: string): Promise<boolean> {
     const target = await this.resolveJob(ctx, named, `${usage.replace(' [job]', ' <job>')}`);
     if ('error' in target) {
@@ -1124,9 +1283,10 @@ export class GatewayAccount {
 
   /** Answers the sender: in the thread they wrote in, or as a reply to their message. */
   private async reply(ctx: EventContext, body: string): Promise<void> {
+    const replyTo = ctx.replyTo ?? ctx.eventId;
     const relation = ctx.threadRoot
-      ? threadRelation(ctx.threadRoot, ctx.eventId)
-      : { 'm.in_reply_to': { event_id: ctx.eventId } };
+      ? threadRelation(ctx.threadRoot, replyTo)
+      : { 'm.in_reply_to': { event_id: replyTo } };
     // Derived from the event answered, so a redelivered event is not answered twice.
     const txnId = `reply.${Buffer.from(ctx.eventId).toString('base64url').slice(0, 180)}`;
     await this.matrix.sendEvent(

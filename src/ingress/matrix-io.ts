@@ -73,12 +73,15 @@ export function createMatrixActivities(client: MatrixClient) {
       body: string;
       /** The same text as HTML (`formatted_body`), for clients that show formatting. */
       html?: string;
+      /** More content fields of clawgate's own (an approval card names its card and job). */
+      fields?: Record<string, unknown>;
       txnKey: string;
     }): Promise<PostedMessage> {
       return send(
         input.roomId,
         'm.room.message',
         {
+          ...input.fields,
           msgtype: 'm.notice',
           body: input.body,
           ...formatted(input.html),

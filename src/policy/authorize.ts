@@ -70,7 +70,7 @@ export function authorize(call: Call, policy: Wpc, token: CstClaims | null | und
     if (!tools.allow.includes(call.tool)) {
       return deny(ERROR_CODES.toolNotAllowedByPolicy, `tool ${call.tool} is not on the policy's allow list`);
     }
-    if (token.purpose !== 'execution' && !PLANNING_TOOLS.includes(call.tool)) {
+    if (token.purpose === 'planning' && !PLANNING_TOOLS.includes(call.tool)) {
       return deny(
         ERROR_CODES.planningTokenForTool,
         `a planning token runs only the read-only tools (${PLANNING_TOOLS.join(', ')}); ${call.tool} waits for the plan's approval`,

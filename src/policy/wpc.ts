@@ -104,6 +104,20 @@ export const wpcSchema = z
           .object({
             allow: unique(toolName, 'tools.allow'),
             deny: unique(toolName, 'tools.deny').default([]),
+            /**
+             * Agent mode: when a call of a tool needs a person's approval of that exact call.
+             * Absent: never for tools that only read, when_tainted for those with side effects.
+             */
+            approval: z.record(toolName, z.enum(['never', 'when_tainted', 'always'])).optional(),
+            /** The policy's own effect class of a tool (read: no side effects; write: side effects). */
+            effects: z.record(toolName, z.enum(['read', 'write'])).optional(),
+            /** The effect class of an http method (default: GET and HEAD read, the others write). */
+            http_effects: z
+              .record(
+                z.string().regex(/^[A-Z]{1,16}$/, 'an HTTP method in capitals'),
+                z.enum(['read', 'write']),
+              )
+              .optional(),
           })
           .strict(),
         /** Hosts the http tool may reach. Private, loopback and link-local addresses need an explicit entry. */
@@ -139,6 +153,13 @@ export const wpcSchema = z
               .min(256)
               .max(1024 * 1024)
               .default(16 * 1024),
+            /** How long an approval card waits before the call counts as denied (default 3600 s). */
+            call_approval_seconds: z
+              .number()
+              .int()
+              .min(10)
+              .max(7 * 86_400)
+              .optional(),
           })
           .strict()
           .optional(),

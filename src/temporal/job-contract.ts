@@ -90,6 +90,41 @@ export interface ApprovalAttempt {
 
 export const approvalSignal = defineSignal<[ApprovalAttempt]>('approval');
 
+/**
+ * The id of an approval card, as people type it: `c<turn>.<n>`, the n-th gated call the model
+ * asked for in that execution turn (both from 1), e.g. `!approve c3.1`.
+ */
+export const CALL_CARD_ID = /^c[1-9][0-9]{0,3}\.[1-9][0-9]?$/;
+
+/** The content field of a card message that names its card and job, for the gateway's routing of reactions. */
+export const CALL_CARD_FIELD = 'org.clawgate.call_card';
+
+/**
+ * An answer to an approval card, as the gateway saw it in the job's thread: `!approve <card>`,
+ * `!approve <card> job`, `!deny <card> <reason>`, or a ✅ / ❌ reaction on the card message.
+ * The workflow decides (the same checks as a plan's approval, plus the card's own).
+ */
+export interface CallDecisionAttempt {
+  eventId: string;
+  sender: string;
+  roomId: string;
+  decision: 'approve' | 'deny';
+  /** The card a command names (`c3.1`); absent for a reaction. */
+  cardId?: string;
+  /** The card message a reaction is on; absent for a command. */
+  cardEventId?: string;
+  /** `job`: later calls of the same tool and argument shape in this job need no card. */
+  scope?: 'call' | 'job';
+  reason?: string;
+  via: 'command' | 'reaction';
+  senderDeviceVerified?: boolean;
+  originServerTs: number;
+  content?: MessageContentEvidence;
+  displayMismatch?: string;
+}
+
+export const callDecisionSignal = defineSignal<[CallDecisionAttempt]>('call-decision');
+
 export const JOB_STATUSES = [
   'planning',
   'awaiting_approval',
@@ -127,6 +162,22 @@ export interface JobStatusView {
   answer?: string | null;
   /** Agent mode: the tool call whose output first entered the job's context (untrusted text), if any. */
   taint?: { phase: 'planning' | 'execution'; turn: number; tool: string; callId: string } | null;
+  /** Agent mode: approval cards posted, and every answer to one as it arrived. */
+  cards?: Array<{
+    cardId: string;
+    tool: string;
+    argsSha256: string;
+    state: 'waiting' | 'approved' | 'denied' | 'expired';
+  }>;
+  /** The card the job waits on now, if any. */
+  waitingCard?: string | null;
+  callDecisions?: Array<{
+    eventId: string;
+    sender: string;
+    cardId: string | null;
+    accepted: boolean;
+    reason: string;
+  }>;
   /** The budget used so far (agent mode). */
   used?: { model_turns: number; tool_calls: number; model_tokens: number; wall_seconds: number };
 }

@@ -47,6 +47,13 @@ export interface ToolCallRef {
   argsSha256: string;
   /** The arguments as JSON, cut short, for the room and `clawgate jobs show`. */
   argsShort: string;
+  /** From the pinned policy (agent mode): side effects or not, and when it needs an approval. */
+  effect?: 'read' | 'write';
+  gate?: 'never' | 'when_tainted' | 'always';
+  /** SHA-256 of the arguments' shape (their structure, leaves by type): "allow for this job". */
+  shapeSha256?: string;
+  /** The arguments as the model sent them, up to 4,000 characters: what an approval card shows. */
+  argsPreview?: string;
 }
 
 export interface ModelTurnResult {
@@ -67,6 +74,8 @@ export interface ModelTurnResult {
   usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number } | null;
   /** When the turn ended (ms since the epoch): the workflow's clock for its time budget. */
   at: number;
+  /** What the model said beside its tool calls (its stated reason), cut to 1,000 characters. */
+  said?: string | null;
 }
 
 export interface ToolCallResult {
@@ -101,7 +110,11 @@ export interface PinnedPolicy {
     /** `agent` or `plan` (fixed steps); absent in jobs pinned before the agent loop (plan). */
     mode?: 'agent' | 'plan';
     /** The agent loop's budget and tool-result cap (agent mode). */
-    agent?: AgentBudget & { planning_turns: number; tool_result_bytes: number };
+    agent?: AgentBudget & {
+      planning_turns: number;
+      tool_result_bytes: number;
+      call_approval_seconds?: number;
+    };
   };
 }
 
@@ -136,6 +149,9 @@ export interface BundleEntryInput {
     | 'model_receipt'
     | 'model_turn'
     | 'taint'
+    | 'call_card'
+    | 'call_decision'
+    | 'card_outcome'
     | 'budget'
     | 'answer'
     | 'workspace'

@@ -42,7 +42,8 @@ export const cstClaimsSchema = z
     iat: z.number().int(),
     nbf: z.number().int(),
     exp: z.number().int(),
-    purpose: z.enum(['planning', 'execution']),
+    /** planning, execution (the approved plan), or call: one approved call with side effects. */
+    purpose: z.enum(['planning', 'execution', 'call']),
     job: z.object({ workflow_id: z.string().min(1), run_id: z.string().min(1) }).strict(),
     room_id: z.string().min(1),
     scope: z.object({ tools: z.array(z.string()), models: z.array(z.string()) }).strict(),
@@ -61,6 +62,11 @@ export const cstClaimsSchema = z
       .object({ model_calls: z.number().int().min(1).max(100_000) })
       .strict()
       .optional(),
+    /** A call token: the approval card it was approved on and the exact arguments it may run with. */
+    call: z
+      .object({ card_id: z.string().min(1), call_id: z.string().min(1), args_sha256: sha256 })
+      .strict()
+      .optional(),
   })
   .strict()
   .superRefine((claims, ctx) => {
@@ -76,7 +82,17 @@ export const cstClaimsSchema = z
     }
     if (claims.sub !== claims.job.workflow_id)
       ctx.addIssue({ code: 'custom', path: ['sub'], message: 'sub must be the job' });
-    if (claims.purpose === 'execution' && (!claims.plan_hash || !claims.approval)) {
+    if (claims.purpose === 'call' && (!claims.call || claims.scope.tools.length !== 1)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['call'],
+        message: 'a call token names its card, call and argument hash, and exactly one tool',
+      });
+    }
+    if (claims.purpose !== 'call' && claims.call) {
+      ctx.addIssue({ code: 'custom', path: ['call'], message: 'only a call token names a call' });
+    }
+    if (claims.purpose !== 'planning' && (!claims.plan_hash || !claims.approval)) {
       ctx.addIssue({
         code: 'custom',
         path: ['plan_hash'],
@@ -95,7 +111,7 @@ export const cstClaimsSchema = z
 export type CstClaims = z.infer<typeof cstClaimsSchema>;
 
 export interface MintRequest {
-  purpose: 'planning' | 'execution';
+  purpose: 'planning' | 'execution' | 'call';
   job: { workflowId: string; runId: string };
   roomId: string;
   scope: { tools: string[]; models: string[] };
@@ -103,6 +119,8 @@ export interface MintRequest {
   approval?: { approvers: string[]; eventIds: string[] };
   /** Set when the policy pins its hash (tokens.cst.pin_policy_hash). */
   wpcHash?: string;
+  /** A call token's card, call and argument hash. */
+  call?: { cardId: string; callId: string; argsSha256: string };
   /** The job's model-call budget (see the claim). */
   budget?: { modelCalls: number };
   /** From the policy (tokens.cst.ttl_seconds); default 15 minutes. */
@@ -167,6 +185,15 @@ function mintSync(request: MintRequest, signer: Signer): { token: string; claims
       : {}),
     ...(request.wpcHash !== undefined ? { wpc_hash: request.wpcHash } : {}),
     ...(request.budget !== undefined ? { budget: { model_calls: request.budget.modelCalls } } : {}),
+    ...(request.call !== undefined
+      ? {
+          call: {
+            card_id: request.call.cardId,
+            call_id: request.call.callId,
+            args_sha256: request.call.argsSha256,
+          },
+        }
+      : {}),
   });
   if (!parsed.success) {
     const issue = parsed.error.issues[0];

@@ -15,13 +15,16 @@ import {
 } from '@temporalio/workflow';
 import type { JobActivities } from '../activities/job-activities.ts';
 import { agentPrompt, plannerPrompt } from '../agent/protocol.ts';
-import { readAgentPlan, renderAgentPlan, renderAnswer } from '../agent/plan.ts';
-import { PLANNING_TOOLS, SIDE_EFFECT_FREE_TOOLS } from '../tools/kinds.ts';
+import { readAgentPlan, renderAgentPlan, renderAnswer, renderCard } from '../agent/plan.ts';
+import { PLANNING_TOOLS } from '../tools/kinds.ts';
 import { outputsUsed, showArgs } from '../policy/step-outputs.ts';
 import type { MatrixActivities } from '../ingress/matrix-io.ts';
 import {
   approvalSignal,
+  CALL_CARD_FIELD,
+  callDecisionSignal,
   cancelSignal,
+  type CallDecisionAttempt,
   MATRIX_TASK_QUEUE,
   statusQuery,
   type ApprovalAttempt,
@@ -32,6 +35,7 @@ import {
 } from '../temporal/job-contract.ts';
 import type {
   AgentPlan,
+  ToolCallRef,
   BundleEntryInput,
   ControlState,
   JobRef,
@@ -115,6 +119,8 @@ export interface AgentCarry {
   view: JobStatusView;
   policy: PinnedPolicy;
   seenCancels: string[];
+  /** Answers to approval cards already decided (by event id). */
+  seenCallEvents?: string[];
   planMessage: { eventId: string; body: string; html?: string } | null;
   editCount: number;
   loop: AgentLoopState;
@@ -139,6 +145,26 @@ interface AgentLoopState {
   startedAt: number;
   now: number;
   workspace: boolean;
+  /** "Allow for this job" approvals: later calls of that tool and argument shape need no card. */
+  grants?: Grant[];
+}
+
+interface Grant {
+  tool: string;
+  shapeSha256: string;
+  cardId: string;
+  approver: string;
+  eventId: string;
+}
+
+/** An approval card: one gated call, waiting for a person's decision in the thread. */
+interface Card {
+  cardId: string;
+  call: ToolCallRef;
+  eventId: string;
+  postedAt: number;
+  state: 'waiting' | 'approved' | 'denied' | 'expired';
+  decision?: { sender: string; eventId: string; scope: 'call' | 'job'; reason: string };
 }
 
 /** An agent job continues as new once its history has this many events (Temporal allows 51,200). */
@@ -250,12 +276,135 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
   setHandler(cancelSignal, (req) => {
     cancels.push(req);
   });
+  // Answers to approval cards: each decided once, against the card it names (src/workflows/job.ts
+  // holdOnCard posts them); one for a card this job does not have is refused and kept.
+  const callAttempts: CallDecisionAttempt[] = [];
+  setHandler(callDecisionSignal, (attempt) => {
+    callAttempts.push(attempt);
+  });
+  const cards = new Map<string, Card>();
+  const grants: Grant[] = carry?.loop.grants ?? [];
+  const seenCallEvents = new Set<string>(carry?.seenCallEvents ?? []);
+  let callsDone = 0;
   const work = new CancellationScope();
   let cancelledBy: string | null = null;
   let pinned: PinnedPolicy | null = carry?.policy ?? null;
   const seenCancels = new Set<string>(carry?.seenCancels ?? []);
   let cancelsDone = 0;
   let finished = false;
+  const callLoop = async (): Promise<void> => {
+    for (;;) {
+      await condition(() => finished || callAttempts.length > callsDone);
+      if (finished) return;
+      const attempt = callAttempts[callsDone++] as CallDecisionAttempt;
+      if (seenCallEvents.has(attempt.eventId)) continue; // a redelivered event: decided once
+      seenCallEvents.add(attempt.eventId);
+      await decideCall(attempt);
+    }
+  };
+  /** One answer to a card: the same checks as a plan's approval, against that card. */
+  const decideCall = async (attempt: CallDecisionAttempt): Promise<void> => {
+    const card =
+      attempt.cardId !== undefined
+        ? cards.get(attempt.cardId)
+        : [...cards.values()].find((c) => c.eventId === attempt.cardEventId);
+    const named = attempt.cardId ?? card?.cardId ?? null;
+    let refusal: { code: string; reason: string } | null = null;
+    if (!card) {
+      refusal = {
+        code: 'CALL_CARD_UNKNOWN',
+        reason: attempt.cardId
+          ? `this job has no card ${attempt.cardId}`
+          : 'that message is not a card of this job',
+      };
+    } else if (card.state !== 'waiting') {
+      refusal = { code: 'CALL_CARD_DECIDED', reason: `card ${card.cardId} is ${card.state} already` };
+    } else if (!pinned) {
+      refusal = { code: 'CALL_CARD_UNKNOWN', reason: 'the job has no policy yet' };
+    } else {
+      const control = await acts.readControlState();
+      const verdict = decideApproval(
+        {
+          eventId: attempt.eventId,
+          sender: attempt.sender,
+          roomId: attempt.roomId,
+          decision: attempt.decision,
+          originServerTs: attempt.originServerTs,
+          ...(attempt.reason !== undefined ? { reason: attempt.reason } : {}),
+          ...(attempt.senderDeviceVerified !== undefined
+            ? { senderDeviceVerified: attempt.senderDeviceVerified }
+            : {}),
+          ...(attempt.displayMismatch !== undefined ? { displayMismatch: attempt.displayMismatch } : {}),
+        },
+        {
+          approvers: pinned.rules.approvers,
+          requesterMayApprove: pinned.rules.requesterMayApprove,
+          approvalsRequired: 1,
+          requireVerifiedDevice: pinned.rules.requireVerifiedDevice,
+        },
+        {
+          workflowId: job.workflowId,
+          jobId: request.jobId,
+          roomId: request.roomId,
+          requester: request.requester,
+          planHash: '',
+          planPostedAt: card.postedAt,
+          seenEventIds: new Set(),
+          acceptedApprovers: new Set(),
+          approvalsFrozen: control.approvalsFrozen,
+        },
+      );
+      if (!verdict.accepted) refusal = { code: verdict.code, reason: verdict.reason };
+      else {
+        card.state = attempt.decision === 'approve' ? 'approved' : 'denied';
+        card.decision = {
+          sender: attempt.sender,
+          eventId: attempt.eventId,
+          scope: attempt.scope ?? 'call',
+          reason: attempt.reason ?? '',
+        };
+      }
+    }
+    const reason =
+      refusal?.reason ??
+      (attempt.decision === 'approve'
+        ? `approved by ${attempt.sender}${attempt.scope === 'job' ? ' for this job' : ''}`
+        : `denied by ${attempt.sender}${attempt.reason ? `: ${attempt.reason}` : ''}`);
+    entries.push({
+      type: 'call_decision',
+      body: {
+        card_id: named,
+        event_id: attempt.eventId,
+        sender: attempt.sender,
+        via: attempt.via,
+        decision: attempt.decision,
+        scope: attempt.scope ?? 'call',
+        accepted: refusal === null,
+        code: refusal?.code ?? null,
+        reason,
+        origin_server_ts: attempt.originServerTs,
+        ...(attempt.content ? { content: attempt.content } : {}),
+      },
+    });
+    (view.callDecisions ??= []).push({
+      eventId: attempt.eventId,
+      sender: attempt.sender,
+      cardId: named,
+      accepted: refusal === null,
+      reason,
+    });
+    if (attempt.roomId !== request.roomId) return; // answered in its own room, by the gateway
+    if (attempt.via === 'command') {
+      await matrix.react({
+        roomId: request.roomId,
+        eventId: attempt.eventId,
+        key: refusal ? '❌' : '✅',
+        txnKey: `${job.workflowId}/react/${attempt.eventId}`,
+      });
+    }
+    if (refusal)
+      await say(`call-refusal/${attempt.eventId}`, `${attempt.sender}: not counted. ${refusal.reason}.`);
+  };
   const cancelLoop = async (): Promise<void> => {
     for (;;) {
       await condition(() => finished || (pinned !== null && cancels.length > cancelsDone));
@@ -302,12 +451,13 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
         .join('\n'),
     );
   };
-  const say = (key: string, body: string, html?: string) =>
+  const say = (key: string, body: string, html?: string, fields?: Record<string, unknown>) =>
     matrix.postToThread({
       roomId: request.roomId,
       threadRoot: request.eventId,
       body,
       ...(html === undefined ? {} : { html }),
+      ...(fields === undefined ? {} : { fields }),
       txnKey: `${job.workflowId}/${job.runId}/${key}`,
     });
   // The status line under the plan, edited in place; edits go out one after another, off the
@@ -324,7 +474,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
       status !== 'executing'
         ? ''
         : view.mode === 'agent'
-          ? ` (turn ${(view.used?.model_turns ?? 0) + 1} of at most ${view.plan?.budget.model_turns ?? '?'})`
+          ? ` (turn ${(view.used?.model_turns ?? 0) + 1} of at most ${view.plan?.budget.model_turns ?? '?'})${view.waitingCard ? `; waiting for approval of card ${view.waitingCard}` : ''}`
           : ` (step ${view.stepsDone + 1} of ${view.stepsTotal})`;
     const tainted = view.taint
       ? ` · context holds tool output since ${view.taint.phase} turn ${view.taint.turn + 1} (${view.taint.tool})`
@@ -381,6 +531,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
   // The loop outlives an operator's cancel (it ends when the job is sealed); a notice it could
   // not post is not worth failing the job for.
   void CancellationScope.nonCancellable(cancelLoop).catch(() => {});
+  void CancellationScope.nonCancellable(callLoop).catch(() => {});
   try {
     return await work.run(() => (carry ? agentExecute(carry.loop) : runJob()));
   } catch (error) {
@@ -721,7 +872,65 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
   ): Promise<void> {
     const calls = toolCallActivities(policy.rules.stepWallSeconds ?? 60);
     refs.push(result.assistantRef as string);
+    let gated = 0;
     for (const call of result.toolCalls) {
+      // A call with side effects once untrusted text is in the context (or one the policy always
+      // gates) runs only with a call token from a person's approval of exactly this call.
+      let approval: {
+        callToken?: string;
+        allowedBy?: { cardId: string };
+        denied?: { code: string; reason: string };
+      } = {};
+      const needs =
+        phase === 'execution' &&
+        (call.gate === 'always' ||
+          (call.gate === 'when_tainted' && view.taint !== undefined && view.taint !== null));
+      if (needs) {
+        const grant = grants.find((g) => g.tool === call.name && g.shapeSha256 === call.shapeSha256);
+        const card = grant ? undefined : await holdOnCard(turn, ++gated, call, result.said ?? null);
+        const by = grant ?? (card?.state === 'approved' ? card : undefined);
+        if (by) {
+          const decision = grant
+            ? { sender: grant.approver, eventId: grant.eventId, scope: 'job' as const }
+            : (card?.decision as NonNullable<Card['decision']>);
+          const cardId = grant ? grant.cardId : (card as Card).cardId;
+          const minted = await acts.mintCallToken({
+            job,
+            roomId: request.roomId,
+            policy,
+            planHash: view.planHash ?? '',
+            tool: call.name,
+            card: { cardId, callId: call.id, argsSha256: call.argsSha256 },
+            approver: decision.sender,
+            decisionEventId: decision.eventId,
+          });
+          entries.push({ type: 'token', body: { purpose: 'call', jwt: minted.token } });
+          approval = { callToken: minted.token, ...(grant ? { allowedBy: { cardId } } : {}) };
+          if (!grant && decision.scope === 'job' && call.shapeSha256) {
+            grants.push({
+              tool: call.name,
+              shapeSha256: call.shapeSha256,
+              cardId,
+              approver: decision.sender,
+              eventId: decision.eventId,
+            });
+          }
+        } else {
+          const c = card as Card;
+          approval = {
+            denied:
+              c.state === 'expired'
+                ? {
+                    code: 'CALL_APPROVAL_EXPIRED',
+                    reason: `card ${c.cardId} expired: no approver answered within ${policy.rules.agent?.call_approval_seconds ?? 3600} s; the call did not run`,
+                  }
+                : {
+                    code: 'CALL_DENIED',
+                    reason: `denied by ${c.decision?.sender ?? '?'}${c.decision?.reason ? `: ${c.decision.reason}` : ''}`,
+                  },
+          };
+        }
+      }
       const done = await calls.runToolCall({
         job,
         phase,
@@ -733,6 +942,8 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
         channel: request.channel,
         offered,
         resultBytes: policy.rules.agent?.tool_result_bytes ?? 16 * 1024,
+        tainted: view.taint !== undefined && view.taint !== null,
+        ...approval,
       });
       entries.push({ type: 'tool_record', body: done.record });
       refs.push(done.messageRef);
@@ -749,6 +960,72 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
     }
   }
 
+  /** Posts a gated call's approval card in the thread and waits for its decision, or its expiry. */
+  async function holdOnCard(turn: number, n: number, call: ToolCallRef, said: string | null): Promise<Card> {
+    const policy = pinned as PinnedPolicy;
+    const cardId = `c${turn + 1}.${n}`;
+    const seconds = policy.rules.agent?.call_approval_seconds ?? 3600;
+    const shown = renderCard({
+      jobId: shortId,
+      cardId,
+      call,
+      said,
+      taint: view.taint ?? null,
+      expirySeconds: seconds,
+    });
+    const posted = await say(`card/${cardId}`, shown.body, shown.html, {
+      [CALL_CARD_FIELD]: { card_id: cardId, workflow_id: job.workflowId },
+    });
+    const card: Card = {
+      cardId,
+      call,
+      eventId: posted.eventId,
+      postedAt: posted.originServerTs,
+      state: 'waiting',
+    };
+    cards.set(cardId, card);
+    entries.push({
+      type: 'call_card',
+      body: {
+        card_id: cardId,
+        phase: 'execution',
+        turn,
+        call_id: call.id,
+        tool: call.name,
+        args_sha256: call.argsSha256,
+        shape_sha256: call.shapeSha256 ?? null,
+        effect: call.effect ?? 'write',
+        gate: call.gate ?? 'when_tainted',
+        taint: view.taint
+          ? { phase: view.taint.phase, turn: view.taint.turn, call_id: view.taint.callId }
+          : null,
+        event_id: posted.eventId,
+        expires_at: posted.originServerTs + seconds * 1000,
+      },
+    });
+    const listed = { cardId, tool: call.name, argsSha256: call.argsSha256, state: card.state };
+    (view.cards ??= []).push(listed);
+    view.waitingCard = cardId;
+    editStatusLine('executing');
+    const answered = await condition(() => card.state !== 'waiting', seconds * 1000);
+    if (!answered) card.state = 'expired';
+    listed.state = card.state;
+    view.waitingCard = null;
+    entries.push({
+      type: 'card_outcome',
+      body: {
+        card_id: cardId,
+        state: card.state,
+        by: card.decision?.sender ?? null,
+        reason:
+          card.state === 'expired'
+            ? `no approver answered within ${seconds} s`
+            : (card.decision?.reason ?? ''),
+      },
+    });
+    return card;
+  }
+
   /**
    * Agent mode, planning: the model may look with the read-only tools (under the planning
    * token, inside the job's workspace, receipted and recorded), then answers with its plan.
@@ -758,7 +1035,9 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
     const allowed = (t: string): boolean =>
       policy.rules.allowedTools.includes(t) && !policy.rules.deniedTools.includes(t);
     const look = PLANNING_TOOLS.filter(allowed);
-    const offer = SIDE_EFFECT_FREE_TOOLS.filter(allowed);
+    // Every tool the policy allows may be in the plan: calls with side effects wait for a person's
+    // approval of the exact call once the context holds untrusted text (or always, as the policy says).
+    const offer = policy.rules.allowedTools.filter(allowed);
     view.mode = 'agent';
     view.turns = [];
     const { token, model } = await acts.mintPlanningToken({
@@ -786,6 +1065,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
         refs,
         tools: turn + 1 < limits.planning_turns ? look : [],
         lastReceiptId: state.lastReceiptId,
+        policyHash: policy.hash,
       });
       recordTurn(state, result);
       if (!result.ok) {
@@ -868,9 +1148,10 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
           view,
           policy,
           seenCancels: [...seenCancels],
+          seenCallEvents: [...seenCallEvents],
           planMessage,
           editCount,
-          loop: state,
+          loop: { ...state, grants },
         });
       }
       // A fresh token before this one runs out (the approval it carries is the same).
@@ -903,6 +1184,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
         refs: state.refs,
         tools: plan.tools,
         lastReceiptId: state.lastReceiptId,
+        policyHash: policy.hash,
       });
       recordTurn(state, result);
       state.now = Math.max(state.now, result.at);

@@ -29,6 +29,7 @@ import { cstVerifier, registryPolicySource } from '../../src/proxy/token-check.t
 import { bubblewrapSandbox } from '../../src/sandbox/bubblewrap.ts';
 import {
   approvalSignal,
+  callDecisionSignal,
   jobWorkflowId,
   statusQuery,
   type ApprovalAttempt,
@@ -114,6 +115,8 @@ before(async () => {
   git('add', 'big.txt');
   git('commit', '-qm', 'a large file');
   source = made;
+  // Where write_pr pushes: a bare remote holding the source's history, as a forge would.
+  execFileSync('git', ['clone', '-q', '--bare', made.repo, join(state, 'remote.git')]);
 
   [bot, requester, approver] = (await Promise.all(
     ['bot', 'requester', 'approver'].map((n) => MatrixTestUser.create(n)),
@@ -143,6 +146,24 @@ before(async () => {
   };
   await register('main', { model_turns: 8, tool_calls: 10 });
   await register('short', { model_turns: 3, tool_calls: 10 });
+  const writer = {
+    ...example,
+    execution: {
+      ...example.execution,
+      sandbox: { ...example.execution.sandbox, workspace_access: 'rw' },
+      tools: { allow: ['read', 'search', 'write_pr'], deny: ['exec'] },
+    },
+  };
+  const registerWriter = async (name: string, agent: Record<string, number>) => {
+    const signed = signWpc(
+      parseWpc({ ...writer, execution: { ...writer.execution, agent } }),
+      loadSigner(keys, 'policy'),
+    );
+    await registry.register(signed, publicJwks(keys, ['policy']));
+    policies[name] = signed.hash;
+  };
+  await registerWriter('writer', { model_turns: 8, tool_calls: 10 });
+  await registerWriter('writer-quick', { model_turns: 8, tool_calls: 10, call_approval_seconds: 10 });
   await register('long', {
     model_turns: 200,
     tool_calls: 200,
@@ -199,6 +220,8 @@ before(async () => {
     workspaceFor: (job) => jobWorkspacePath(join(state, 'job-workspaces'), job.workflowId),
     bundleDir: join(state, 'bundles'),
     controlState: () => readControlState(temporal.client),
+    prRemote: join(state, 'remote.git'),
+    pushRepo: join(state, 'push.git'),
   });
   ({ worker, taskQueue } = await temporal.createWorker({ workflowBundle, activities }));
   ({ worker: matrixWorker, taskQueue: matrixQueue } = await temporal.createWorker({
@@ -422,7 +445,6 @@ test('tool calls outside the scope are refused, recorded and handed back to the 
             { name: 'exec', arguments: { argv: ['id'] } },
             { name: 'read', arguments: { path: '../../etc/passwd' } },
             { name: 'http', arguments: { method: 'GET', url: 'http://198.51.100.7/' } },
-            { name: 'http', arguments: { method: 'POST', url: `http://127.0.0.1:${holdPort}/hold` } },
             { name: 'write_pr', arguments: { branch: 'x', message: 'm', files: [] } },
           ],
         },
@@ -446,17 +468,15 @@ test('tool calls outside the scope are refused, recorded and handed back to the 
       ['exec', 'TOOL_DENIED_BY_POLICY'],
       ['read', 'TOOL_ARGUMENTS_INVALID'],
       ['http', 'EGRESS_DENIED'],
-      ['http', 'TOOL_NOT_OFFERED'],
-      ['write_pr', 'TOOL_NOT_OFFERED'],
+      ['write_pr', 'TOOL_NOT_IN_TOKEN_SCOPE'],
     ],
   );
   assert.ok(
     records.every((r) => r.exit_status === null),
     'nothing ran',
   );
-  assert.equal(hits.hold, 0, 'the POST never reached the server');
   const refusals = toolMessagesSent().filter((m) => m.includes('refused'));
-  assert.ok(refusals.length >= 5, 'each refusal went back to the model');
+  assert.ok(refusals.length >= 4, 'each refusal went back to the model');
   await threadNotice(eventId, /^Answer for job/);
 });
 
@@ -644,6 +664,245 @@ test("a job of 200 turns with outputs of 1 MB stays inside Temporal's limits: it
     });
     assert.deepEqual(report.mismatches, []);
     assert.ok(report.ok && report.replayed, report.replayError ?? '');
+  } finally {
+    registry.activate('matrix', policies['main'] as string);
+  }
+});
+
+/** A card decision as the gateway would signal it, from a real message in the job's thread. */
+async function answerCard(
+  handle: WorkflowHandle,
+  user: MatrixTestUser,
+  text: string,
+  decision: { decision: 'approve' | 'deny'; cardId: string; scope?: 'call' | 'job'; reason?: string },
+) {
+  const eventId = await user.sendText(roomId, text);
+  const event = await user.client.fetchRoomEvent(roomId, eventId);
+  await handle.signal(callDecisionSignal, {
+    eventId,
+    sender: user.userId,
+    roomId,
+    via: 'command',
+    originServerTs: Number(event.origin_server_ts),
+    ...decision,
+  });
+  return eventId;
+}
+
+const remoteHas = (branch: string): string | null => {
+  try {
+    return execFileSync(
+      'git',
+      ['--git-dir', join(state, 'remote.git'), 'rev-parse', `refs/heads/${branch}`],
+      {
+        stdio: ['ignore', 'pipe', 'ignore'],
+      },
+    )
+      .toString()
+      .trim();
+  } catch {
+    return null;
+  }
+};
+
+const FIXED = '# Operations\n\nThe retry limit is MAX_RETRIES in src/retry.ts.\n';
+
+test('a write after untrusted text waits on a card; the requester cannot approve it; an approver does, and the branch lands', async () => {
+  registry.activate('matrix', policies['writer'] as string);
+  scripts.push([
+    'fix the typo',
+    {
+      planning: [
+        {
+          answer: JSON.stringify({
+            goal: 'Fix the typo in docs/operations.md and open a PR',
+            steps: ['Read the file', 'Write the fix as a branch'],
+            tools: ['read', 'write_pr'],
+          }),
+        },
+      ],
+      execution: [
+        { call: { name: 'read', arguments: { path: 'docs/operations.md' } } },
+        {
+          call: {
+            name: 'write_pr',
+            arguments: {
+              branch: 'fix-typo',
+              message: 'Fix a typo',
+              files: [{ path: 'docs/operations.md', content: FIXED }],
+            },
+          },
+        },
+        { answer: 'Opened the branch: {{output}}' },
+      ],
+    },
+  ]);
+  try {
+    const { handle, eventId } = await request('!claw fix the typo in the operations doc and open a PR');
+    await approve(handle, eventId);
+    const card = await threadNotice(eventId, /^Approval needed for job .*, card c2\.1: write_pr/);
+    const shown = String(card.getContent()['body']);
+    assert.match(shown, /"branch":"fix-typo"/);
+    assert.match(shown, /untrusted text since execution turn 1 \(output of read\)/);
+    assert.match(shown, /arguments sha256 [0-9a-f]{64}/);
+    assert.deepEqual(card.getContent()['org.clawgate.call_card'], {
+      card_id: 'c2.1',
+      workflow_id: handle.workflowId,
+    });
+    assert.equal(remoteHas('fix-typo'), null, 'nothing pushed before the approval');
+    // The requester's own approval does not count; an unknown card neither.
+    await answerCard(handle, requester, '!approve c2.1', { decision: 'approve', cardId: 'c2.1' });
+    await answerCard(handle, approver, '!approve c9.9', { decision: 'approve', cardId: 'c9.9' });
+    await threadNotice(eventId, /not counted\. this job has no card c9\.9/);
+    assert.equal(remoteHas('fix-typo'), null);
+    await answerCard(handle, approver, '!approve c2.1', { decision: 'approve', cardId: 'c2.1' });
+    const result = (await handle.result()) as JobResult;
+    assert.equal(result.status, 'succeeded', result.reason);
+    assert.ok(remoteHas('fix-typo'), 'the branch landed on the remote');
+    const answer = String((await threadNotice(eventId, /^Answer for job/)).getContent()['body']);
+    assert.match(answer, /pushed fix-typo \([0-9a-f]{40}\)/);
+    const bundle = bundleOf(result.bundleDigest);
+    const decisions = ofType(bundle, 'call_decision') as Array<{
+      sender: string;
+      accepted: boolean;
+      code: string | null;
+    }>;
+    assert.deepEqual(
+      decisions.map((d) => [d.sender, d.accepted, d.code]),
+      [
+        [requester.userId, false, 'APPROVAL_NOT_APPROVER'],
+        [approver.userId, false, 'CALL_CARD_UNKNOWN'],
+        [approver.userId, true, null],
+      ],
+    );
+    const records = ofType(bundle, 'tool_record') as Array<Record<string, unknown>>;
+    assert.deepEqual(
+      records.map((r) => [r['tool'], r['effect'], r['gate'], r['card_id'] ?? null, r['denial']]),
+      [
+        ['read', 'read', 'never', null, null],
+        ['write_pr', 'write', 'when_tainted', 'c2.1', null],
+      ],
+    );
+    const callTokens = bundle.entries.filter((e) => e.type === 'token' && e.body['purpose'] === 'call');
+    assert.equal(callTokens.length, 1);
+    assert.deepEqual((await verifyBundle(bundle, jwks())).problems, []);
+  } finally {
+    registry.activate('matrix', policies['main'] as string);
+  }
+});
+
+test('deny with feedback: the reason goes back to the model, its second proposal gets its own card and lands', async () => {
+  registry.activate('matrix', policies['writer'] as string);
+  const proposal = (content: string) => ({
+    call: {
+      name: 'write_pr',
+      arguments: {
+        branch: 'keep-heading',
+        message: 'Fix a typo',
+        files: [{ path: 'docs/operations.md', content }],
+      },
+    },
+  });
+  scripts.push([
+    'with feedback',
+    {
+      planning: [
+        {
+          answer: JSON.stringify({
+            goal: 'Fix the doc',
+            steps: ['Read', 'Write'],
+            tools: ['read', 'write_pr'],
+          }),
+        },
+      ],
+      execution: [
+        { call: { name: 'read', arguments: { path: 'docs/operations.md' } } },
+        proposal('The retry limit is MAX_RETRIES.\n'),
+        proposal(FIXED),
+        { answer: 'Done: {{output}}' },
+      ],
+    },
+  ]);
+  try {
+    const { handle, eventId } = await request('!claw fix the doc, with feedback');
+    await approve(handle, eventId);
+    await threadNotice(eventId, /card c2\.1: write_pr/);
+    await answerCard(handle, approver, '!deny c2.1 keep the heading', {
+      decision: 'deny',
+      cardId: 'c2.1',
+      reason: 'keep the heading',
+    });
+    await threadNotice(eventId, /card c3\.1: write_pr/);
+    assert.ok(
+      toolMessagesSent().some((m) => m.includes(`denied by ${approver.userId}: keep the heading`)),
+      'the model was told why',
+    );
+    // The first card's approval, late, does not carry over to the second proposal.
+    await answerCard(handle, approver, '!approve c2.1', { decision: 'approve', cardId: 'c2.1' });
+    await threadNotice(eventId, /not counted\. card c2\.1 is denied already/);
+    await answerCard(handle, approver, '!approve c3.1', { decision: 'approve', cardId: 'c3.1' });
+    const result = (await handle.result()) as JobResult;
+    assert.equal(result.status, 'succeeded', result.reason);
+    const head = remoteHas('keep-heading') as string;
+    const content = execFileSync('git', [
+      '--git-dir',
+      join(state, 'remote.git'),
+      'show',
+      `${head}:docs/operations.md`,
+    ]).toString();
+    assert.equal(content, FIXED);
+    const bundle = await verified(result);
+    assert.deepEqual(
+      ofType(bundle, 'card_outcome').map((o) => [o['card_id'], o['state']]),
+      [
+        ['c2.1', 'denied'],
+        ['c3.1', 'approved'],
+      ],
+    );
+  } finally {
+    registry.activate('matrix', policies['main'] as string);
+  }
+});
+
+test('an unanswered card expires as denied, the model hears it, and nothing is pushed', async () => {
+  registry.activate('matrix', policies['writer-quick'] as string);
+  scripts.push([
+    'nobody answers',
+    {
+      planning: [
+        { answer: JSON.stringify({ goal: 'Fix', steps: ['Read', 'Write'], tools: ['read', 'write_pr'] }) },
+      ],
+      execution: [
+        { call: { name: 'read', arguments: { path: 'docs/operations.md' } } },
+        {
+          call: {
+            name: 'write_pr',
+            arguments: {
+              branch: 'never-lands',
+              message: 'x',
+              files: [{ path: 'docs/operations.md', content: 'x\n' }],
+            },
+          },
+        },
+        { answer: 'Gave up: {{output}}' },
+      ],
+    },
+  ]);
+  try {
+    const { handle, eventId } = await request('!claw fix it though nobody answers');
+    await approve(handle, eventId);
+    const result = (await handle.result()) as JobResult;
+    assert.equal(result.status, 'succeeded', result.reason);
+    assert.equal(remoteHas('never-lands'), null);
+    assert.ok(
+      toolMessagesSent().some((m) => m.includes('card c2.1 expired: no approver answered within 10 s')),
+    );
+    const bundle = await verified(result);
+    assert.deepEqual(
+      ofType(bundle, 'card_outcome').map((o) => o['state']),
+      ['expired'],
+    );
+    await threadNotice(eventId, /^Answer for job/);
   } finally {
     registry.activate('matrix', policies['main'] as string);
   }
