@@ -775,7 +775,7 @@ test('a write after untrusted text waits on a card; the requester cannot approve
         [approver.userId, true, null],
       ],
     );
-    const records = ofType(bundle, 'tool_record') as Array<Record<string, unknown>>;
+    const records = ofType(bundle, 'tool_record');
     assert.deepEqual(
       records.map((r) => [r['tool'], r['effect'], r['gate'], r['card_id'] ?? null, r['denial']]),
       [
