@@ -8,6 +8,7 @@ import { Context } from '@temporalio/activity';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { openAiTools } from '../agent/tool-schemas.ts';
 import { toolOutputHeader } from '../agent/protocol.ts';
+import { previewCall } from '../agent/preview.ts';
 import type { EvidenceStore } from '../evidence/store.ts';
 import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
 import { argumentShape, effectOf, gateOf, type GateRules } from '../tools/kinds.ts';
@@ -322,6 +323,32 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
   return {
     modelTurn(input: ModelTurnInput): Promise<ModelTurnResult> {
       return heartbeating(() => modelTurn(input));
+    },
+
+    /** What the approval card of a call shows (a diff for write_pr, the command line for exec, ...). */
+    async previewCall(input: {
+      job: JobRef;
+      call: ToolCallRef;
+      assistantRef: string;
+      policyHash: string;
+    }): Promise<{ preview: string }> {
+      const assistant = deps.evidence.getJson<ChatMessage>(input.job.workflowId, input.assistantRef);
+      const raw = assistant.tool_calls?.find((c) => c.id === input.call.id)?.function.arguments ?? '';
+      let args: unknown;
+      try {
+        args = JSON.parse(raw);
+      } catch {
+        return { preview: `${raw} (not JSON: the tool refuses it)` };
+      }
+      const preview = await previewCall({
+        tool: input.call.name,
+        args,
+        raw,
+        policy: policyByHash(input.policyHash),
+        sandbox: deps.sandbox,
+        workspace: deps.workspaceFor(input.job),
+      });
+      return { preview };
     },
 
     async runToolCall(input: ToolCallInput): Promise<ToolCallResult> {

@@ -887,7 +887,9 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
           (call.gate === 'when_tainted' && view.taint !== undefined && view.taint !== null));
       if (needs) {
         const grant = grants.find((g) => g.tool === call.name && g.shapeSha256 === call.shapeSha256);
-        const card = grant ? undefined : await holdOnCard(turn, ++gated, call, result.said ?? null);
+        const card = grant
+          ? undefined
+          : await holdOnCard(turn, ++gated, call, result.said ?? null, result.assistantRef as string);
         const by = grant ?? (card?.state === 'approved' ? card : undefined);
         if (by) {
           const decision = grant
@@ -961,14 +963,26 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
   }
 
   /** Posts a gated call's approval card in the thread and waits for its decision, or its expiry. */
-  async function holdOnCard(turn: number, n: number, call: ToolCallRef, said: string | null): Promise<Card> {
+  async function holdOnCard(
+    turn: number,
+    n: number,
+    call: ToolCallRef,
+    said: string | null,
+    assistantRef: string,
+  ): Promise<Card> {
     const policy = pinned as PinnedPolicy;
     const cardId = `c${turn + 1}.${n}`;
     const seconds = policy.rules.agent?.call_approval_seconds ?? 3600;
+    const { preview } = await acts.previewCall({
+      job,
+      call,
+      assistantRef: assistantRef,
+      policyHash: policy.hash,
+    });
     const shown = renderCard({
       jobId: shortId,
       cardId,
-      call,
+      call: { ...call, argsPreview: preview },
       said,
       taint: view.taint ?? null,
       expirySeconds: seconds,
@@ -993,6 +1007,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
         call_id: call.id,
         tool: call.name,
         args_sha256: call.argsSha256,
+        preview,
         shape_sha256: call.shapeSha256 ?? null,
         effect: call.effect ?? 'write',
         gate: call.gate ?? 'when_tainted',

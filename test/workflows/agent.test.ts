@@ -762,7 +762,12 @@ test('a write after untrusted text waits on a card; the requester cannot approve
     await approve(handle, eventId);
     const card = await threadNotice(eventId, /^Approval needed for job .*, card c2\.1: write_pr/);
     const shown = String(card.getContent()['body']);
-    assert.match(shown, /"branch":"fix-typo"/);
+    // The card shows what would change: a unified diff against the job's workspace.
+    assert.match(shown, /^branch fix-typo: Fix a typo$/m);
+    assert.match(shown, /^--- a\/docs\/operations\.md$/m);
+    assert.match(shown, /^\+\+\+ b\/docs\/operations\.md$/m);
+    assert.match(shown, /^\+The retry limit is MAX_RETRIES in src\/retry\.ts\.$/m);
+    assert.match(String(card.getContent()['formatted_body']), /<pre><code>/);
     assert.match(shown, /untrusted text since execution turn 1 \(output of read\)/);
     assert.match(shown, /arguments sha256 [0-9a-f]{64}/);
     assert.deepEqual(card.getContent()['org.clawgate.call_card'], {

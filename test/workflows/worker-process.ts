@@ -1,5 +1,5 @@
 // A job worker in a process of its own, so a test can kill it with SIGKILL mid-job.
-// argv[2]: JSON { address, namespace, taskQueue, state, proxyUrl, bwrap }.
+// argv[2]: JSON { address, namespace, taskQueue, state, proxyUrl, bwrap, source?, prRemote?, pushRepo? }.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,6 +19,9 @@ const cfg = JSON.parse(process.argv[2] ?? '{}') as {
   bwrap: string;
   /** When set, each job gets its own workspace made from this repository (as the real worker does). */
   source?: { repo: string; ref: string };
+  /** Where write_pr pushes, and the worker's own repository it pushes from. */
+  prRemote?: string;
+  pushRepo?: string;
 };
 Runtime.install({
   logger: {
@@ -59,6 +62,8 @@ const worker = await Worker.create({
       return dir;
     },
     bundleDir: join(cfg.state, 'bundles'),
+    ...(cfg.prRemote ? { prRemote: cfg.prRemote } : {}),
+    ...(cfg.pushRepo ? { pushRepo: cfg.pushRepo } : {}),
   }),
 });
 process.send?.('ready');
