@@ -7,7 +7,7 @@
 // repository and write_pr pushing to a bare remote; the sealed bundle is verified at the end.
 import assert from 'node:assert/strict';
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -155,7 +155,7 @@ before(async () => {
   source = await ensureDemoRepository(join(dir, 'source'));
   const git = (...args: string[]) => execFileSync('git', ['-C', source.repo, ...args], { env: gitEnv(dir) });
   git('checkout', '-q', source.ref);
-  execFileSync('sh', ['-c', 'cat > docs/operations.md'], { cwd: source.repo, input: TYPO });
+  writeFileSync(join(source.repo, 'docs', 'operations.md'), TYPO);
   git('commit', '-qam', 'a typo');
   // Where write_pr pushes: a bare remote holding the source's history, as a forge would; it
   // keeps a log of every update of its branches, so a branch pushed twice would show.
@@ -456,7 +456,10 @@ test('"Fix the typo in docs/operations.md and open a PR": the plan is approved, 
   const job = await requestJob('Fix the typo in docs/operations.md and open a PR', branch);
   const card = await approvePlanUntilCard(job);
   const shown = bodyOf(card);
-  assert.match(shown, new RegExp(`"branch":"${branch}"`));
+  // What would change: the branch and message, and the file's diff against the job's workspace.
+  assert.match(shown, new RegExp(`^branch ${branch}: Fix a typo in the operations doc$`, 'm'));
+  assert.match(shown, /^-The retyr limit is/m);
+  assert.match(shown, /^\+The retry limit is/m);
   assert.match(shown, /untrusted text since execution turn 1 \(output of read\)/);
   assert.match(shown, /arguments sha256 [0-9a-f]{64}/);
   const waiting = await view(job.workflowId);

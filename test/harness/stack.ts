@@ -165,7 +165,7 @@ export async function startWorkerStack(opts: WorkerStackOptions = {}): Promise<W
       doc.matrix.requesters_allowlist = choice.requesters;
       doc.matrix.approval.approver_user_ids_allowlist = choice.approvers;
       doc.matrix.approval.expires_after_seconds = 3600;
-      doc.execution.mode = choice.mode ?? 'plan'; // the gateway's tests run fixed-step jobs
+      doc.execution.mode = choice.mode ?? 'plan'; // fixed-step jobs unless a test asks for the agent loop
       if (choice.agent) doc.execution.agent = choice.agent;
       if (choice.tools) {
         doc.execution.tools = {
