@@ -173,8 +173,24 @@ async function heartbeating<T>(work: () => Promise<T>): Promise<T> {
   }
 }
 
+/**
+ * Verifies a token of a job as every tool call does: signature, expiry, revocation, the job, and
+ * the pinned policy against the channel's active one (drift fails closed: a rollback or a new
+ * activation reaches running jobs here).
+ */
+export function jobTokenVerifier(deps: JobActivityDeps) {
+  const jwks = (): { keys: JWK[] } => publicJwks(deps.keysDir, ['token']);
+  return (token: string, at: { job: JobRef; policyHash: string; channel?: string | undefined }) =>
+    verifyCapabilityToken(token, {
+      jwks: jwks(),
+      expectedJob: at.job,
+      isRevoked: freshRevocationCheck(deps.revocations, deps.controlStale),
+      activePolicyHash: () => (at.channel ? deps.registry.activeHash(at.channel) : at.policyHash),
+    });
+}
+
 export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (hash: string) => Wpc) {
-  const tokenJwks = (): { keys: JWK[] } => publicJwks(deps.keysDir, ['token']);
+  const verifyJobToken = jobTokenVerifier(deps);
 
   /**
    * The call token of a call that needs approval, checked: signature, expiry, revocation, this
@@ -187,12 +203,7 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
     }
     let claims: CstClaims;
     try {
-      claims = await verifyCapabilityToken(input.callToken, {
-        jwks: tokenJwks(),
-        expectedJob: input.job,
-        isRevoked: freshRevocationCheck(deps.revocations, deps.controlStale),
-        activePolicyHash: () => (input.channel ? deps.registry.activeHash(input.channel) : input.policyHash),
-      });
+      claims = await verifyJobToken(input.callToken, input);
     } catch (error) {
       if (error instanceof ClawgateError) return `the call token is refused: ${error.message}`;
       throw error;
@@ -472,13 +483,7 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
       let tokenError: { code: string; reason: string } | undefined;
       if (!callClaims)
         try {
-          claims = await verifyCapabilityToken(input.token, {
-            jwks: tokenJwks(),
-            expectedJob: input.job,
-            isRevoked: freshRevocationCheck(deps.revocations, deps.controlStale),
-            activePolicyHash: () =>
-              input.channel ? deps.registry.activeHash(input.channel) : input.policyHash,
-          });
+          claims = await verifyJobToken(input.token, input);
         } catch (error) {
           if (error instanceof ClawgateError) tokenError = { code: error.code, reason: error.message };
           else throw error;

@@ -8,7 +8,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { z } from 'zod';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { bundleDigest, sealBundle } from '../evidence/bundle.ts';
-import { loadSigner, publicJwks } from '../keys/keyring.ts';
+import { loadSigner } from '../keys/keyring.ts';
 import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
 import type { FilePolicyRegistry } from '../policy/registry.ts';
 import { registryPolicyReader } from '../proxy/token-check.ts';
@@ -24,13 +24,13 @@ import type {
   PlanStep,
   StepResult,
 } from '../temporal/job-types.ts';
-import { mintCapabilityToken, verifyCapabilityToken } from '../tokens/cst.ts';
-import { freshRevocationCheck, type RevocationStore } from '../tokens/revocations.ts';
+import { mintCapabilityToken, type CstClaims } from '../tokens/cst.ts';
+import type { RevocationStore } from '../tokens/revocations.ts';
 import { runTool } from '../tools/runner.ts';
 import { EvidenceStore } from '../evidence/store.ts';
 import { wpcSchema } from '../policy/wpc.ts';
 import { prepareJobWorkspace, removeJobWorkspace } from '../workspace/workspaces.ts';
-import { createAgentActivities } from './agent-activities.ts';
+import { createAgentActivities, jobTokenVerifier } from './agent-activities.ts';
 import { checkOutputRefs, outputsUsed, resolveOutputRefs } from '../policy/step-outputs.ts';
 
 export interface JobActivityDeps {
@@ -101,11 +101,24 @@ function nonRetryable(type: string, message: string): ApplicationFailure {
   return ApplicationFailure.create({ type, message, nonRetryable: true });
 }
 
+/** One approved step of a fixed-step plan, as the workflow hands it over. */
+interface StepInput {
+  job: JobRef;
+  index: number;
+  step: PlanStep;
+  token: string;
+  policyHash: string;
+  /** The policy channel: a token pinned to a policy no longer active there is refused. */
+  channel?: string;
+  /** Outputs of earlier steps (by step number, in the evidence store) this step takes as data. */
+  outputs?: Record<string, string>;
+}
+
 export function createJobActivities(deps: JobActivityDeps) {
   const policyByHash = registryPolicyReader(deps.registry);
   const evidence = deps.evidence ?? new EvidenceStore(join(deps.bundleDir, '..', 'evidence'));
   const agent = createAgentActivities({ ...deps, evidence }, policyByHash);
-  const tokenJwks = (): ReturnType<typeof publicJwks> => publicJwks(deps.keysDir, ['token']);
+  const verifyJobToken = jobTokenVerifier(deps);
 
   async function callProxy(token: string, messages: Array<{ role: string; content: string }>, model: string) {
     const response = await fetch(`${deps.proxyUrl}/v1/chat/completions`, {
@@ -222,26 +235,12 @@ export function createJobActivities(deps: JobActivityDeps) {
   }
 
   /** One approved step: its token checked, earlier outputs it takes filled in, then run. */
-  async function runApprovedStep(input: {
-    job: JobRef;
-    index: number;
-    step: PlanStep;
-    token: string;
-    policyHash: string;
-    channel?: string;
-    outputs?: Record<string, string>;
-  }): Promise<StepResult> {
+  async function runApprovedStep(input: StepInput): Promise<StepResult> {
     const wpc = policyByHash(input.policyHash);
-    let claims: Awaited<ReturnType<typeof verifyCapabilityToken>> | null;
+    let claims: CstClaims | null;
     let tokenError: { code: string; reason: string } | undefined;
     try {
-      claims = await verifyCapabilityToken(input.token, {
-        jwks: tokenJwks(),
-        expectedJob: input.job,
-        isRevoked: freshRevocationCheck(deps.revocations, deps.controlStale),
-        // Drift fails closed: a rollback or a new activation reaches running jobs here.
-        activePolicyHash: () => (input.channel ? deps.registry.activeHash(input.channel) : input.policyHash),
-      });
+      claims = await verifyJobToken(input.token, input);
     } catch (error) {
       // Fail closed: the step goes on without a token, refused and recorded with the reason.
       claims = null;
@@ -516,17 +515,7 @@ export function createJobActivities(deps: JobActivityDeps) {
       }
     },
 
-    async runStep(input: {
-      job: JobRef;
-      index: number;
-      step: PlanStep;
-      token: string;
-      policyHash: string;
-      /** The policy channel: a token pinned to a policy no longer active there is refused. */
-      channel?: string;
-      /** Outputs of earlier steps (by step number, in the evidence store) this step takes as data. */
-      outputs?: Record<string, string>;
-    }): Promise<StepResult> {
+    async runStep(input: StepInput): Promise<StepResult> {
       const result = await runApprovedStep(input);
       // The record names the approved arguments (references and all) and what they took.
       const used = outputsUsed(input.step.args);
