@@ -2,12 +2,13 @@
 // proxy with a planning-only token, mint the execution token after approval, run one approved
 // step through the tool layer, revoke, and seal the proof bundle. Built by a factory so the
 // worker passes its dependencies in (registry, keys, revocations, proxy, sandbox, stores).
-import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ApplicationFailure } from '@temporalio/activity';
 import { z } from 'zod';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
-import { bundleDigest, sealBundle } from '../evidence/bundle.ts';
+import { sealJob } from '../evidence/seal.ts';
+import { evidencePageUrl } from '../evidence/server.ts';
 import { loadSigner } from '../keys/keyring.ts';
 import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
 import type { FilePolicyRegistry } from '../policy/registry.ts';
@@ -54,6 +55,10 @@ export interface JobActivityDeps {
   prRemote?: string;
   pushRepo?: string;
   bundleDir: string;
+  /** Where reviewers open a bundle's page (the evidence server); absent: no link in the result. */
+  evidenceBaseUrl?: string;
+  /** Says what a seal could not do (a job sealed without its Clawsig export, say). */
+  warn?: (message: string) => void;
   /** The operators' controls (read-only mode, approval freeze); normal when absent. */
   controlState?: () => ControlState | Promise<ControlState>;
   /** Why revocations cannot be trusted now (a stale mirror of the shared state), or null. */
@@ -536,18 +541,25 @@ export function createJobActivities(deps: JobActivityDeps) {
       return Promise.resolve();
     },
 
-    sealJobBundle(input: { job: JobRef; entries: BundleEntryInput[] }): Promise<{ digest: string }> {
-      const bundle = sealBundle(
+    async sealJobBundle(input: {
+      job: JobRef;
+      entries: BundleEntryInput[];
+    }): Promise<{ digest: string; pageUrl?: string }> {
+      const { digest } = await sealJob(
+        {
+          keysDir: deps.keysDir,
+          bundleDir: deps.bundleDir,
+          proxyUrl: deps.proxyUrl,
+          signer: loadSigner(deps.keysDir, 'bundle'),
+          ...(deps.warn ? { warn: deps.warn } : {}),
+        },
         { workflow_id: input.job.workflowId, run_id: input.job.runId },
         input.entries,
-        loadSigner(deps.keysDir, 'bundle'),
         new Date(),
       );
-      const digest = bundleDigest(bundle);
-      mkdirSync(deps.bundleDir, { recursive: true, mode: 0o700 });
-      const path = join(deps.bundleDir, `${digest}.json`);
-      if (!existsSync(path)) writeFileSync(path, `${JSON.stringify(bundle, null, 2)}\n`, { mode: 0o600 });
-      return Promise.resolve({ digest });
+      return deps.evidenceBaseUrl
+        ? { digest, pageUrl: evidencePageUrl(deps.evidenceBaseUrl, digest) }
+        : { digest };
     },
   };
 }

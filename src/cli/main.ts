@@ -10,6 +10,7 @@ import { FileRevocationStore } from '../tokens/revocations.ts';
 import type { JWK } from 'jose';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { bundleSchema, verifyBundle } from '../evidence/bundle.ts';
+import { didKeyFromJwkX } from '../evidence/did.ts';
 import {
   generateKeyring,
   KEY_PURPOSES,
@@ -25,6 +26,8 @@ import { writeFileAtomic } from '../storage/files.ts';
 import { loadWpc } from '../policy/wpc.ts';
 import { verifyReceipt } from '../proxy/receipts.ts';
 import { ReceiptStore } from '../proxy/receipt-store.ts';
+import { addClawsigCommands } from './clawsig-commands.ts';
+import { addEvidenceCommands } from './evidence-commands.ts';
 import { addStackCommands } from './stack-commands.ts';
 
 const stateDir = (): string => resolve(process.env['CLAWGATE_STATE_DIR'] ?? 'state');
@@ -263,6 +266,23 @@ export function buildProgram(): Command {
       out(JSON.stringify(publicJwks(opts.keys, opts.purpose ? [opts.purpose] : KEY_PURPOSES), null, 2));
     });
   keys
+    .command('publish')
+    .description(
+      'print the DIDs an auditor pins for Clawsig exports: the agent (bundle keys) and the gateway (receipt keys)',
+    )
+    .addOption(keysOption())
+    .option('--json', 'as JSON')
+    .action((opts: { keys: string; json?: boolean }) => {
+      const didsOf = (purpose: KeyPurpose) =>
+        keysFor(publicJwks(opts.keys, [purpose]), purpose).keys.flatMap((k) =>
+          typeof k.x === 'string' ? [{ kid: String(k.kid), did: didKeyFromJwkX(k.x) }] : [],
+        );
+      const published = { agent: didsOf('bundle'), gateway: didsOf('receipt') };
+      if (opts.json) return out(JSON.stringify(published, null, 2));
+      for (const { kid, did } of published.agent) out(`agent    ${did}  (bundle key ${kid})`);
+      for (const { kid, did } of published.gateway) out(`gateway  ${did}  (receipt key ${kid})`);
+    });
+  keys
     .command('rotate')
     .description('make a new key active; the old one keeps verifying (token keys: until their tokens expire)')
     .addOption(purposeOption().makeOptionMandatory())
@@ -459,6 +479,8 @@ export function buildProgram(): Command {
       },
     );
   addStackCommands(program);
+  addEvidenceCommands(program);
+  addClawsigCommands(program, () => `${stateDir()}/keys`);
   return program;
 }
 

@@ -127,6 +127,7 @@ export function audit(
     ['proxy.listen.host', config.proxy.listen.host],
     ['gateway.health.host', config.gateway.health.host],
     ['worker.health.host', config.worker.health.host],
+    ['evidence.listen.host', config.evidence.listen.host],
   ] as const) {
     if (!LOOPBACK.test(host)) {
       add({

@@ -73,6 +73,12 @@ export const configSchema = z
           .positive()
           .default(1024 * 1024),
         upstreamTimeoutMs: z.number().int().positive().default(120_000),
+        /**
+         * Also give each receipt in the Clawsig gateway_receipt form (GET /v1/receipts), bound
+         * to the caller's X-Run-Id, X-Event-Hash and X-Idempotency-Key. Off by default; sealed
+         * jobs' receipts are signed in that form either way, for the job's Clawsig export.
+         */
+        clawsigReceipts: z.boolean().default(false),
       })
       .strict()
       .prefault({}),
@@ -119,6 +125,15 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    evidence: z
+      .object({
+        /** The evidence pages: GET /bundles/<digest> (a page), .json (the bundle), .clawsig.json. */
+        listen: listen(8792),
+        /** The address reviewers open, in the link of a job's result (default: http://<host>:<port>). */
+        baseUrl: z.url({ protocol: /^https?$/ }).optional(),
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -147,6 +162,8 @@ export const ENV_OVERRIDES: ReadonlyArray<{
   { name: 'CLAWGATE_SYNAPSE_PORT', path: ['matrix', 'port'], kind: 'port' },
   { name: 'CLAWGATE_PROXY_PORT', path: ['proxy', 'listen', 'port'], kind: 'port' },
   { name: 'CLAWGATE_HEALTH_PORT', path: ['gateway', 'health', 'port'], kind: 'port' },
+  { name: 'CLAWGATE_EVIDENCE_PORT', path: ['evidence', 'listen', 'port'], kind: 'port' },
+  { name: 'CLAWGATE_EVIDENCE_BASE_URL', path: ['evidence', 'baseUrl'], kind: 'string' },
   { name: 'CLAWGATE_LOG_LEVEL', path: ['log', 'level'], kind: 'string' },
 ];
 

@@ -75,6 +75,10 @@ gateway:
   #     encryption: true                    # end-to-end encrypted rooms (Rust crypto)
   #     recoveryKey: "EsT…"                 # key backup on the server; better by env var
 
+evidence:
+  listen: { host: 127.0.0.1, port: 8792 }  # the evidence pages: GET /bundles/<digest>
+  # baseUrl: https://evidence.example.org   # default: http://<listen host>:<listen port>
+
 log:
   level: info
 `;

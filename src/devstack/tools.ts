@@ -21,17 +21,22 @@ interface Manifest {
   temporal?: string;
   synapse?: { python?: string };
   bwrap?: string;
+  chromium?: string;
+}
+
+function readManifest(manifestPath: string): Manifest {
+  try {
+    return JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest;
+  } catch {
+    // Environment overrides may still name every tool.
+    return {};
+  }
 }
 
 /** Reads the bootstrap manifest; throws a message that says what to run when a tool is missing. */
 export function toolPaths(): ToolPaths {
   const manifestPath = join(cacheDir(), 'tools.json');
-  let manifest: Manifest = {};
-  try {
-    manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest;
-  } catch {
-    // Fall through: environment overrides may still name every tool.
-  }
+  const manifest = readManifest(manifestPath);
   const temporal = process.env['TEMPORAL_CLI_PATH'] ?? manifest.temporal;
   const synapsePython = process.env['SYNAPSE_PYTHON'] ?? manifest.synapse?.python;
   const bwrap = process.env['BWRAP_PATH'] ?? manifest.bwrap;
@@ -47,4 +52,20 @@ export function toolPaths(): ToolPaths {
     );
   }
   return { temporal, synapsePython, bwrap };
+}
+
+/**
+ * The headless browser the tests open pages in (`CHROMIUM_PATH`, or the one the bootstrap
+ * installed); throws a message that says what to run when there is none.
+ */
+export function chromiumPath(): string {
+  const manifestPath = join(cacheDir(), 'tools.json');
+  const chromium = process.env['CHROMIUM_PATH'] || readManifest(manifestPath).chromium;
+  if (!chromium) {
+    throw new Error(
+      `no Chromium: ${manifestPath} names none and CHROMIUM_PATH is not set. ` +
+        'Run `npm run bootstrap` (it installs the Debian package chromium), or set CHROMIUM_PATH.',
+    );
+  }
+  return chromium;
 }

@@ -21,6 +21,15 @@ import { verifyReceipt } from '../proxy/receipts.ts';
 import { effectOf, gateOf, PLANNING_TOOLS, type Gate, type GateRules } from '../tools/kinds.ts';
 import { canonicalBytes, signCompactJws, verifyCompactJws, type Ed25519Signer, type Jwks } from './jws.ts';
 import { leafHash, merkleRoot } from './merkle.ts';
+import {
+  envelopeProblem,
+  gatewayReceiptPayload,
+  projectBundle,
+  type ClawsigEnvelope,
+  type ClawsigProjection,
+  type GatewayReceiptPayload,
+} from './clawsig.ts';
+import { didKeyFromJwkX } from './did.ts';
 
 export const BUNDLE_FORMAT = 'clawgate-proof-bundle';
 export const BUNDLE_SEAL_TYPE = 'clawgate-proof-bundle+jws';
@@ -46,6 +55,8 @@ export const ENTRY_TYPES = [
   'answer',
   'workspace',
   'outcome',
+  /** The job's receipts in the Clawsig form, signed by the proxy when the job was sealed. */
+  'gateway_receipts',
 ] as const;
 export type EntryType = (typeof ENTRY_TYPES)[number];
 
@@ -184,6 +195,12 @@ const budgetBody = z.looseObject({
   used: z.unknown(),
   exhausted: z.string().nullable(),
 });
+const gatewayReceiptsBody = z
+  .object({
+    envelopes: z.array(z.looseObject({ payload: z.looseObject({}) })),
+    refused: z.string().nullable(),
+  })
+  .strict();
 const answerBody = z.looseObject({ turn: count, sha256: sha256HexString, bytes: count });
 
 export function sha256Hex(bytes: Uint8Array): string {
@@ -501,7 +518,77 @@ export async function verifyBundle(input: unknown, jwks: Jwks): Promise<BundleVe
     fail(outcomeIndex, 'needs a status');
   }
 
+  checkGatewayReceipts({ bundle, entries, indexes, fail }, jwks, sealed?.sealed_at ?? null);
+
   return { ok: problems.length === 0, problems, digest: bundleDigest(bundle) };
+}
+
+/**
+ * The `gateway_receipts` entry: at most one, right before the outcome; each envelope signed by a receipt key of
+ * the JWKS (as its did:key), and exactly the Clawsig form of the bundle's receipt of that id,
+ * bound to that call's event in the bundle's event chain and to its span, as the export makes it.
+ */
+function checkGatewayReceipts(
+  ctx: {
+    bundle: ProofBundle;
+    entries: BundleEntry[];
+    indexes: (type: EntryType) => number[];
+    fail: (entry: number | null, problem: string) => void;
+  },
+  jwks: Jwks,
+  sealedAt: string | null,
+): void {
+  const { bundle, entries, indexes, fail } = ctx;
+  const at = indexes('gateway_receipts');
+  if (at.length === 0) return;
+  if (at.length > 1) fail(null, `a bundle has at most one gateway_receipts entry; this one has ${at.length}`);
+  const i = at[0] as number;
+  if (i !== entries.length - 2) fail(i, 'gateway_receipts comes right before the outcome');
+  const body = gatewayReceiptsBody.safeParse(entries[i]?.body);
+  if (!body.success) return fail(i, 'needs envelopes (a list) and refused (a reason or null)');
+  if (sealedAt === null) return; // the seal's own problem is reported already
+  const dids = new Set(
+    keysFor(jwks, 'receipt').keys.flatMap((k) => (typeof k.x === 'string' ? [didKeyFromJwkX(k.x)] : [])),
+  );
+  let projection;
+  try {
+    projection = projectBundle({ job: bundle.job, entries }, sealedAt);
+  } catch (error) {
+    return fail(
+      i,
+      `the bundle's model calls cannot be chained: ${error instanceof Error ? error.message : String(error)}`,
+    );
+  }
+  const envelopes = body.data.envelopes as unknown as ClawsigEnvelope<GatewayReceiptPayload>[];
+  if (envelopes.length === 0) return;
+  if (envelopes.length !== projection.calls.length) {
+    fail(i, `${envelopes.length} gateway receipts for ${projection.calls.length} model calls`);
+  }
+  envelopes.forEach((env, n) => {
+    const call = projection.calls[n];
+    const problem = envelopeProblem(env);
+    if (problem) return fail(i, `gateway receipt ${n}: ${problem}`);
+    if (!dids.has(env.signer_did)) return fail(i, `gateway receipt ${n} is not signed by a receipt key`);
+    if (!call) return;
+    const expected = signedShape(call, projection.runId);
+    if (
+      JSON.stringify(env.payload) !== JSON.stringify(expected.payload) ||
+      env.issued_at !== expected.issuedAt
+    ) {
+      fail(
+        i,
+        `gateway receipt ${n} is not the Clawsig form of receipt ${call.receipt.receipt_id} bound to its event`,
+      );
+    }
+  });
+}
+
+function signedShape(call: ClawsigProjection['calls'][number], runId: string) {
+  const sha = sha256Hex(canonicalBytes(call.receipt));
+  return {
+    payload: gatewayReceiptPayload(call.receipt, sha, runId, call.binding),
+    issuedAt: call.receipt.ended_at,
+  };
 }
 
 function issueText(error: z.ZodError): string {

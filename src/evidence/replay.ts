@@ -100,6 +100,12 @@ export async function replayJob(
       problem: `the bundle's digest is ${String(verification.digest)}, not the one the job reported`,
     });
   }
+  // The seal adds one entry of its own, before the outcome: the gateway receipts the proxy
+  // signed then (checked with the bundle); every other entry is the history's.
+  const sealed = bundle.entries;
+  const last = sealed.length - 1;
+  const ownEntry = (sealed[last - 1] as { type?: unknown } | undefined)?.type === 'gateway_receipts';
+  if (ownEntry) bundle = { entries: [...sealed.slice(0, last - 1), ...sealed.slice(last)] };
   const count = Math.max(sealedInput.entries.length, bundle.entries.length);
   for (let i = 0; i < count; i++) {
     const fromHistory = sealedInput.entries[i];

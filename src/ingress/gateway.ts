@@ -981,6 +981,7 @@ export class GatewayAccount {
       matrixTaskQueue: this.matrixTaskQueue,
       jobId,
       content: { sha256: evidence.contentSha256, shown: evidence.shown },
+      ...(ctx.originServerTs > 0 ? { originServerTs: ctx.originServerTs } : {}),
     };
     try {
       await this.gateway.temporal.workflow.start('jobWorkflow', {

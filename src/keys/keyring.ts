@@ -172,10 +172,17 @@ export async function rotateKeyring(
   return { kid, retired };
 }
 
-/** The active signing key of a purpose. Refuses a key file others can read. */
-export function loadSigner(dir: string, purpose: KeyPurpose): Signer {
+/**
+ * The active signing key of a purpose, or the one of `kid` (a retired evidence key re-signs
+ * what it signed, an export of an old bundle). Refuses a key file others can read.
+ */
+export function loadSigner(dir: string, purpose: KeyPurpose, kid?: string): Signer {
   const keyring = readKeyring(dir, purpose);
-  const path = join(keyringDir(dir, purpose), `${keyring.active}.jwk.json`);
+  const wanted = kid ?? keyring.active;
+  if (!keyring.keys.some((k) => k.kid === wanted)) {
+    throw new ClawgateError(ERROR_CODES.keyNotFound, `the ${purpose} keyring in ${dir} has no key ${wanted}`);
+  }
+  const path = join(keyringDir(dir, purpose), `${wanted}.jwk.json`);
   if (!existsSync(path)) throw new ClawgateError(ERROR_CODES.keyNotFound, `key file ${path} is missing`);
   const mode = statSync(path).mode & 0o777;
   if ((mode & 0o077) !== 0) {
@@ -184,9 +191,9 @@ export function loadSigner(dir: string, purpose: KeyPurpose): Signer {
       `${path} has mode ${mode.toString(8)}; a private key must be readable by its owner only (chmod 600 ${path})`,
     );
   }
-  const jwk = readPrivateJwk(dir, purpose, keyring.active);
+  const jwk = readPrivateJwk(dir, purpose, wanted);
   try {
-    return { kid: keyring.active, key: createPrivateKey({ key: jwk, format: 'jwk' }) };
+    return { kid: wanted, key: createPrivateKey({ key: jwk, format: 'jwk' }) };
   } catch (error) {
     throw new ClawgateError(ERROR_CODES.keyInvalid, `${path} is not an Ed25519 private JWK`, {
       cause: error,

@@ -58,6 +58,11 @@ export const proxyConfigSchema = z
       .prefault({}),
     /** Append-only receipt log. */
     receiptsPath: z.string().min(1),
+    /**
+     * Also give each receipt in the Clawsig `gateway_receipt` form (GET /v1/receipts lists it as
+     * `clawsig`), bound to what the caller's X-Run-Id, X-Event-Hash and X-Idempotency-Key said.
+     */
+    clawsigReceipts: z.boolean().default(false),
   })
   .strict()
   .superRefine((config, ctx) => {

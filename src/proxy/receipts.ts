@@ -69,6 +69,21 @@ export const receiptPayloadSchema = z
     ended_at: z.iso.datetime(),
     /** SHA-256 of the canonical payload of this job's previous receipt; null for its first. */
     prev_receipt_sha256: sha256Hex.nullable(),
+    /**
+     * With Clawsig receipts on: the run and event the caller said this call belongs to
+     * (X-Run-Id, X-Event-Hash, X-Idempotency-Key), which its Clawsig form is bound to.
+     */
+    clawsig: z
+      .object({
+        run_id: z.string().min(1).max(200).optional(),
+        event_hash_b64u: z
+          .string()
+          .regex(/^[A-Za-z0-9_-]{8,128}$/)
+          .optional(),
+        nonce: z.string().min(1).max(200).optional(),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 export type ReceiptPayload = z.infer<typeof receiptPayloadSchema>;

@@ -8,6 +8,14 @@ import { createHash, type Hash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Pool, type Dispatcher } from 'undici';
+import { z } from 'zod';
+import {
+  CLAWSIG_BINDING_JWS_TYPE,
+  signGatewayReceipt,
+  type GatewayBinding,
+  type ReceiptBindingRequest,
+} from '../evidence/clawsig.ts';
+import { verifyCompactJws, type Jwks } from '../evidence/jws.ts';
 import { loadUpstreamCas, type ProxyConfig, type UpstreamConfig } from './config.ts';
 import type { ReceiptStore } from './receipt-store.ts';
 import {
@@ -32,6 +40,42 @@ export const PROXY_ERRORS = {
   upstreamFailed: 'UPSTREAM_FAILED',
   receiptNotPersisted: 'RECEIPT_NOT_PERSISTED',
   budgetExhausted: 'MODEL_BUDGET_EXHAUSTED',
+  bindingUnsigned: 'BINDING_REQUEST_UNSIGNED',
+  bindingStale: 'BINDING_REQUEST_STALE',
+  bindingOff: 'CLAWSIG_BINDING_NOT_CONFIGURED',
+} as const;
+
+/** How far a binding request's `iat` may be from the proxy's clock. */
+const BINDING_MAX_SKEW_SECONDS = 300;
+
+const b64u = z.string().regex(/^[A-Za-z0-9_-]{8,128}$/, 'base64url without padding, 8 to 128 characters');
+const bindingRequestSchema = z
+  .object({
+    job: z.object({ workflow_id: z.string().min(1), run_id: z.string().min(1) }).strict(),
+    run_id: z.string().min(1).max(200),
+    iat: z.number().int(),
+    receipts: z
+      .array(
+        z
+          .object({
+            receipt_id: z.string().min(1).max(200),
+            event_hash_b64u: b64u,
+            span_id: z.string().min(1).max(200),
+            parent_span_id: z.string().min(1).max(200).nullable(),
+            phase: z.enum(['planning', 'execution']),
+          })
+          .strict(),
+      )
+      .max(1000),
+  })
+  .strict();
+export type BindingRequest = z.infer<typeof bindingRequestSchema>;
+
+/** The Clawsig binding headers a caller may send with a model call. */
+const CALL_BINDING_HEADERS = {
+  run_id: { header: 'x-run-id', schema: z.string().min(1).max(200) },
+  event_hash_b64u: { header: 'x-event-hash', schema: b64u },
+  nonce: { header: 'x-idempotency-key', schema: z.string().min(1).max(200) },
 } as const;
 
 /** What a verified token allows a call to do. */
@@ -61,6 +105,11 @@ export interface ProxyDeps {
   receiptKey: ReceiptSigningKey;
   store: ReceiptStore;
   now?: () => Date;
+  /**
+   * The public keys that seal bundles: a job's sealer (and only it) may ask the proxy to sign
+   * the job's receipts in the Clawsig form, bound to the job's event chain. Absent: refused.
+   */
+  bindingJwks?: () => Jwks;
   /** More to say in GET /healthz (the shared control state's mirror, say). */
   health?: () => Record<string, unknown>;
   /**
@@ -248,6 +297,28 @@ class StreamUsageScanner {
   }
 }
 
+/** The Clawsig binding a model call's headers name, or a refusal naming the header at fault. */
+function callBindingOf(req: IncomingMessage): NonNullable<ReceiptPayload['clawsig']> | null {
+  const out: Record<string, string> = {};
+  for (const [field, { header, schema }] of Object.entries(CALL_BINDING_HEADERS)) {
+    const values = req.headersDistinct[header];
+    if (values === undefined) continue;
+    if (values.length !== 1) {
+      throw new Refusal(400, PROXY_ERRORS.malformed, `${header}: sent ${values.length} times; send it once`);
+    }
+    const parsed = schema.safeParse(values[0]);
+    if (!parsed.success) {
+      throw new Refusal(
+        400,
+        PROXY_ERRORS.malformed,
+        `${header}: ${parsed.error.issues[0]?.message ?? 'invalid'} (once, at most 200 characters)`,
+      );
+    }
+    out[field] = parsed.data;
+  }
+  return Object.keys(out).length > 0 ? out : null;
+}
+
 export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
   const { config, store } = deps;
   const now = deps.now ?? (() => new Date());
@@ -316,7 +387,9 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     let grant: CallGrant | null = null;
     let model: string | null = null;
     let stream = false;
+    let callBinding: NonNullable<ReceiptPayload['clawsig']> | null = null;
     const base = () => ({
+      ...(callBinding ? { clawsig: callBinding } : {}),
       receipt_id: receiptId,
       job: grant ? { workflow_id: grant.workflowId, run_id: grant.runId } : null,
       token_id: grant?.tokenId ?? null,
@@ -360,6 +433,7 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
       const check = await deps.verifyToken(token);
       if (!check.ok) throw new Refusal(check.status ?? 401, check.code, check.reason);
       grant = check.grant;
+      if (config.clawsigReceipts) callBinding = callBindingOf(req);
       body = await readBody(req, config.limits.maxBodyBytes);
       const summary = parseChatRequest(body);
       model = summary.model;
@@ -681,11 +755,118 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     }
     const body = Buffer.from(
       JSON.stringify({
-        receipts: receipts.map((r) => ({ receipt_id: r.receiptId, job_id: r.jobId, jws: r.jws })),
+        receipts: receipts.map((r) => ({
+          receipt_id: r.receiptId,
+          job_id: r.jobId,
+          jws: r.jws,
+          ...(config.clawsigReceipts ? { clawsig: clawsigFormOf(r) } : {}),
+        })),
       }),
     );
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length });
     res.end(body);
+  }
+
+  /** A stored receipt's own payload (the proxy's store: no signature check needed). */
+  const payloadOf = (jws: string): ReceiptPayload =>
+    JSON.parse(Buffer.from(jws.split('.')[1] ?? '', 'base64url').toString('utf8')) as ReceiptPayload;
+
+  /** A receipt in the Clawsig form, bound to what its caller's headers said. */
+  function clawsigFormOf(r: { jws: string; payloadSha256: string }) {
+    const payload = payloadOf(r.jws);
+    const said = payload.clawsig;
+    const binding: GatewayBinding = {
+      event_hash_b64u: said?.event_hash_b64u,
+      nonce: said?.nonce,
+      span_id: payload.receipt_id,
+    };
+    const runId = said?.run_id ?? payload.job?.run_id ?? 'none';
+    return signGatewayReceipt(payload, r.payloadSha256, runId, binding, deps.receiptKey.key);
+  }
+
+  /**
+   * POST /v1/clawsig/receipts: the sealer of a job asks for the job's receipts in the Clawsig
+   * form, each bound to its model call's event in the job's event chain and to its causal span.
+   * The body is a compact JWS by a bundle key; every fact signed comes from the proxy's own
+   * receipts, of that job only.
+   */
+  async function handleBinding(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const jwks = deps.bindingJwks?.();
+    if (!jwks) {
+      req.resume();
+      return sendError(
+        res,
+        404,
+        PROXY_ERRORS.bindingOff,
+        'this proxy has no bundle keys to check binding requests with',
+      );
+    }
+    let body: Buffer;
+    try {
+      body = await readBody(req, config.limits.maxBodyBytes);
+    } catch (error) {
+      if (error instanceof Refusal) return sendError(res, error.status, error.code, error.reason);
+      throw error;
+    }
+    let payload: Buffer;
+    try {
+      payload = await verifyCompactJws(body.toString('utf8').trim(), jwks, CLAWSIG_BINDING_JWS_TYPE);
+    } catch (error) {
+      return sendError(
+        res,
+        401,
+        PROXY_ERRORS.bindingUnsigned,
+        `the binding request is not a JWS of a bundle key: ${error instanceof Error ? error.message : String(error)}`,
+      );
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(payload.toString('utf8'));
+    } catch {
+      return sendError(res, 400, PROXY_ERRORS.malformed, 'the binding request payload is not JSON');
+    }
+    const parsed = bindingRequestSchema.safeParse(json);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      return sendError(
+        res,
+        400,
+        PROXY_ERRORS.malformed,
+        `binding request ${issue?.path.join('.') ?? ''}: ${issue?.message ?? 'invalid'}`,
+      );
+    }
+    const request: BindingRequest = parsed.data;
+    const skew = Math.abs(now().getTime() / 1000 - request.iat);
+    if (skew > BINDING_MAX_SKEW_SECONDS) {
+      return sendError(
+        res,
+        401,
+        PROXY_ERRORS.bindingStale,
+        `the binding request was made ${Math.round(skew)} s from now; at most ${BINDING_MAX_SKEW_SECONDS} s`,
+      );
+    }
+    const signed = [];
+    for (const want of request.receipts as ReceiptBindingRequest[]) {
+      const stored = store.get(want.receipt_id);
+      if (!stored) {
+        return sendError(res, 404, PROXY_ERRORS.receiptNotFound, `no receipt ${want.receipt_id}`);
+      }
+      const payload = payloadOf(stored.jws);
+      if (stored.jobId !== request.job.workflow_id || payload.job?.run_id !== request.job.run_id) {
+        return sendError(
+          res,
+          403,
+          PROXY_ERRORS.receiptOtherJob,
+          `receipt ${want.receipt_id} is not of job ${request.job.workflow_id}`,
+        );
+      }
+      signed.push(
+        signGatewayReceipt(payload, stored.payloadSha256, request.run_id, want, deps.receiptKey.key),
+      );
+    }
+    const out = Buffer.from(JSON.stringify({ receipts: signed }));
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': out.length });
+    res.end(out);
   }
 
   const server = createServer((req, res) => {
@@ -698,6 +879,8 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     let handling: Promise<void>;
     if (req.method === 'POST' && url.pathname === '/v1/chat/completions') handling = handleChat(req, res);
     else if (req.method === 'GET' && url.pathname === '/v1/models') handling = handleModels(req, res);
+    else if (req.method === 'POST' && url.pathname === '/v1/clawsig/receipts')
+      handling = handleBinding(req, res);
     else if (req.method === 'GET' && url.pathname.startsWith('/v1/receipts'))
       handling = handleReceipts(req, res, url);
     else if (req.method === 'GET' && url.pathname === '/healthz') {

@@ -31,6 +31,8 @@ import { bubblewrapSandbox, dockerSandbox } from '../sandbox/bubblewrap.ts';
 import { ensurePrivateDir } from '../storage/files.ts';
 import { FileRevocationStore } from '../tokens/revocations.ts';
 import { EvidenceStore } from '../evidence/store.ts';
+import type { Jwks } from '../evidence/jws.ts';
+import { evidenceBaseUrl, startEvidenceServer, type RunningEvidenceServer } from '../evidence/server.ts';
 import { ensureDemoRepository, jobWorkspacePath } from '../workspace/workspaces.ts';
 
 export const DEMO_MODEL = 'demo-echo';
@@ -117,6 +119,7 @@ export async function runProxy(
     upstreams,
     limits: { maxBodyBytes: config.proxy.maxBodyBytes, upstreamTimeoutMs: config.proxy.upstreamTimeoutMs },
     receiptsPath: paths.receipts,
+    clawsigReceipts: config.proxy.clawsigReceipts,
   });
   const receiptKey = loadSigner(paths.keys, 'receipt');
   const verifyToken = cstVerifier({
@@ -133,6 +136,9 @@ export async function runProxy(
       store,
       receiptKey,
       verifyToken,
+      // A job's sealer asks for its receipts in the Clawsig form; read at each request, so a
+      // rotated bundle key is known without a restart.
+      bindingJwks: () => publicJwks(paths.keys, ['bundle']),
       ...(health ? { health } : {}),
       ...(stale ? { refusing: stale } : {}),
     }),
@@ -156,6 +162,8 @@ export async function runWorker(
     logger: Logger;
     /** Why token checks must refuse now (a stale mirror of the shared control state), or null. */
     controlStale?: (() => string | null) | undefined;
+    /** Where the evidence pages are (the link in a job's result); default from evidence config. */
+    evidenceBaseUrl?: string;
   },
 ): Promise<RunningWorker> {
   const paths = statePaths(config);
@@ -188,6 +196,8 @@ export async function runWorker(
     pushRepo: paths.pushRepo,
     ...(config.worker.prRemote ? { prRemote: config.worker.prRemote } : {}),
     bundleDir: paths.bundles,
+    evidenceBaseUrl: opts.evidenceBaseUrl ?? evidenceBaseUrl(config.evidence),
+    warn: (message) => opts.logger.warn(message),
     controlState: () => readControlState(client),
     ...(opts.controlStale ? { controlStale: opts.controlStale } : {}),
   });
@@ -369,4 +379,34 @@ export function requireAddress(config: ClawgateConfig, what: string): string {
     );
   }
   return config.temporal.address;
+}
+
+/**
+ * The evidence pages (src/evidence/server.ts) of the state folder's bundles, verified against
+ * its keyrings, on evidence.listen; `overrides` are what `clawgate evidence serve` was given.
+ */
+export async function runEvidenceServer(
+  config: ClawgateConfig,
+  logger: Logger,
+  overrides: {
+    host?: string;
+    port?: number;
+    bundleDir?: string;
+    jwks?: () => Jwks;
+    keysSource?: string;
+  } = {},
+): Promise<RunningEvidenceServer> {
+  const paths = statePaths(config);
+  const server = await listening('evidence server', 'evidence.listen.port or CLAWGATE_EVIDENCE_PORT', () =>
+    startEvidenceServer({
+      host: overrides.host ?? config.evidence.listen.host,
+      port: overrides.port ?? config.evidence.listen.port,
+      bundleDir: overrides.bundleDir ?? paths.bundles,
+      jwks: overrides.jwks ?? (() => publicJwks(paths.keys, KEY_PURPOSES)),
+      keysSource: overrides.keysSource ?? "the public keys of this clawgate's keyrings",
+      logger,
+    }),
+  );
+  logger.info({ url: server.url }, 'evidence server running');
+  return server;
 }

@@ -13,6 +13,7 @@ import { toolPaths } from '../devstack/tools.ts';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import type { AccountConfig } from '../ingress/config.ts';
 import type { Gateway } from '../ingress/gateway.ts';
+import { evidenceBaseUrl, type RunningEvidenceServer } from '../evidence/server.ts';
 import type { RunningProxy } from '../proxy/server.ts';
 import { ensurePrivateDir } from '../storage/files.ts';
 import { CLAWGATE_SEARCH_ATTRIBUTES } from '../temporal/search-attributes.ts';
@@ -22,6 +23,7 @@ import {
   modelUpstreams,
   runGateway,
   runControlMirror,
+  runEvidenceServer,
   runProxy,
   runWorker,
   type RunningControlMirror,
@@ -33,6 +35,8 @@ import { ensureDemo, ensurePolicy, type DemoState } from './demo.ts';
 export interface RunningStack {
   lines: string[];
   demo: DemoState | null;
+  /** Where reviewers open a job's page: `evidencePageUrl(evidenceBaseUrl, digest)`. */
+  evidenceBaseUrl: string;
   stop(): Promise<void>;
 }
 
@@ -69,10 +73,12 @@ export async function startStack(
   let worker: RunningWorker | undefined;
   let gateway: Gateway | undefined;
   let mirror: RunningControlMirror | undefined;
+  let evidence: RunningEvidenceServer | undefined;
   const stop = async (): Promise<void> => {
     await mirror?.close();
     await gateway?.stop();
     await worker?.close();
+    await evidence?.close();
     await proxy?.close();
     await upstream?.demo?.close();
     await Promise.all([temporal?.stop(), synapse?.stop()]);
@@ -176,6 +182,11 @@ export async function startStack(
       stale: mirror.stale,
     });
     lines.push(`Model proxy      ${proxy.url} (receipts in ${paths.receipts})`);
+    // The evidence pages before the worker: the address of a job's page is known when it seals.
+    progress('Evidence pages');
+    evidence = await runEvidenceServer(config, logger.child({ component: 'evidence' }));
+    const evidenceBase = config.evidence.baseUrl ? evidenceBaseUrl(config.evidence) : evidence.url;
+    lines.push(`Evidence pages   ${evidenceBase}/bundles/<digest> (each job's proof bundle, verified)`);
     progress('Worker (bundling the workflow code)');
     worker = await runWorker(config, {
       address,
@@ -183,13 +194,14 @@ export async function startStack(
       planningModel,
       logger: logger.child({ component: 'worker' }),
       controlStale: mirror.stale,
+      evidenceBaseUrl: evidenceBase,
     });
     lines.push(`Worker           task queue ${config.temporal.taskQueue}; bundles in ${paths.bundles}`);
     progress('Gateway');
     gateway = await runGateway(config, { address, accounts, logger: logger.child({ component: 'gateway' }) });
     lines.push(`Gateway health   ${gateway.healthUrl}`);
     lines.push(`State and logs   ${config.stateDir}`);
-    return { lines, demo, stop };
+    return { lines, demo, evidenceBaseUrl: evidenceBase, stop };
   } catch (error) {
     await stop();
     throw error;

@@ -43,6 +43,8 @@ export interface JobRequest {
   jobId?: string;
   /** What the request's event said. Absent in older jobs. */
   content?: MessageContentEvidence;
+  /** Server timestamp of the request's event, ms since the epoch. Absent in older jobs. */
+  originServerTs?: number;
 }
 
 /** The evidence of what a command's Matrix event said, kept with what was decided on it. */

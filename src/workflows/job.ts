@@ -253,6 +253,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
         event_id: request.eventId,
         text: request.text,
         ...(request.content ? { content: request.content } : {}),
+        ...(request.originServerTs !== undefined ? { origin_server_ts: request.originServerTs } : {}),
       },
     },
   ];
@@ -510,14 +511,15 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
       workspaceMade = false;
     }
     entries.push({ type: 'outcome', body: { status, reason } });
-    const { digest } = await acts.sealJobBundle({ job, entries });
+    const { digest, pageUrl } = await acts.sealJobBundle({ job, entries });
     view.bundleDigest = digest;
     setStatus(status);
     editStatusLine(status);
     await statusEdits;
     await say(
       'result',
-      `Job ${shortId}: ${status}. ${reason}\npolicy ${view.policyHash?.slice(0, 12) ?? '-'} · bundle ${digest}`,
+      `Job ${shortId}: ${status}. ${reason}\npolicy ${view.policyHash?.slice(0, 12) ?? '-'} · bundle ${digest}` +
+        (pageUrl ? `\nevidence: ${pageUrl}` : ''),
     );
     return { status, bundleDigest: digest, reason };
   };

@@ -111,6 +111,7 @@ export async function startWorkerStack(opts: WorkerStackOptions = {}): Promise<W
     config,
     store: await ReceiptStore.open(config.receiptsPath),
     receiptKey: loadSigner(keysDir, 'receipt'),
+    bindingJwks: () => publicJwks(keysDir, ['bundle']),
     verifyToken: cstVerifier({
       jwks: publicJwks(keysDir, ['token']),
       revocations,

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateKeyPairSync } from 'node:crypto';
 import { calculateJwkThumbprint, exportJWK, type JWK } from 'jose';
+import type { Jwks } from '../../src/evidence/jws.ts';
 import { parseProxyConfig, type ProxyConfigInput } from '../../src/proxy/config.ts';
 import {
   startDemoUpstream,
@@ -26,6 +27,8 @@ export interface ProxyUnderTest {
   proxy: RunningProxy;
   upstream: DemoUpstream;
   jwks: { keys: JWK[] };
+  /** The proxy's receipt signing key (its public half is `jwks`). */
+  receiptKey: ReceiptSigningKey;
   dir: string;
   restart(): Promise<void>;
   close(): Promise<void>;
@@ -36,6 +39,8 @@ export async function startProxyUnderTest(opts: {
   upstream?: DemoUpstreamOptions;
   config?: Partial<ProxyConfigInput>;
   refusing?: () => string | null;
+  /** The bundle keys a Clawsig binding request must be signed by (POST /v1/clawsig/receipts). */
+  bindingJwks?: () => Jwks;
   /** More settings of the demo upstream's entry in the proxy's config (`caFile`, say). */
   upstreamConfig?: { caFile?: string };
 }): Promise<ProxyUnderTest> {
@@ -61,6 +66,7 @@ export async function startProxyUnderTest(opts: {
       config,
       verifyToken: opts.verifyToken,
       ...(opts.refusing ? { refusing: opts.refusing } : {}),
+      ...(opts.bindingJwks ? { bindingJwks: opts.bindingJwks } : {}),
       receiptKey: signer,
       store: await ReceiptStore.open(config.receiptsPath),
     });
@@ -68,6 +74,7 @@ export async function startProxyUnderTest(opts: {
     proxy: await start(),
     upstream,
     jwks,
+    receiptKey: signer,
     dir,
     async restart() {
       await handle.proxy.close();

@@ -95,6 +95,7 @@ test('clawgate start uses an existing Temporal, homeserver and model upstream wh
       `matrix: { homeserverUrl: "${synapse.baseUrl}" }`,
       'policy: { initial: policy.json }',
       `proxy: { listen: { port: ${await freeLoopbackPort()} } }`,
+      `evidence: { listen: { port: ${await freeLoopbackPort()} } }`,
       'gateway:',
       `  health: { port: ${await freeLoopbackPort()} }`,
       '  accounts:',

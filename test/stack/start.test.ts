@@ -25,6 +25,7 @@ async function ports(): Promise<void> {
     'CLAWGATE_SYNAPSE_PORT',
     'CLAWGATE_PROXY_PORT',
     'CLAWGATE_HEALTH_PORT',
+    'CLAWGATE_EVIDENCE_PORT',
   ]) {
     env[name] = String(await freeLoopbackPort());
   }
@@ -93,6 +94,7 @@ test('clawgate start on fresh state: a job from `clawgate say` to a sealed bundl
     'Model proxy',
     'Worker',
     'Gateway health',
+    'Evidence pages',
   ]) {
     assert.ok(ready.includes(part), `the start-up summary names ${part}:\n${ready}`);
   }
@@ -116,6 +118,10 @@ test('clawgate start on fresh state: a job from `clawgate say` to a sealed bundl
   const verified = await clawgate('verify', bundle);
   assert.equal(verified.code, 0, verified.stderr);
   assert.match(verified.stdout, /^ok: /);
+  // The job's page, from the evidence server the stack started: the bundle, verified.
+  const page = await fetch(`http://127.0.0.1:${env['CLAWGATE_EVIDENCE_PORT']}/bundles/${digest}`);
+  assert.equal(page.status, 200);
+  assert.match(await page.text(), /VERIFIED/);
   const audit = await clawgate('security', 'audit');
   assert.equal(audit.code, 0, `${audit.stdout}${audit.stderr}`);
 

@@ -15,6 +15,7 @@ import type { Worker } from '@temporalio/worker';
 import { createJobActivities } from '../../src/activities/job-activities.ts';
 import { readControlState } from '../../src/activities/control-state.ts';
 import { verifyBundle } from '../../src/evidence/bundle.ts';
+import { assertClawsigExport, type ExportFacts } from '../harness/clawsig-export.ts';
 import { replayJob } from '../../src/evidence/replay.ts';
 import { createMatrixActivities } from '../../src/ingress/matrix-io.ts';
 import { generateKeyring, KEY_PURPOSES, loadSigner, publicJwks } from '../../src/keys/keyring.ts';
@@ -223,6 +224,7 @@ before(async () => {
     config,
     store: await ReceiptStore.open(config.receiptsPath),
     receiptKey: loadSigner(keys, 'receipt'),
+    bindingJwks: () => publicJwks(keys, ['bundle']),
     verifyToken: cstVerifier({
       jwks: publicJwks(keys, ['token']),
       revocations,
@@ -328,12 +330,21 @@ function toolMessagesSent(): string[] {
   });
 }
 
+/** The job's bundle, verified; its Clawsig export, checked (see test/harness/clawsig-export.ts). */
 async function verified(result: JobResult) {
   const bundle = bundleOf(result.bundleDigest);
   const check = await verifyBundle(bundle, jwks());
   assert.deepEqual(check.problems, []);
+  const exported = await assertClawsigExport(join(state, 'bundles'), String(result.bundleDigest), keys);
+  // Every model call is a gateway receipt, every tool call a tool receipt.
+  assert.equal(exported.receipts.length, ofType(bundle, 'model_receipt').length);
+  assert.equal(exported.tools.length, ofType(bundle, 'tool_record').length);
+  lastExport = exported;
   return bundle;
 }
+let lastExport: ExportFacts | null = null;
+const approvalsOf = (): string[][] =>
+  (lastExport?.approvals ?? []).map((a) => [String(a['approval_type']), String(a['approver_subject'])]);
 
 test('"summarise the README": the plan is posted formatted, and after approval the answer quotes the README the model was sent', async () => {
   const text = '!claw summarise the README';
@@ -815,7 +826,14 @@ test('a write after untrusted text waits on a card; the requester cannot approve
     );
     const callTokens = bundle.entries.filter((e) => e.type === 'token' && e.body['purpose'] === 'call');
     assert.equal(callTokens.length, 1);
-    assert.deepEqual((await verifyBundle(bundle, jwks())).problems, []);
+    await verified(result);
+    // In the Clawsig export: the plan's approval and the card's, each by its approver; the two
+    // refused attempts are events of the chain, not approvals.
+    assert.deepEqual(approvalsOf(), [
+      ['explicit_approve', approver.userId],
+      ['explicit_approve', approver.userId],
+    ]);
+    assert.equal(lastExport?.events.filter((e) => e['event_type'] === 'call_approval_refused').length, 2);
   } finally {
     registry.activate('matrix', policies['main'] as string);
   }
@@ -889,6 +907,10 @@ test('deny with feedback: the reason goes back to the model, its second proposal
         ['c3.1', 'approved'],
       ],
     );
+    assert.deepEqual(
+      approvalsOf().map(([type]) => type),
+      ['explicit_approve', 'explicit_deny', 'explicit_approve'],
+    );
   } finally {
     registry.activate('matrix', policies['main'] as string);
   }
@@ -931,6 +953,10 @@ test('an unanswered card expires as denied, the model hears it, and nothing is p
     assert.deepEqual(
       ofType(bundle, 'card_outcome').map((o) => o['state']),
       ['expired'],
+    );
+    assert.deepEqual(
+      approvalsOf().map(([type]) => type),
+      ['explicit_approve', 'timeout_deny'],
     );
     await threadNotice(eventId, /^Answer for job/);
   } finally {

@@ -20,6 +20,7 @@ import {
   setMode,
 } from '../../src/activities/control-state.ts';
 import { sealBundle, verifyBundle } from '../../src/evidence/bundle.ts';
+import { assertClawsigExport } from '../harness/clawsig-export.ts';
 import { replayJob } from '../../src/evidence/replay.ts';
 import { createMatrixActivities } from '../../src/ingress/matrix-io.ts';
 import { generateKeyring, KEY_PURPOSES, loadSigner, publicJwks } from '../../src/keys/keyring.ts';
@@ -173,6 +174,7 @@ before(async () => {
     config,
     store: await ReceiptStore.open(config.receiptsPath),
     receiptKey: loadSigner(keys, 'receipt'),
+    bindingJwks: () => publicJwks(keys, ['bundle']),
     verifyToken: cstVerifier({
       jwks: publicJwks(keys, ['token']),
       revocations,
@@ -325,8 +327,25 @@ test('happy path: request, plan in the thread, approval, steps in the sandbox, s
     'tool_record',
     'tool_record',
     'model_receipt',
+    'gateway_receipts',
     'outcome',
   ]);
+  // Its Clawsig export: the two model calls signed by the proxy's key, bound to their events;
+  // the approval anchored to the call that drafted the plan; the three steps as tool receipts.
+  const exported = await assertClawsigExport(
+    join(state, 'bundles'),
+    String(result.bundleDigest),
+    join(state, 'keys'),
+  );
+  assert.equal(exported.receipts.length, 2);
+  assert.deepEqual(
+    exported.approvals.map((a) => [a['approval_type'], a['approver_subject']]),
+    [['explicit_approve', approver.userId]],
+  );
+  assert.deepEqual(
+    exported.tools.map((t) => t['result_status']),
+    ['success', 'success', 'success'],
+  );
   // What an operator sees in the Web UI: the static summary, and details updated at each stage.
   const description = await handle.describe();
   assert.match((await description.staticSummary()) ?? '', /^clawgate job: !claw summarise the readme/);
