@@ -939,14 +939,19 @@ function offlineSection(v: BundleVerification, opts: PageOptions): Markup {
 # the operator's public keys (published with: clawgate keys jwks &gt; keys.json)
 clawgate verify ${name} --jwks keys.json
 
-# the same evidence as a Clawsig v1 file, for the public Clawsig verifier
-clawgate export clawsig ${name}</pre>
+# the same evidence as a Clawsig v1 file (written beside the bundle when it was sealed)
+clawgate export clawsig ${name}
+# checked by the public Clawsig verifier, with the gateway DID of: clawgate keys publish
+GATEWAY_RECEIPT_SIGNER_DIDS=&lt;gateway did&gt; clawverify verify proof-bundle --input ${name.replace(/\.json$/, '.clawsig.json')}
+# or by clawgate, by the same rules, and against the bundle it came from
+clawgate clawsig verify ${name.replace(/\.json$/, '.clawsig.json')} --bundle ${name}</pre>
     <p>
       <code>clawgate verify</code> prints <code>ok</code> and the bundle digest,
       <code>${v.digest ?? '-'}</code>: the SHA-256 of the bundle's canonical JSON (RFC 8785), which is also
       its file name. The Clawsig v1 file that <code>clawgate export clawsig</code> writes is checked by the
       public Clawsig verifier, <code>clawverify</code>, against the agent and gateway DIDs that
-      <code>clawgate keys publish</code> prints.
+      <code>clawgate keys publish</code> prints: a PASS means the file is intact and signed by the agent DID
+      it names, so compare that DID with the published one (the verifier has no option to pin it).
     </p>
     ${
       links?.bundle || links?.clawsig

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, test } from 'node:test';
 import { freeLoopbackPort } from '../../src/devstack/net.ts';
+import { checkClawsigExport } from '../../src/evidence/clawsig-check.ts';
 import { DEMO_README } from '../../src/workspace/workspaces.ts';
 
 const bin = fileURLToPath(new URL('../../bin/clawgate', import.meta.url));
@@ -122,6 +123,28 @@ test('clawgate start on fresh state: a job from `clawgate say` to a sealed bundl
   const page = await fetch(`http://127.0.0.1:${env['CLAWGATE_EVIDENCE_PORT']}/bundles/${digest}`);
   assert.equal(page.status, 200);
   assert.match(await page.text(), /VERIFIED/);
+  // Its Clawsig export, served beside it, passes the reference verifier's rules with the DIDs
+  // `keys publish` prints; `export clawsig` makes the same bytes again.
+  const served = await fetch(
+    `http://127.0.0.1:${env['CLAWGATE_EVIDENCE_PORT']}/bundles/${digest}.clawsig.json`,
+  );
+  assert.equal(served.status, 200);
+  const exportText = await served.text();
+  const published = await clawgate('keys', 'publish', '--json');
+  assert.equal(published.code, 0, published.stderr);
+  const dids = JSON.parse(published.stdout) as {
+    agent: Array<{ did: string }>;
+    gateway: Array<{ did: string }>;
+  };
+  const checked = checkClawsigExport(JSON.parse(exportText), {
+    gatewayDids: dids.gateway.map((g) => g.did),
+    agentDid: dids.agent[0]?.did as string,
+  });
+  assert.deepEqual(checked.problems, []);
+  assert.equal(checked.tier, 'gateway');
+  const reexported = await clawgate('export', 'clawsig', bundle, '--out', '-');
+  assert.equal(reexported.code, 0, reexported.stderr);
+  assert.equal(reexported.stdout, exportText);
   const audit = await clawgate('security', 'audit');
   assert.equal(audit.code, 0, `${audit.stdout}${audit.stderr}`);
 
