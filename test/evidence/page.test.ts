@@ -33,6 +33,7 @@ import { GatewayProcess, gatewayTestConfig } from '../harness/gateway-process.ts
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';
 import { startWorkerStack, type WorkerStack } from '../harness/stack.ts';
+import { freeLoopbackPort } from '../../src/devstack/net.ts';
 
 const bin = fileURLToPath(new URL('../../bin/clawgate', import.meta.url));
 /** What the requester asks: a request that also tries to put markup on the reviewer's page. */
@@ -71,6 +72,7 @@ let mallory: MatrixTestUser;
 let roomId: string;
 let gateway: GatewayProcess;
 let evidence: RunningEvidenceServer;
+let evidencePort: number;
 let browser: Browser;
 let outputDir: string;
 
@@ -90,7 +92,13 @@ before(async () => {
 
   dir = mkdtempSync(join(tmpdir(), 'clawgate-evidence-page-'));
   const source = await ensureDemoRepository(join(dir, 'source'));
-  stack = await startWorkerStack({ reply: scriptedModel(SCRIPT), source });
+  // The evidence server's port, known before the worker starts: the link in the job's result.
+  evidencePort = await freeLoopbackPort();
+  stack = await startWorkerStack({
+    reply: scriptedModel(SCRIPT),
+    source,
+    evidenceBaseUrl: `http://127.0.0.1:${evidencePort}`,
+  });
   bot = await registerTestUser('evidencebot');
   [requester, approver, mallory] = (await Promise.all(
     ['evreq', 'evappr', 'evmallory'].map((n) => MatrixTestUser.create(n)),
@@ -129,7 +137,7 @@ before(async () => {
   });
   evidence = await startEvidenceServer({
     host: '127.0.0.1',
-    port: 0,
+    port: evidencePort,
     bundleDir: stack.bundleDir,
     jwks: () => publicJwks(stack.keysDir),
     keysSource: "the public keys of this clawgate's keyrings",
@@ -218,12 +226,25 @@ test('a real job: its page shows the request, the approver, the steps and tool c
     'the job has a denied tool call',
   );
 
+  // The job's result in the room links to its page on the evidence server.
+  const resultMessage = await waitForEvent(
+    (e) =>
+      e.sender === bot.userId &&
+      typeof e.content['body'] === 'string' &&
+      e.content['body'].startsWith(`Job ${jobId}: succeeded`),
+    'the result in the thread',
+  );
+  const url = evidencePageUrl(evidence.url, digest);
+  assert.match(
+    String(resultMessage.content['body']),
+    new RegExp(`\\nevidence: ${url.replace(/[.]/g, '\\.')}$`),
+  );
+
   // The page, served, in the browser.
   const page = await browser.newPage();
   await page.setViewport({ width: 1200, height: 900 });
   const requested: string[] = [];
   page.on('request', (r) => requested.push(r.url()));
-  const url = evidencePageUrl(evidence.url, digest);
   const shown = await open(page, url);
   assert.equal(shown.status, 200);
   await page.screenshot({ path: join(outputDir, 'verified.png'), fullPage: true });

@@ -74,6 +74,8 @@ export interface WorkerStackOptions {
    * `taskQueue` itself (test/workflows/worker-process.ts, given `state` and `proxyUrl`).
    */
   worker?: boolean;
+  /** Where the evidence pages are: the link in a job's result message. */
+  evidenceBaseUrl?: string;
 }
 
 export interface WorkerStack {
@@ -147,6 +149,7 @@ export async function startWorkerStack(opts: WorkerStackOptions = {}): Promise<W
       controlState: () => readControlState(temporal.client),
       ...(opts.prRemote ? { prRemote: opts.prRemote } : {}),
       ...(opts.pushRepo ? { pushRepo: opts.pushRepo } : {}),
+      ...(opts.evidenceBaseUrl ? { evidenceBaseUrl: opts.evidenceBaseUrl } : {}),
     });
     ({ worker, taskQueue } = await temporal.createWorker({ workflowBundle, activities }));
   }

@@ -138,7 +138,7 @@ test('clawgate start on fresh state: a job from `clawgate say` to a sealed bundl
   };
   const checked = checkClawsigExport(JSON.parse(exportText), {
     gatewayDids: dids.gateway.map((g) => g.did),
-    agentDid: dids.agent[0]?.did as string,
+    agentDid: dids.agent[0]?.did,
   });
   assert.deepEqual(checked.problems, []);
   assert.equal(checked.tier, 'gateway');
