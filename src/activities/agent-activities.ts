@@ -4,11 +4,12 @@
 // the job's evidence store and handed back to the model as a marked tool message. Both are safe
 // to retry: a turn whose answer was kept is not asked again, and a tool call runs at most once,
 // whichever worker tries it.
-import { Context } from '@temporalio/activity';
+import { ApplicationFailure, Context } from '@temporalio/activity';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { openAiTools } from '../agent/tool-schemas.ts';
 import { toolOutputHeader } from '../agent/protocol.ts';
 import { previewCall } from '../agent/preview.ts';
+import { fetchProxy } from './proxy-fetch.ts';
 import type { EvidenceStore } from '../evidence/store.ts';
 import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
 import { argumentShape, effectOf, gateOf, type GateRules } from '../tools/kinds.ts';
@@ -155,10 +156,35 @@ function cutUtf8(text: string, bytes: number): string {
 }
 
 /**
+ * Whether a turn's failure may pass if the turn is asked again: the proxy or its upstream failed
+ * (a timeout, a broken or cut answer, a receipt that could not be written), not a refusal.
+ */
+function transientFailure(status: number): boolean {
+  return status >= 500;
+}
+
+/**
+ * The attempt of this activity, and whether Temporal will try it again after this one (none
+ * outside an activity, or with no retries left).
+ */
+function attemptNow(): { attempt: number; of: number | null; retries: boolean } {
+  let info: Context['info'];
+  try {
+    info = Context.current().info;
+  } catch {
+    return { attempt: 1, of: 1, retries: false }; // not in an activity (a unit test)
+  }
+  const max = info.retryPolicy?.maximumAttempts;
+  if (max === undefined) return { attempt: info.attempt, of: info.attempt, retries: false };
+  // 0: no limit.
+  return { attempt: info.attempt, of: max === 0 ? null : max, retries: max === 0 || info.attempt < max };
+}
+
+/**
  * Runs `work` while telling Temporal every second that this activity is alive, so one whose
  * worker died is retried elsewhere within the heartbeat timeout, not the whole time limit.
  */
-async function heartbeating<T>(work: () => Promise<T>): Promise<T> {
+export async function heartbeating<T>(work: () => Promise<T>): Promise<T> {
   let context: Context | undefined;
   try {
     context = Context.current();
@@ -223,7 +249,7 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
 
   async function newReceipts(token: string, workflowId: string, after: string | null) {
     const query = new URLSearchParams({ job: workflowId, ...(after ? { after } : {}) });
-    const r = await fetch(`${deps.proxyUrl}/v1/receipts?${query.toString()}`, {
+    const r = await fetchProxy(`${deps.proxyUrl}/v1/receipts?${query.toString()}`, {
       headers: { authorization: `Bearer ${token}` },
     });
     if (!r.ok) return [];
@@ -242,7 +268,7 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
     ];
     // While planning only the read-only tools are offered; after approval, the plan's tools.
     const tools = openAiTools(input.tools, { sideEffectFree: input.phase === 'planning' });
-    const response = await fetch(`${deps.proxyUrl}/v1/chat/completions`, {
+    const response = await fetchProxy(`${deps.proxyUrl}/v1/chat/completions`, {
       method: 'POST',
       headers: { authorization: `Bearer ${input.token}`, 'content-type': 'application/json' },
       body: JSON.stringify({ model: input.model, messages, ...(tools.length ? { tools } : {}) }),
@@ -257,12 +283,17 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
       http_status: response.status,
       response_sha256: sha256Hex(text),
     };
+    // A call refused before the proxy could trust its token (expired, not yet valid, revoked)
+    // has a receipt of no job, which the job cannot read back: the turn names it as the proxy's
+    // receipt, not as one of the job's.
+    const jobsOwn = receiptId === null || receipts.some((r) => r.id === receiptId);
+    const named = jobsOwn ? {} : { receipt_id: null, proxy_receipt_id: receiptId };
     const fail = (code: string, message: string): ModelTurnResult => ({
       ok: false,
       httpStatus: response.status,
       error: { code, message },
       receipts,
-      entry: { ...base, finish: 'error', error: { code, message }, tool_calls: [], usage: null },
+      entry: { ...base, ...named, finish: 'error', error: { code, message }, tool_calls: [], usage: null },
       assistantRef: null,
       toolCalls: [],
       answer: null,
@@ -279,10 +310,20 @@ export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (ha
     const message = completion.choices?.[0]?.message;
     if (response.status !== 200) {
       const error = (completion as { error?: { code?: unknown; message?: unknown } }).error;
-      result = fail(
-        typeof error?.code === 'string' ? error.code : `HTTP_${response.status}`,
-        typeof error?.message === 'string' ? error.message : text.slice(0, 300),
-      );
+      const code = typeof error?.code === 'string' ? error.code : `HTTP_${response.status}`;
+      const said = typeof error?.message === 'string' ? error.message : text.slice(0, 300);
+      if (transientFailure(response.status)) {
+        // Asked again while Temporal retries the turn (its receipts are picked up by the attempt
+        // that ends it); the last attempt's failure is the turn's, and the job says so.
+        const { attempt, of, retries } = attemptNow();
+        if (retries) {
+          throw ApplicationFailure.retryable(
+            `the model proxy answered ${response.status} (${code}: ${said}); the turn is asked again`,
+            code,
+          );
+        }
+        result = fail(code, attempt > 1 ? `${said} (the last of ${of ?? attempt} attempts)` : said);
+      } else result = fail(code, said);
     } else if (!message || typeof message !== 'object') {
       result = fail('MODEL_ANSWER_MALFORMED', 'the model answer is not an OpenAI chat completion');
     } else {

@@ -8,6 +8,7 @@ import { ApplicationFailure } from '@temporalio/activity';
 import { z } from 'zod';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { sealJob } from '../evidence/seal.ts';
+import { fetchProxy } from './proxy-fetch.ts';
 import { evidencePageUrl } from '../evidence/server.ts';
 import { loadSigner } from '../keys/keyring.ts';
 import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
@@ -31,7 +32,7 @@ import { runTool } from '../tools/runner.ts';
 import { EvidenceStore } from '../evidence/store.ts';
 import { wpcSchema } from '../policy/wpc.ts';
 import { prepareJobWorkspace, removeJobWorkspace } from '../workspace/workspaces.ts';
-import { createAgentActivities, jobTokenVerifier } from './agent-activities.ts';
+import { createAgentActivities, heartbeating, jobTokenVerifier } from './agent-activities.ts';
 import { checkOutputRefs, outputsUsed, resolveOutputRefs } from '../policy/step-outputs.ts';
 
 export interface JobActivityDeps {
@@ -126,7 +127,7 @@ export function createJobActivities(deps: JobActivityDeps) {
   const verifyJobToken = jobTokenVerifier(deps);
 
   async function callProxy(token: string, messages: Array<{ role: string; content: string }>, model: string) {
-    const response = await fetch(`${deps.proxyUrl}/v1/chat/completions`, {
+    const response = await fetchProxy(`${deps.proxyUrl}/v1/chat/completions`, {
       method: 'POST',
       headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
       body: JSON.stringify({ model, messages }),
@@ -135,7 +136,7 @@ export function createJobActivities(deps: JobActivityDeps) {
     const text = await response.text();
     let receipt: string | null = null;
     if (receiptId) {
-      const r = await fetch(`${deps.proxyUrl}/v1/receipts/${encodeURIComponent(receiptId)}`, {
+      const r = await fetchProxy(`${deps.proxyUrl}/v1/receipts/${encodeURIComponent(receiptId)}`, {
         headers: { authorization: `Bearer ${token}` },
       });
       if (r.ok) receipt = ((await r.json()) as { receipts: Array<{ jws: string }> }).receipts[0]?.jws ?? null;
@@ -297,7 +298,7 @@ export function createJobActivities(deps: JobActivityDeps) {
     return { record: { ...record, step: input.index }, excerpt, ok };
   }
 
-  return {
+  return withHeartbeats({
     ...agent,
     resolvePolicy(input: { channel: string }): Promise<PinnedPolicy> {
       const hash = deps.registry.activeHash(input.channel);
@@ -551,6 +552,8 @@ export function createJobActivities(deps: JobActivityDeps) {
           bundleDir: deps.bundleDir,
           proxyUrl: deps.proxyUrl,
           signer: loadSigner(deps.keysDir, 'bundle'),
+          // A proxy being restarted is waited for, not counted as the seal's failure.
+          fetch: (url, init) => fetchProxy(url instanceof Request ? url.url : url, init),
           ...(deps.warn ? { warn: deps.warn } : {}),
         },
         { workflow_id: input.job.workflowId, run_id: input.job.runId },
@@ -561,7 +564,22 @@ export function createJobActivities(deps: JobActivityDeps) {
         ? { digest, pageUrl: evidencePageUrl(deps.evidenceBaseUrl, digest) }
         : { digest };
     },
-  };
+  });
+}
+
+/**
+ * The activities, each telling Temporal it is alive while it runs: the job's activities have a
+ * heartbeat timeout, so one whose worker died is tried again on another within seconds rather
+ * than after its whole time limit (a job whose worker was killed while it minted a token, or
+ * cloned its workspace, waited two minutes).
+ */
+function withHeartbeats<T extends object>(activities: T): T {
+  return Object.fromEntries(
+    Object.entries(activities).map(([name, fn]) => [
+      name,
+      (...args: unknown[]) => heartbeating(() => (fn as (...a: unknown[]) => Promise<unknown>)(...args)),
+    ]),
+  ) as T;
 }
 
 export type JobActivities = ReturnType<typeof createJobActivities>;

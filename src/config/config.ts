@@ -90,9 +90,12 @@ export const configSchema = z
         health: listen(8791),
         /**
          * Workflows kept in the worker's memory; others (jobs waiting days for approval) are
-         * evicted and replayed from their history when a signal comes.
+         * evicted and replayed from their history when a signal comes. The cache is for jobs at
+         * work, whose every turn is a workflow task; a waiting job gains nothing from it, and
+         * each cached one holds some 0.2 to 0.4 MiB of the worker's workflow heap. Replaying an
+         * evicted job on its `!approve` costs some tens of milliseconds (`npm run bench -- waiting`).
          */
-        maxCachedWorkflows: z.number().int().min(10).max(100_000).default(250),
+        maxCachedWorkflows: z.number().int().min(10).max(100_000).default(50),
         /**
          * Where each job's own workspace is made from: a git repository (a path or a URL) and a
          * ref (branch, tag or commit). A string is the repository at its HEAD. Default: the demo

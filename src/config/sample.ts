@@ -56,7 +56,7 @@ proxy:
 
 worker:
   health: { host: 127.0.0.1, port: 8791 }  # clawgate worker: GET /health
-  maxCachedWorkflows: 250                   # more waiting jobs are evicted and replayed on a signal
+  maxCachedWorkflows: 50                    # more waiting jobs are evicted and replayed on a signal
   # planningModel: anthropic/claude-sonnet-4  # default: the first model of the first upstream
   # workspace: /srv/repo                      # default: state/workspace
   sandbox:

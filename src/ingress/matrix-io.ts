@@ -4,7 +4,7 @@
 // from the workflow and the step, and the homeserver answers a repeated transaction id with
 // the event it already made.
 import { ApplicationFailure } from '@temporalio/common';
-import type { MatrixClient } from 'matrix-js-sdk';
+import { EventStatus, MatrixEventEvent, type MatrixClient, type MatrixEvent, type Room } from 'matrix-js-sdk';
 import type { PostedMessage } from '../temporal/job-types.ts';
 
 /**
@@ -50,6 +50,26 @@ async function refuseClearTextInEncryptedRoom(
   if (!room) throw new Error(`room ${roomId} is encrypted and not loaded yet; retrying`);
 }
 
+/**
+ * Carries on the message an earlier attempt started under the same transaction id, instead of
+ * sending it anew: matrix-js-sdk keeps the local echo of a message it could not send (the
+ * homeserver was away) under its transaction id and refuses a second message with it
+ * ("addPendingEvent called on an event with known txnId"), so without this a message that failed
+ * once would fail on every retry. One still being sent is waited for; one that was not sent is
+ * sent again, with the same transaction id (the homeserver makes it once). Returns its event id.
+ */
+async function carryOn(client: MatrixClient, room: Room, earlier: MatrixEvent): Promise<string> {
+  for (;;) {
+    const status = earlier.status;
+    if (status === EventStatus.SENT || status === null) return earlier.getId() as string;
+    if (status === EventStatus.NOT_SENT) return (await client.resendEvent(earlier, room)).event_id;
+    if (status === EventStatus.CANCELLED) {
+      throw new Error(`the message with transaction id ${earlier.getTxnId() ?? '?'} was cancelled locally`);
+    }
+    await new Promise((resolve) => earlier.once(MatrixEventEvent.Status, resolve));
+  }
+}
+
 export function createMatrixActivities(client: MatrixClient) {
   async function send(
     roomId: string,
@@ -60,7 +80,12 @@ export function createMatrixActivities(client: MatrixClient) {
     await refuseClearTextInEncryptedRoom(client, roomId, type);
     // Transaction ids are opaque to the server; a hash keeps them short and free of odd characters.
     const txnId = Buffer.from(txnKey).toString('base64url').slice(0, 200);
-    const { event_id: eventId } = await client.sendEvent(roomId, type as never, content as never, txnId);
+    const room = client.getRoom(roomId);
+    const earlier = room?.getEventForTxnId(txnId);
+    const eventId =
+      room && earlier
+        ? await carryOn(client, room, earlier)
+        : (await client.sendEvent(roomId, type as never, content as never, txnId)).event_id;
     const event = await client.fetchRoomEvent(roomId, eventId);
     return { eventId, originServerTs: Number(event.origin_server_ts ?? 0) };
   }

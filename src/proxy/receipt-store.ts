@@ -21,6 +21,11 @@
 // torn last line (a crash mid-write) is cut off, since its caller never got an answer; a damaged
 // complete line is refused, never cut. One writer at a time: a second proxy on the same log
 // refuses to start. A reader (`ReceiptStore.read`, the CLI) never changes the file.
+//
+// A write that fails (a full disk, an I/O error) fails every call of its batch, and leaves
+// nothing behind that a restart would read: what it wrote is zeroed again (or cut off), and the
+// jobs' chain heads go back to their last durable receipt, so a job's next receipt links to one
+// that is in the log. A receipt queued meanwhile that links to a lost one fails with it.
 import {
   closeSync,
   existsSync,
@@ -94,6 +99,16 @@ function storedFrom(line: LogLine): StoredReceipt {
   };
 }
 
+/** A receipt waiting for its write: its line, and what its job's chain needs if the write fails. */
+interface Pending {
+  line: Buffer;
+  jobId: string | null;
+  payloadSha256: string;
+  prev: string | null;
+  resolve: (at: number) => void;
+  reject: (e: unknown) => void;
+}
+
 /** How much of the log is read at a time when it is scanned at open. */
 const SCAN_CHUNK_BYTES = 1 << 20;
 
@@ -160,7 +175,7 @@ export class ReceiptStore {
   private readonly heads = new Map<string, string>();
   /** Opened by `read`: it reads the file and never writes it. */
   private readonly readOnly: boolean;
-  private pending: Array<{ line: Buffer; resolve: (at: number) => void; reject: (e: unknown) => void }> = [];
+  private pending: Pending[] = [];
   private flushing: Promise<void> | undefined;
   private readonly fd: number | null;
   private readonly lockPath: string | null;
@@ -305,7 +320,15 @@ export class ReceiptStore {
     };
     const bytes = Buffer.from(`${JSON.stringify(line)}\n`);
     const offset = await new Promise<number>((resolve, reject) => {
-      this.pending.push({ line: bytes, resolve, reject });
+      this.pending.push({
+        line: bytes,
+        jobId: receipt.jobId,
+        payloadSha256: receipt.payloadSha256,
+        // (Tests and benchmarks append bare lines, without a payload: they link to nothing.)
+        prev: (receipt.payload as SignedReceipt['payload'] | undefined)?.prev_receipt_sha256 ?? null,
+        resolve,
+        reject,
+      });
       this.flushing ??= this.flush();
     });
     const place: Place = { offset, length: bytes.length - 1 };
@@ -324,13 +347,13 @@ export class ReceiptStore {
     while (this.pending.length > 0) {
       const batch = this.pending;
       this.pending = [];
+      const at = this.end;
+      let written = 0;
       try {
         if (fd === null || this.readOnly) throw new Error('this receipt log is open for reading only');
         const bytes = Buffer.concat(batch.map((p) => p.line));
         // Never write where a zero fill is still going on.
         while (this.extending && this.end + bytes.length > this.allocated) await this.extending;
-        const at = this.end;
-        let written = 0;
         if (batch.length === 1) {
           // A lone call (no load): the synchronous path answers it soonest.
           while (written < bytes.length) {
@@ -360,12 +383,64 @@ export class ReceiptStore {
         }
         this.extendIfLow();
       } catch (error) {
-        for (const p of batch) p.reject(error);
+        if (fd !== null && !this.readOnly) {
+          // Bytes that reached the file stay unread: no receipt of a call that failed is trusted.
+          if (written > 0) this.unwrite(fd, at, written);
+          this.forget(batch, error);
+        } else for (const p of batch) p.reject(error);
       }
       // Let requests that arrived meanwhile join the next batch.
       await new Promise<void>((resolve) => setImmediate(resolve));
     }
     this.flushing = undefined;
+  }
+
+  /**
+   * Undoes what a failed write left at `at` (part of a line, or whole lines whose fdatasync
+   * failed): zeros over it, since the log ends at its first zero byte, or, when even that fails,
+   * the file cut back to `at`.
+   */
+  private unwrite(fd: number, at: number, written: number): void {
+    try {
+      const zeros = Buffer.alloc(written);
+      let done = 0;
+      while (done < written) done += writeSync(fd, zeros, done, written - done, at + done);
+      fdatasyncSync(fd);
+    } catch {
+      try {
+        ftruncateSync(fd, at);
+        fdatasyncSync(fd);
+        this.allocated = Math.min(this.allocated, at);
+      } catch {
+        // Nothing more can be done now; the next write starts at `at` again, over what is there.
+      }
+    }
+  }
+
+  /**
+   * Fails a batch whose write failed, with every receipt queued since that links to one of it
+   * (its chain would point at a receipt that is not in the log), and moves each job's chain head
+   * back to its last receipt that is durable.
+   */
+  private forget(batch: Pending[], error: unknown): void {
+    const lost = new Map<string, string | null>(batch.map((p) => [p.payloadSha256, p.prev]));
+    const failed = [...batch];
+    const kept: Pending[] = [];
+    for (const p of this.pending) {
+      if (p.prev !== null && lost.has(p.prev)) {
+        lost.set(p.payloadSha256, p.prev);
+        failed.push(p);
+      } else kept.push(p);
+    }
+    this.pending = kept;
+    for (const p of failed) {
+      if (p.jobId === null) continue;
+      let head = this.heads.get(p.jobId) ?? null;
+      while (head !== null && lost.has(head)) head = lost.get(head) ?? null;
+      if (head === null) this.heads.delete(p.jobId);
+      else this.heads.set(p.jobId, head);
+    }
+    for (const p of failed) p.reject(error);
   }
 
   get(receiptId: string): StoredReceipt | undefined {

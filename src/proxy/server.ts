@@ -94,10 +94,18 @@ export type TokenCheck =
   { ok: true; grant: CallGrant } | { ok: false; code: string; reason: string; status?: 401 | 403 };
 
 /**
+ * What a token is presented for: a `call` (a model call, the model list) or a `read` of the
+ * receipts its job's calls left, which a token outside its lifetime may still do (a turn whose
+ * answer came after its token expired has its receipt read with that token).
+ */
+export type TokenUse = 'call' | 'read';
+
+/**
  * Verifies a bearer CST for a model call: signature, type, expiry, audience, revocation, pinned
  * policy hash against the active one, and the job's policy. The proxy adds the model-scope check.
+ * For a `read`, the token's lifetime is not checked.
  */
-export type VerifyCallToken = (token: string) => Promise<TokenCheck>;
+export type VerifyCallToken = (token: string, use?: TokenUse) => Promise<TokenCheck>;
 
 export interface ProxyDeps {
   config: ProxyConfig;
@@ -277,23 +285,81 @@ function usageFrom(value: unknown): Usage | null {
   };
 }
 
-/** Finds the usage an upstream reports in the last SSE events of a stream (OpenAI's final chunk). */
+/**
+ * Finds the usage an upstream reports in the last SSE events of a stream (OpenAI's final chunk),
+ * and an error it reports in the stream after its 200 (OpenRouter's mid-stream `error` event).
+ */
 class StreamUsageScanner {
   private tail = '';
   usage: Usage | null = null;
+  /** What the first error event of the stream said. */
+  error: string | null = null;
   push(chunk: Buffer): void {
     const text = this.tail + chunk.toString('utf8');
     const lines = text.split('\n');
     this.tail = lines.pop() ?? '';
     for (const line of lines) {
-      if (!line.startsWith('data:') || !line.includes('"usage"')) continue;
+      if (!line.startsWith('data:')) continue;
+      const usage = line.includes('"usage"');
+      const error = this.error === null && line.includes('"error"');
+      if (!usage && !error) continue;
       try {
-        const found = usageFrom((JSON.parse(line.slice(5)) as { usage?: unknown }).usage);
+        const event = JSON.parse(line.slice(5)) as { usage?: unknown; error?: unknown };
+        const found = usageFrom(event.usage);
         if (found) this.usage = found;
+        if (error && typeof event.error === 'object' && event.error !== null) {
+          const { message, code } = event.error as { message?: unknown; code?: unknown };
+          const said = typeof message === 'string' ? message : 'an error event';
+          const coded = typeof code === 'string' || typeof code === 'number' ? ` (code ${code})` : '';
+          this.error = `${said}${coded}`;
+        }
       } catch {
-        // Not JSON: not a usage line.
+        // Not JSON: not a usage or error line.
       }
     }
+  }
+}
+
+/** The event that ends an OpenAI-compatible stream: clients stop reading there. */
+const STREAM_END = Buffer.from('data: [DONE]');
+
+/**
+ * What of a stream waits for its receipt: its end event (`data: [DONE]`) and what comes after
+ * it. An OpenAI client takes the answer as complete at that event, whatever follows, so it goes
+ * out only once the receipt is on disk; without it the caller sees the connection cut. Every
+ * event before it passes at once (a chunk that ends with the first bytes of an event that may be
+ * the end keeps those bytes back: no client can read an event before it is whole anyway).
+ */
+class StreamEndHold {
+  private held: Buffer = Buffer.alloc(0);
+  private ended = false;
+  /** The bytes of `chunk` that may go to the caller now; the rest is held. */
+  pass(chunk: Buffer): Buffer {
+    const data = this.held.length > 0 ? Buffer.concat([this.held, chunk]) : chunk;
+    if (this.ended) {
+      this.held = data;
+      return Buffer.alloc(0);
+    }
+    const atEventStart = (i: number): boolean => i === 0 || data[i - 1] === 0x0a;
+    for (let at = data.indexOf(STREAM_END); at >= 0; at = data.indexOf(STREAM_END, at + 1)) {
+      if (!atEventStart(at)) continue;
+      this.ended = true;
+      this.held = data.subarray(at);
+      return data.subarray(0, at);
+    }
+    for (let k = Math.min(STREAM_END.length - 1, data.length); k > 0; k--) {
+      const from = data.length - k;
+      if (atEventStart(from) && data.subarray(from).equals(STREAM_END.subarray(0, k))) {
+        this.held = data.subarray(from);
+        return data.subarray(0, from);
+      }
+    }
+    this.held = Buffer.alloc(0);
+    return data;
+  }
+  /** What is held, once the receipt is on disk. */
+  rest(): Buffer {
+    return this.held;
   }
 }
 
@@ -505,6 +571,7 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     let responseBytes = 0;
     let upstreamStatus = 0;
     const usageScanner = new StreamUsageScanner();
+    const endHold = new StreamEndHold();
     const jsonChunks: Buffer[] = [];
     let outcome: { status: ReceiptStatus; error: string | null } | undefined;
     let streaming = false;
@@ -587,7 +654,8 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
               // hashed and scanned for usage in a microtask, which runs after that write and,
               // in the order of the chunks, before the outcome is read (a settled call resumes
               // in a later microtask).
-              res.write(chunk);
+              const ready = endHold.pass(chunk);
+              if (ready.length > 0) res.write(ready);
               queueMicrotask(() => account(chunk));
             } else {
               // A JSON answer is one document: it goes out whole, in one write, once its
@@ -611,7 +679,14 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
       );
     });
     await finished;
-    const result = outcome ?? { status: 'upstream_failed' as const, error: 'no outcome' };
+    let result = outcome ?? { status: 'upstream_failed' as const, error: 'no outcome' };
+    if (result.status === 'ok' && usageScanner.error !== null) {
+      // A 200 stream that carried an error event: the answer in it is not the model's whole answer.
+      result = {
+        status: 'upstream_error',
+        error: `upstream ${upstream.name} reported an error mid-stream: ${usageScanner.error}`,
+      };
+    }
     let usage: Usage | null = usageScanner.usage;
     const json = streaming ? null : Buffer.concat(jsonChunks);
     if (!usage && json !== null && json.length > 0 && result.status === 'ok') {
@@ -621,10 +696,12 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
         usage = null;
       }
     }
+    // A JSON answer cut off mid-way is a gateway error, whatever status came before the cut:
+    // the caller gets none of it. A stream's status went out with its first event.
     const httpStatus =
       result.status === 'timeout'
         ? 504
-        : result.status === 'upstream_failed' && upstreamStatus === 0
+        : result.status === 'upstream_failed' && (upstreamStatus === 0 || !streaming)
           ? 502
           : upstreamStatus;
     try {
@@ -649,7 +726,12 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
       // Fail closed: without a durable receipt the answer does not complete.
       const message = `the receipt could not be written: ${error instanceof Error ? error.message : String(error)}`;
       if (!res.headersSent) sendError(res, 500, PROXY_ERRORS.receiptNotPersisted, message);
-      else res.destroy();
+      else {
+        // The stream's end event was held back: the caller sees it cut, not complete.
+        if (streaming)
+          res.write(`: clawgate-error ${PROXY_ERRORS.receiptNotPersisted}\n\n`, () => res.destroy());
+        else res.destroy();
+      }
       return;
     }
     if (result.status === 'aborted') return;
@@ -669,16 +751,16 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
       return;
     }
     if (result.status === 'ok' || result.status === 'upstream_error') {
-      // The receipt id also closes the stream, as an SSE comment clients ignore.
-      res.end(`: clawgate-receipt ${receiptId}\n\n`);
+      // The receipt is on disk: the end event goes out, and the receipt id closes the stream,
+      // as an SSE comment clients ignore.
+      res.end(Buffer.concat([endHold.rest(), Buffer.from(`: clawgate-receipt ${receiptId}\n\n`)]));
       return;
     }
     // The upstream failed mid-answer: say so in the stream, then cut the connection so the
     // caller cannot mistake the partial answer for a complete one.
-    if (streaming) {
-      res.write(`: clawgate-error ${result.status} receipt ${receiptId}\n\n`);
-    }
-    res.destroy();
+    if (streaming)
+      res.write(`: clawgate-error ${result.status} receipt ${receiptId}\n\n`, () => res.destroy());
+    else res.destroy();
   }
 
   async function handleModels(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -716,7 +798,7 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
         PROXY_ERRORS.tokenMissing,
         'no capability token: send Authorization: Bearer <CST>',
       );
-    const check = await deps.verifyToken(token);
+    const check = await deps.verifyToken(token, 'read');
     if (!check.ok) return sendError(res, check.status ?? 401, check.code, check.reason);
     const rest = url.pathname.slice('/v1/receipts'.length);
     let receipts;

@@ -39,7 +39,7 @@ export function cstVerifier(deps: {
   stale?: () => string | null;
 }): VerifyCallToken {
   const isRevoked = freshRevocationCheck(deps.revocations, deps.stale);
-  return async (token) => {
+  return async (token, use = 'call') => {
     try {
       // The active policy is read once per call: the pin check and the model list agree on it.
       let active: string | null | undefined;
@@ -48,6 +48,7 @@ export function cstVerifier(deps: {
       const claims = await verifyCapabilityToken(token, {
         jwks: deps.jwks,
         ...(deps.now ? { now: deps.now } : {}),
+        ...(use === 'read' ? { checkLifetime: false } : {}),
         isRevoked,
         activePolicyHash: activeHash,
       });

@@ -220,6 +220,13 @@ export interface VerifyOptions {
   activePolicyHash?: () => string | null | Promise<string | null>;
   /** When the caller knows which job the call is for. */
   expectedJob?: { workflowId: string; runId?: string };
+  /**
+   * false: the token's lifetime (exp, nbf, iat) is not checked, only whose it is. For reading
+   * what a job's calls already left (its receipts), never for a call that does something: the
+   * receipt of a turn that ended after its token expired, or under a worker whose clock is off,
+   * still belongs in the job's evidence.
+   */
+  checkLifetime?: boolean;
 }
 
 function fail(code: ErrorCode, message: string): never {
@@ -376,14 +383,16 @@ export async function verifyCapabilityToken(token: unknown, opts: VerifyOptions)
       `clock tolerance ${tolerance} s is outside 0 to ${MAX_CLOCK_TOLERANCE_SECONDS} s`,
     );
   }
-  if (now >= claims.exp + tolerance)
+  const lifetime = opts.checkLifetime ?? true;
+  if (lifetime && now >= claims.exp + tolerance)
     fail(ERROR_CODES.tokenExpired, `the token expired at ${new Date(claims.exp * 1000).toISOString()}`);
-  if (now + tolerance < claims.nbf)
+  if (lifetime && now + tolerance < claims.nbf)
     fail(
       ERROR_CODES.tokenNotYetValid,
       `the token is not valid before ${new Date(claims.nbf * 1000).toISOString()}`,
     );
-  if (claims.iat > now + tolerance) fail(ERROR_CODES.tokenNotYetValid, 'the token was issued in the future');
+  if (lifetime && claims.iat > now + tolerance)
+    fail(ERROR_CODES.tokenNotYetValid, 'the token was issued in the future');
   if (opts.expectedJob) {
     if (claims.job.workflow_id !== opts.expectedJob.workflowId) {
       fail(

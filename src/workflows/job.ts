@@ -1,6 +1,7 @@
 // One job, as the runbook has it: request → plan → wait for approval → mint → execute → seal →
 // report. Deterministic code only; everything that touches the world is an activity.
 import {
+  ActivityFailure,
   CancellationScope,
   condition,
   continueAsNew,
@@ -54,6 +55,9 @@ import { decideApproval } from './approval.ts';
 
 const acts = proxyActivities<JobActivities>({
   startToCloseTimeout: '2 minutes',
+  // Every activity heartbeats while it runs (job-activities.ts): one whose worker died is tried
+  // again elsewhere within seconds, not after the whole time limit.
+  heartbeatTimeout: '15 seconds',
   retry: { maximumAttempts: 5, nonRetryableErrorTypes: ['NO_ACTIVE_POLICY', 'PLANNING_MODEL_NOT_ALLOWED'] },
 });
 /**
@@ -76,7 +80,7 @@ export const TURN_ACTIVITY_OPTIONS = {
   heartbeatTimeout: '15 seconds',
   retry: { maximumAttempts: 4, initialInterval: '1 second' },
 } as const;
-const turnActivities = proxyActivities<JobActivities>(TURN_ACTIVITY_OPTIONS);
+const turnActivities = outlivingWorkers(proxyActivities<JobActivities>(TURN_ACTIVITY_OPTIONS));
 /**
  * A tool call of the loop: a second attempt (after its worker died) never runs the call again,
  * it reports it as interrupted (the activity's claim in the evidence store decides).
@@ -89,7 +93,36 @@ export function toolCallActivityOptions(wallSeconds: number) {
   } as const;
 }
 function toolCallActivities(wallSeconds: number): JobActivities {
-  return proxyActivities<JobActivities>(toolCallActivityOptions(wallSeconds));
+  return outlivingWorkers(proxyActivities<JobActivities>(toolCallActivityOptions(wallSeconds)));
+}
+/** How many times a turn or tool call is run again because its last attempt died with its worker. */
+const WORKER_LOSSES = 5;
+/**
+ * Activities run again, as a new activity, when their last attempt was lost with its worker (a
+ * heartbeat timeout), up to WORKER_LOSSES times: workers killed one after another must not use
+ * up the few attempts a model turn or a tool call has for its own failures (a job whose worker
+ * was killed four times during one turn failed, without its bundle). A turn asked again returns
+ * the answer an earlier attempt kept; a tool call run again reports the interrupted call and
+ * never runs it twice (src/activities/agent-activities.ts).
+ */
+function outlivingWorkers(activities: JobActivities): JobActivities {
+  return new Proxy(activities, {
+    get(target, name) {
+      const activity = Reflect.get(target, name) as (...args: unknown[]) => Promise<unknown>;
+      return async (...args: unknown[]) => {
+        for (let lost = 0; ; lost++) {
+          try {
+            return await activity(...args);
+          } catch (error) {
+            const withItsWorker =
+              error instanceof ActivityFailure &&
+              (error.cause as { timeoutType?: unknown } | undefined)?.timeoutType === 'HEARTBEAT';
+            if (!withItsWorker || lost >= WORKER_LOSSES || !patched(PATCHES.outliveWorkers)) throw error;
+          }
+        }
+      };
+    },
+  });
 }
 /** Status-line edits are cosmetic: a few quick tries, so one that cannot land never holds the job up. */
 function statusLineActivities(taskQueue: string): MatrixActivities {
@@ -220,6 +253,10 @@ const PATCHES = {
    * mode runs the agent loop.
    */
   agentLoop: 'agent-loop-v1',
+  /** A turn or tool call whose last attempt died with its worker is run again (outlivingWorkers). */
+  outliveWorkers: 'outlive-workers-v1',
+  /** An answer to a card that came while the card was being posted waits for it (decideCall). */
+  answerAwaitsCard: 'answer-awaits-card-v1',
 } as const;
 
 const STATUS_LINES: Partial<Record<JobStatus, string>> = {
@@ -284,6 +321,8 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
     callAttempts.push(attempt);
   });
   const cards = new Map<string, Card>();
+  /** Card messages being posted: an answer to one can come before the job hears it is posted. */
+  let cardPosts = 0;
   const grants: Grant[] = carry?.loop.grants ?? [];
   const seenCallEvents = new Set<string>(carry?.seenCallEvents ?? []);
   let callsDone = 0;
@@ -305,6 +344,9 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
   };
   /** One answer to a card: the same checks as a plan's approval, against that card. */
   const decideCall = async (attempt: CallDecisionAttempt): Promise<void> => {
+    // The gateway posted the card and was lost before it said so; the person answered the card
+    // while the post was tried again. The answer is decided once the card is known, not refused.
+    if (patched(PATCHES.answerAwaitsCard)) await condition(() => cardPosts === 0 || finished);
     const card =
       attempt.cardId !== undefined
         ? cards.get(attempt.cardId)
@@ -468,7 +510,11 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
   let editCount = carry?.editCount ?? 0;
   // Whether this job made its own workspace (removed when it is sealed).
   let workspaceMade = carry?.loop.workspace ?? false;
-  const editStatusLine = (status: JobStatus): void => {
+  /**
+   * `last`: the edit made once the job has ended, which says how it ended; it gets the retries
+   * of a message (a homeserver away for a while), not the few quick tries of one on the way.
+   */
+  const editStatusLine = (status: JobStatus, last = false): void => {
     const line = STATUS_LINES[status];
     if (!planMessage || !line) return;
     const extra =
@@ -489,7 +535,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
     const key = `${job.workflowId}/${job.runId}/status/${++editCount}`;
     statusEdits = statusEdits
       .then(() =>
-        statusEditor.editMessage({
+        (last ? matrix : statusEditor).editMessage({
           roomId: request.roomId,
           eventId,
           body,
@@ -514,7 +560,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
     const { digest, pageUrl } = await acts.sealJobBundle({ job, entries });
     view.bundleDigest = digest;
     setStatus(status);
-    editStatusLine(status);
+    editStatusLine(status, true);
     await statusEdits;
     await say(
       'result',
@@ -989,9 +1035,15 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
       taint: view.taint ?? null,
       expirySeconds: seconds,
     });
-    const posted = await say(`card/${cardId}`, shown.body, shown.html, {
-      [CALL_CARD_FIELD]: { card_id: cardId, workflow_id: job.workflowId },
-    });
+    cardPosts += 1;
+    let posted: Awaited<ReturnType<typeof say>>;
+    try {
+      posted = await say(`card/${cardId}`, shown.body, shown.html, {
+        [CALL_CARD_FIELD]: { card_id: cardId, workflow_id: job.workflowId },
+      });
+    } finally {
+      cardPosts -= 1;
+    }
     const card: Card = {
       cardId,
       call,
