@@ -42,6 +42,11 @@ export interface DemoUpstreamOptions {
   reply?: (request: ReplyRequest) => AssistantReply;
   /** Awaited before each chat answer (a test holds a model turn with it). */
   beforeAnswer?: (request: ReplyRequest) => Promise<void>;
+  /**
+   * Told when a chat answer's last byte has been handed to the connection: the proxy is then
+   * signing and writing its receipt (a test aims a kill at that moment with it).
+   */
+  afterAnswer?: (request: ReplyRequest) => void;
   /** Serve over TLS with this key and certificate (PEM), as a provider's endpoint is. */
   tls?: { key: string; cert: string };
 }
@@ -214,6 +219,9 @@ export async function startDemoUpstream(opts: DemoUpstreamOptions = {}): Promise
     if (opts.beforeAnswer) {
       await opts.beforeAnswer({ model, messages: request.messages ?? [], tools: [] });
     }
+    const { afterAnswer } = opts;
+    if (afterAnswer)
+      res.once('finish', () => afterAnswer({ model, messages: request.messages ?? [], tools: [] }));
     const jitter = opts.firstByteJitterMs ? opts.firstByteJitterMs * jitterShare(lastUserText(request)) : 0;
     await sleep((opts.firstByteDelayMs ?? 0) + jitter);
     if (fault === 'error-500') {
