@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { startServerProcess, type ServerProcess } from '../src/devstack/process.ts';
 import { waitUntil } from '../src/devstack/net.ts';
 
-const main = new URL('../src/cli/main.ts', import.meta.url).pathname;
+/** The clawgate command users run, with its memory settings (bin/clawgate). */
+const clawgate = new URL('../bin/clawgate', import.meta.url).pathname;
 
 /** Writes `config` as the part's configuration file (JSON, which the YAML loader reads too). */
 export function writeConfig(dir: string, config: Record<string, unknown>): string {
@@ -16,8 +17,8 @@ export function writeConfig(dir: string, config: Record<string, unknown>): strin
 }
 
 /**
- * Starts `clawgate <part> --config <file> ...args` on this Node.js and waits until `healthUrl`
- * answers 200. Its JSON log goes to `<dir>/<part>.log`.
+ * Starts `clawgate <part> --config <file> ...args` (bin/clawgate, as users run it) and waits until
+ * `healthUrl` answers 200. Its JSON log goes to `<dir>/<part>.log`.
  */
 export async function startPart(opts: {
   part: 'proxy' | 'worker' | 'gateway';
@@ -29,8 +30,8 @@ export async function startPart(opts: {
 }): Promise<ServerProcess> {
   const child = startServerProcess({
     name: `clawgate ${opts.part}`,
-    command: process.execPath,
-    args: [main, opts.part, '--config', opts.configPath, ...(opts.args ?? [])],
+    command: clawgate,
+    args: [opts.part, '--config', opts.configPath, ...(opts.args ?? [])],
     logFile: join(opts.dir, `${opts.part}.log`),
     cwd: opts.dir,
     env: { ...process.env, ...opts.env },

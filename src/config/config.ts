@@ -324,6 +324,8 @@ export function statePaths(config: ClawgateConfig) {
     /** The worker's own repository write_pr pushes from (no sandbox mounts it). */
     pushRepo: resolve(s, 'push-repo'),
     temporalDb: resolve(s, 'temporal.db'),
+    /** The worker's bundled workflow code, kept for its restarts (src/stack/workflow-bundle.ts). */
+    workflowBundles: resolve(s, 'cache'),
     synapse: resolve(s, 'synapse'),
   };
 }

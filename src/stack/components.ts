@@ -34,7 +34,7 @@ import { EvidenceStore } from '../evidence/store.ts';
 import type { Jwks } from '../evidence/jws.ts';
 import { evidenceBaseUrl, startEvidenceServer, type RunningEvidenceServer } from '../evidence/server.ts';
 import { ensureDemoRepository, jobWorkspacePath } from '../workspace/workspaces.ts';
-import { bundleWorkflowsApart } from './workflow-bundle.ts';
+import { cachedWorkflowBundle } from './workflow-bundle.ts';
 
 export const DEMO_MODEL = 'demo-echo';
 
@@ -226,8 +226,8 @@ export async function runWorker(
     controlState: () => readControlState(client),
     ...(opts.controlStale ? { controlStale: opts.controlStale } : {}),
   });
-  opts.logger.info('bundling the workflow code (a few seconds)');
-  const workflowCode = await bundleWorkflowsApart();
+  const { code: workflowCode, cached } = await cachedWorkflowBundle(paths.workflowBundles);
+  opts.logger.info(cached ? 'workflow code: the bundle made before' : 'workflow code bundled');
   const workerConnection = await onceTemporalAnswers(opts.address, opts.logger, () =>
     NativeConnection.connect({
       address: opts.address,
@@ -264,7 +264,7 @@ export async function runWorker(
  * 110 MiB of the worker's resident memory, for fewer of the scavenges that are cheap here anyway
  * (`npm run bench -- waiting`). V8 reads the flag when a thread's heap is made, so it takes effect
  * for the thread Worker.create starts next, not for the main thread (that one only takes it from
- * the command line: `node --max-semi-space-size=8`). One given there or in NODE_OPTIONS is kept.
+ * the command line, which bin/clawgate gives it). One given there or in NODE_OPTIONS is kept.
  */
 function capWorkflowThreadYoungGeneration(): void {
   const given = [...process.execArgv, process.env['NODE_OPTIONS'] ?? ''].join(' ');

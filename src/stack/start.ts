@@ -187,7 +187,7 @@ export async function startStack(
     evidence = await runEvidenceServer(config, logger.child({ component: 'evidence' }));
     const evidenceBase = config.evidence.baseUrl ? evidenceBaseUrl(config.evidence) : evidence.url;
     lines.push(`Evidence pages   ${evidenceBase}/bundles/<digest> (each job's proof bundle, verified)`);
-    progress('Worker (bundling the workflow code)');
+    progress('Worker (the first start bundles the workflow code)');
     worker = await runWorker(config, {
       address,
       proxyUrl: proxy.url,
