@@ -34,6 +34,7 @@ import { wpcSchema } from '../policy/wpc.ts';
 import { prepareJobWorkspace, removeJobWorkspace } from '../workspace/workspaces.ts';
 import { createAgentActivities, heartbeating, jobTokenVerifier } from './agent-activities.ts';
 import { checkOutputRefs, outputsUsed, resolveOutputRefs } from '../policy/step-outputs.ts';
+import type { WorkerMetrics } from '../metrics/worker.ts';
 
 export interface JobActivityDeps {
   registry: FilePolicyRegistry;
@@ -64,6 +65,8 @@ export interface JobActivityDeps {
   controlState?: () => ControlState | Promise<ControlState>;
   /** Why revocations cannot be trusted now (a stale mirror of the shared state), or null. */
   controlStale?: () => string | null;
+  /** The worker's metrics (jobs ended, plan to approval); none counted when absent. */
+  metrics?: WorkerMetrics;
 }
 
 export const PLANNER_PROMPT = [
@@ -436,6 +439,11 @@ export function createJobActivities(deps: JobActivityDeps) {
       /** Agent mode: the one model of the loop, and the job's model-call budget. */
       models?: string[];
       modelCalls?: number;
+      /**
+       * The first token of a job: the homeserver's times of its plan's posting and of its
+       * deciding approval (ms), for the plan-to-approval metric. A renewal has none.
+       */
+      approvalTimes?: { planPostedAt: number; approvedAt: number };
     }): Promise<{ token: string; jti: string; exp: number; iat: number }> {
       const { token, claims } = await mintCapabilityToken(
         {
@@ -451,6 +459,11 @@ export function createJobActivities(deps: JobActivityDeps) {
         },
         loadSigner(deps.keysDir, 'token'),
       );
+      // Counted once the token exists: the approval is then in the job's history for good.
+      if (input.approvalTimes) {
+        const { planPostedAt, approvedAt } = input.approvalTimes;
+        deps.metrics?.approvalRecorded(input.job.workflowId, planPostedAt, approvedAt);
+      }
       return { token, jti: claims.jti, exp: claims.exp, iat: claims.iat };
     },
 
@@ -559,6 +572,14 @@ export function createJobActivities(deps: JobActivityDeps) {
         { workflow_id: input.job.workflowId, run_id: input.job.runId },
         input.entries,
         new Date(),
+      );
+      // Counted where the bundle is sealed, once it is: a seal that failed and is retried is
+      // counted when it succeeds, and a retry after a success is not counted again.
+      const outcome = input.entries.findLast((e) => e.type === 'outcome')?.body as
+        { status?: unknown } | undefined;
+      deps.metrics?.jobSealed(
+        input.job.workflowId,
+        typeof outcome?.status === 'string' ? outcome.status : 'unknown',
       );
       return deps.evidenceBaseUrl
         ? { digest, pageUrl: evidencePageUrl(deps.evidenceBaseUrl, digest) }

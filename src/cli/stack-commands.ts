@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, openSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Command } from 'commander';
 import type { Logger } from 'pino';
+import type { MetricsBuffer } from '@temporalio/worker';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 
 const out = (text: string): void => void process.stdout.write(`${text}\n`);
@@ -33,10 +34,10 @@ async function load(configPath: string | undefined) {
   return loadConfig(configPath);
 }
 
-async function serviceLogger(name: string, level: string) {
+async function serviceLogger(name: string, level: string, opts: { metricsBuffer?: MetricsBuffer } = {}) {
   const { createLogger, installTemporalLogging } = await import('../stack/logging.ts');
   const logger = createLogger(name, level);
-  installTemporalLogging(logger);
+  installTemporalLogging(logger, opts);
   return logger;
 }
 
@@ -124,9 +125,17 @@ export function addStackCommands(program: Command): void {
     .option('--proxy-url <url>', 'the model proxy (default: proxy.listen from the configuration)')
     .action(async (opts: { config?: string; proxyUrl?: string }) => {
       const config = await load(opts.config);
-      const logger = await serviceLogger('clawgate-worker', config.log.level);
+      // The Temporal SDK's metrics go to a buffer that GET /metrics drains (src/metrics/temporal.ts).
+      const { MetricsBuffer } = await import('@temporalio/worker');
+      const metricsBuffer = new MetricsBuffer({ maxBufferSize: 100_000, useSecondsForDurations: true });
+      const logger = await serviceLogger('clawgate-worker', config.log.level, { metricsBuffer });
       const { DEMO_MODEL, ensureKeys, listen, requireAddress, runControlMirror, runWorker } =
         await import('../stack/components.ts');
+      const { WorkerMetrics } = await import('../metrics/worker.ts');
+      const { forwardTemporalMetrics } = await import('../metrics/temporal.ts');
+      const { answerMetrics, METRICS_PATH } = await import('../metrics/prometheus.ts');
+      const metrics = new WorkerMetrics();
+      const sdkMetrics = forwardTemporalMetrics(metricsBuffer, metrics.registry);
       await ensureKeys(config);
       const address = requireAddress(config, 'clawgate worker');
       const mirror = await runControlMirror(config, address, logger);
@@ -136,9 +145,14 @@ export function addStackCommands(program: Command): void {
         planningModel: config.worker.planningModel ?? config.proxy.upstreams?.[0]?.models[0] ?? DEMO_MODEL,
         logger,
         controlStale: mirror.stale,
+        metrics,
       });
       const { createServer } = await import('node:http');
       const health = createServer((req, res) => {
+        if (req.method === 'GET' && req.url === METRICS_PATH) {
+          answerMetrics(res, metrics.registry, sdkMetrics.drain);
+          return;
+        }
         const state = worker.worker.getState();
         const ok = req.url === '/health' && state === 'RUNNING';
         res.writeHead(req.url === '/health' ? (ok ? 200 : 503) : 404, { 'content-type': 'application/json' });
@@ -154,6 +168,7 @@ export function addStackCommands(program: Command): void {
       }
       await Promise.race([untilStopped(logger), worker.run]);
       health.close();
+      sdkMetrics.stop();
       await worker.close();
       await mirror.close();
       exitSoon();

@@ -79,7 +79,10 @@ import { clip } from './displayed.ts';
 import { matrixTaskQueueOf, type AccountConfig, type GatewayConfig } from './config.ts';
 import { shortJobId, SHORT_JOB_ID } from './job-ids.ts';
 import { createMatrixActivities, threadRelation } from './matrix-io.ts';
-import { quietMatrixSdkLogging } from './sdk-logging.ts';
+import { quietMatrixSdkLogging, routeRoutineSdkWarnings } from './sdk-logging.ts';
+import { GatewayMetrics, type GatewayApprovalRefusal } from '../metrics/gateway.ts';
+import { answerMetrics, METRICS_PATH } from '../metrics/prometheus.ts';
+import type { ApprovalVerdict } from '../temporal/job-types.ts';
 
 /**
  * Faults a test can inject through CLAWGATE_GATEWAY_FAULT, to crash at the exact point the
@@ -363,7 +366,9 @@ export class GatewayAccount {
         connection: this.gateway.workerConnection,
         namespace: this.gateway.config.temporal.namespace,
         taskQueue: this.matrixTaskQueue,
-        activities: createMatrixActivities(client),
+        activities: createMatrixActivities(client, {
+          onVerdict: (verdict) => this.gateway.metrics.jobVerdict(this.config.id, verdict),
+        }),
       });
       this.workerRun = this.worker.run().catch((error: unknown) => {
         this.stats.state = 'failed';
@@ -1047,6 +1052,7 @@ export class GatewayAccount {
     const target = await this.resolveJob(ctx, command.job, usage);
     if ('error' in target) {
       this.stats.refusedEvents += 1;
+      this.approvalRefused('plan', 'job_unresolved');
       await this.reply(ctx, `${ctx.sender}: ${target.error}`);
       return false;
     }
@@ -1063,7 +1069,7 @@ export class GatewayAccount {
       content: { sha256: evidence.contentSha256, shown: evidence.shown },
       ...(mismatch !== undefined ? { displayMismatch: mismatch } : {}),
     };
-    const sent = await this.signal(ctx, target, (handle) => handle.signal(approvalSignal, attempt));
+    const sent = await this.signal(ctx, target, (handle) => handle.signal(approvalSignal, attempt), 'plan');
     if (sent && target.roomId !== null && target.roomId !== ctx.roomId) {
       await this.reply(
         ctx,
@@ -1086,6 +1092,7 @@ export class GatewayAccount {
   ): Promise<boolean> {
     if (!ctx.threadRoot) {
       this.stats.refusedEvents += 1;
+      this.approvalRefused('call', 'not_in_thread');
       const word = command.kind === 'call-approve' ? words.approve : words.deny;
       await this.reply(
         ctx,
@@ -1109,7 +1116,7 @@ export class GatewayAccount {
       ...(mismatch !== undefined ? { displayMismatch: mismatch } : {}),
     };
     const target = { workflowId, jobId: shortJobId(workflowId), roomId: ctx.roomId };
-    return await this.signal(ctx, target, (handle) => handle.signal(callDecisionSignal, attempt));
+    return await this.signal(ctx, target, (handle) => handle.signal(callDecisionSignal, attempt), 'call');
   }
 
   /**
@@ -1135,6 +1142,7 @@ export class GatewayAccount {
       const wire = annotationOf(raw.content);
       if (wire?.target !== reaction.target || wire.key !== reaction.key) {
         this.stats.refusedEvents += 1;
+        this.approvalRefused('call', 'relation_mismatch');
         this.log.warn(about, 'an encrypted reaction whose clear relation says otherwise: ignored');
         return false;
       }
@@ -1159,6 +1167,7 @@ export class GatewayAccount {
     const root = jobRootInRoom(named.workflowId, roomId);
     if (root === null) {
       this.stats.refusedEvents += 1;
+      this.approvalRefused('call', 'other_room');
       this.log.warn(
         { ...about, workflowId: named.workflowId },
         'a reaction on a card naming a job of another room: not routed',
@@ -1194,7 +1203,12 @@ export class GatewayAccount {
       content: { sha256: contentSha256(content), shown: reaction.key },
     };
     const target = { workflowId: named.workflowId, jobId: shortJobId(named.workflowId), roomId };
-    return await this.signal(ctx, target, (handle) => handle.signal(callDecisionSignal, attempt));
+    return await this.signal(ctx, target, (handle) => handle.signal(callDecisionSignal, attempt), 'call');
+  }
+
+  /** An approval attempt the gateway refused before any job saw it, for the metric. */
+  private approvalRefused(subject: ApprovalVerdict['subject'], reason: GatewayApprovalRefusal): void {
+    this.gateway.metrics.gatewayRefusal(this.config.id, subject, reason);
   }
 
   private async signalCancel(ctx: EventContext, named: string | undefined, usage: string): Promise<boolean> {
@@ -1221,16 +1235,19 @@ export class GatewayAccount {
     return sent;
   }
 
+  /** `approval`: what the signal carries, when it is an approval attempt (for the metric). */
   private async signal(
     ctx: EventContext,
     target: JobTarget,
     send: (handle: ReturnType<Client['workflow']['getHandle']>) => Promise<void>,
+    approval?: ApprovalVerdict['subject'],
   ): Promise<boolean> {
     try {
       await send(this.gateway.temporal.workflow.getHandle(target.workflowId));
     } catch (error) {
       if (error instanceof WorkflowNotFoundError) {
         this.stats.refusedEvents += 1;
+        if (approval) this.approvalRefused(approval, 'job_ended');
         await this.reply(
           ctx,
           ctx.threadRoot && target.roomId === ctx.roomId
@@ -1311,6 +1328,8 @@ export class Gateway {
   readonly temporal: Client;
   readonly workerConnection: NativeConnection;
   readonly accounts: GatewayAccount[] = [];
+  /** GET /metrics: this gateway's registry, its accounts' counts read at each scrape. */
+  readonly metrics: GatewayMetrics;
   private readonly connection: Connection;
   private readonly registry: FilePolicyRegistry;
   private server: Server | null = null;
@@ -1336,12 +1355,15 @@ export class Gateway {
     this.workerConnection = workerConnection;
     this.temporal = new Client({ connection, namespace: config.temporal.namespace });
     this.registry = new FilePolicyRegistry(config.policy.registryDir);
+    this.metrics = new GatewayMetrics(() => this.accounts.map((a) => a.health()));
   }
 
   /** Connects to Temporal (waiting for it), starts every account and the health endpoint. */
   static async start(config: GatewayConfig, options: GatewayOptions): Promise<Gateway> {
     // The gateway's clients log through pino; the SDK's global logger keeps warnings and errors.
     quietMatrixSdkLogging();
+    // Its routine warnings (one per thread message, say) go to this log at debug level.
+    routeRoutineSdkWarnings((message) => options.logger.debug({ sdk: true }, message));
     const { address } = config.temporal;
     let connection: Connection | undefined;
     for (let attempt = 1; !connection; attempt++) {
@@ -1387,6 +1409,11 @@ export class Gateway {
     return `http://${this.config.health.host}:${address.port}/health`;
   }
 
+  /** GET /metrics, beside the health endpoint. */
+  get metricsUrl(): string {
+    return this.healthUrl.replace(/\/health$/, METRICS_PATH);
+  }
+
   health(): GatewayHealth {
     const accounts = this.accounts.map((a) => a.health());
     return { ok: accounts.every((a) => a.state === 'syncing'), accounts };
@@ -1400,8 +1427,12 @@ export class Gateway {
         res.end(`${JSON.stringify(health)}\n`);
         return;
       }
+      if (req.method === 'GET' && req.url === METRICS_PATH) {
+        answerMetrics(res, this.metrics.registry);
+        return;
+      }
       res.writeHead(404, { 'content-type': 'application/json' });
-      res.end(`${JSON.stringify({ error: 'not found: the gateway serves GET /health' })}\n`);
+      res.end(`${JSON.stringify({ error: 'not found: the gateway serves GET /health and GET /metrics' })}\n`);
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

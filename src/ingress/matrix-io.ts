@@ -5,7 +5,7 @@
 // the event it already made.
 import { ApplicationFailure } from '@temporalio/common';
 import { EventStatus, MatrixEventEvent, type MatrixClient, type MatrixEvent, type Room } from 'matrix-js-sdk';
-import type { PostedMessage } from '../temporal/job-types.ts';
+import type { ApprovalVerdict, PostedMessage } from '../temporal/job-types.ts';
 
 /**
  * The relation of a message in the thread rooted at `root`, replying to `replyTo` (the root by
@@ -70,25 +70,39 @@ async function carryOn(client: MatrixClient, room: Room, earlier: MatrixEvent): 
   }
 }
 
-export function createMatrixActivities(client: MatrixClient) {
+export function createMatrixActivities(
+  client: MatrixClient,
+  opts: {
+    /** A job's verdict on an approval, told once its reaction is posted (the gateway's metric). */
+    onVerdict?: (verdict: ApprovalVerdict) => void;
+  } = {},
+) {
+  /** Posts a message; `again` when an earlier attempt of this activity had posted it already. */
   async function send(
     roomId: string,
     type: string,
     content: Record<string, unknown>,
     txnKey: string,
-  ): Promise<PostedMessage> {
+  ): Promise<PostedMessage & { again: boolean }> {
     await refuseClearTextInEncryptedRoom(client, roomId, type);
     // Transaction ids are opaque to the server; a hash keeps them short and free of odd characters.
     const txnId = Buffer.from(txnKey).toString('base64url').slice(0, 200);
     const room = client.getRoom(roomId);
     const earlier = room?.getEventForTxnId(txnId);
+    const again = earlier !== undefined && (earlier.status === EventStatus.SENT || earlier.status === null);
     const eventId =
       room && earlier
         ? await carryOn(client, room, earlier)
         : (await client.sendEvent(roomId, type as never, content as never, txnId)).event_id;
     const event = await client.fetchRoomEvent(roomId, eventId);
-    return { eventId, originServerTs: Number(event.origin_server_ts ?? 0) };
+    return { eventId, originServerTs: Number(event.origin_server_ts ?? 0), again };
   }
+
+  /** What an activity answers: the posted message without `again`, as the job's history had it before. */
+  const posted = async (sending: Promise<PostedMessage & { again: boolean }>): Promise<PostedMessage> => {
+    const { eventId, originServerTs } = await sending;
+    return { eventId, originServerTs };
+  };
 
   return {
     /** Posts a notice in the job's thread. `txnKey` is unique per workflow and message. */
@@ -102,17 +116,19 @@ export function createMatrixActivities(client: MatrixClient) {
       fields?: Record<string, unknown>;
       txnKey: string;
     }): Promise<PostedMessage> {
-      return send(
-        input.roomId,
-        'm.room.message',
-        {
-          ...input.fields,
-          msgtype: 'm.notice',
-          body: input.body,
-          ...formatted(input.html),
-          'm.relates_to': threadRelation(input.threadRoot),
-        },
-        input.txnKey,
+      return posted(
+        send(
+          input.roomId,
+          'm.room.message',
+          {
+            ...input.fields,
+            msgtype: 'm.notice',
+            body: input.body,
+            ...formatted(input.html),
+            'm.relates_to': threadRelation(input.threadRoot),
+          },
+          input.txnKey,
+        ),
       );
     },
 
@@ -127,28 +143,42 @@ export function createMatrixActivities(client: MatrixClient) {
       html?: string;
       txnKey: string;
     }): Promise<PostedMessage> {
-      return send(
-        input.roomId,
-        'm.room.message',
-        {
-          msgtype: 'm.notice',
-          body: `* ${input.body}`,
-          ...formatted(input.html === undefined ? undefined : `* ${input.html}`),
-          'm.new_content': { msgtype: 'm.notice', body: input.body, ...formatted(input.html) },
-          'm.relates_to': { rel_type: 'm.replace', event_id: input.eventId },
-        },
-        input.txnKey,
+      return posted(
+        send(
+          input.roomId,
+          'm.room.message',
+          {
+            msgtype: 'm.notice',
+            body: `* ${input.body}`,
+            ...formatted(input.html === undefined ? undefined : `* ${input.html}`),
+            'm.new_content': { msgtype: 'm.notice', body: input.body, ...formatted(input.html) },
+            'm.relates_to': { rel_type: 'm.replace', event_id: input.eventId },
+          },
+          input.txnKey,
+        ),
       );
     },
 
-    /** Reacts to an event (an approval accepted or refused). */
-    react(input: { roomId: string; eventId: string; key: string; txnKey: string }): Promise<PostedMessage> {
-      return send(
+    /**
+     * Reacts to an event (an approval accepted or refused). `verdict` is the job's decision on
+     * that approval, for the gateway's approval metric: counted once the reaction is posted,
+     * and not again when a retry finds it posted already.
+     */
+    async react(input: {
+      roomId: string;
+      eventId: string;
+      key: string;
+      txnKey: string;
+      verdict?: ApprovalVerdict;
+    }): Promise<PostedMessage> {
+      const reaction = await send(
         input.roomId,
         'm.reaction',
         { 'm.relates_to': { rel_type: 'm.annotation', event_id: input.eventId, key: input.key } },
         input.txnKey,
       );
+      if (input.verdict && !reaction.again) opts.onVerdict?.(input.verdict);
+      return { eventId: reaction.eventId, originServerTs: reaction.originServerTs };
     },
   };
 }

@@ -1,13 +1,47 @@
 // matrix-js-sdk's global logger (loglevel): some of its parts (MatrixRTC sessions, the send
 // queue) log through child loggers that are always made at debug level, whatever the root's
 // level is. Children take the root's method factory when they are made, so a factory that
-// drops the chatty methods quiets them all; warnings and errors stay.
+// drops the chatty methods quiets them all; warnings and errors stay, except the few that are
+// routine for a bot (below), which go to the gateway's log at debug level instead.
 import { logger as sdkGlobalLogger } from 'matrix-js-sdk/lib/logger.js';
 
-type MethodFactory = (method: string, level: unknown, name: unknown) => (...args: unknown[]) => void;
+type LogMethod = (...args: unknown[]) => void;
+type MethodFactory = (method: string, level: unknown, name: unknown) => LogMethod;
 interface LoglevelLogger {
   methodFactory: MethodFactory;
   setLevel(level: string, persist?: boolean): void;
+}
+
+/**
+ * Warnings the SDK gives in a bot's normal work. "Couldn't find timeline for thread ID" comes
+ * once for every message in a thread whose root the client has not loaded (the gateway reads
+ * threads from the sync, never paginates their timelines): in a busy room it was most of the
+ * gateway's log, and it never needs anyone's attention.
+ */
+export const ROUTINE_SDK_WARNINGS: readonly RegExp[] = [/^Couldn't find timeline for thread ID /];
+
+/** Whether a warning's arguments are one of the routine ones. */
+export function isRoutineSdkWarning(args: readonly unknown[]): boolean {
+  const first = args[0];
+  return typeof first === 'string' && ROUTINE_SDK_WARNINGS.some((r) => r.test(first));
+}
+
+let routineSink: ((message: string) => void) | undefined;
+
+/** Where routine warnings go (the gateway's logger at debug level); dropped while none is set. */
+export function routeRoutineSdkWarnings(sink: ((message: string) => void) | undefined): void {
+  routineSink = sink;
+}
+
+/** A warn method that hands routine warnings to the sink and passes any other on. */
+export function foldingRoutineWarnings(warn: LogMethod): LogMethod {
+  return function (this: unknown, ...args: unknown[]): void {
+    if (isRoutineSdkWarning(args)) {
+      routineSink?.(args.map((a) => (a instanceof Error ? a.message : String(a))).join(' '));
+      return;
+    }
+    warn.apply(this, args);
+  };
 }
 
 let quieted = false;
@@ -16,7 +50,10 @@ export function quietMatrixSdkLogging(keep: ReadonlyArray<'warn' | 'error'> = ['
   quieted = true;
   const root = sdkGlobalLogger as unknown as LoglevelLogger;
   const original = root.methodFactory;
-  root.methodFactory = (method, level, name) =>
-    (keep as readonly string[]).includes(method) ? original(method, level, name) : () => {};
+  root.methodFactory = (method, level, name) => {
+    if (!(keep as readonly string[]).includes(method)) return () => {};
+    const made = original(method, level, name);
+    return method === 'warn' ? foldingRoutineWarnings(made) : made;
+  };
   root.setLevel(keep.includes('warn') ? 'warn' : 'error', false);
 }

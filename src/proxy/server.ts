@@ -25,6 +25,8 @@ import {
   type ReceiptSigningKey,
   type ReceiptStatus,
 } from './receipts.ts';
+import { ProxyMetrics } from '../metrics/proxy.ts';
+import { answerMetrics, METRICS_PATH } from '../metrics/prometheus.ts';
 
 /** Stable reason codes of the proxy's own refusals (token and policy codes come from the verifier). */
 export const PROXY_ERRORS = {
@@ -125,12 +127,15 @@ export interface ProxyDeps {
    * null: GET /healthz then answers 503 with the reason, so a load balancer can route away.
    */
   refusing?: () => string | null;
+  /** Where the proxy counts calls, receipts and refusals (its GET /metrics); a registry of its own when absent. */
+  metrics?: ProxyMetrics;
 }
 
 export interface RunningProxy {
   readonly url: string;
   readonly server: Server;
   readonly store: ReceiptStore;
+  readonly metrics: ProxyMetrics;
   close(): Promise<void>;
 }
 
@@ -388,6 +393,8 @@ function callBindingOf(req: IncomingMessage): NonNullable<ReceiptPayload['clawsi
 export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
   const { config, store } = deps;
   const now = deps.now ?? (() => new Date());
+  const metrics = deps.metrics ?? new ProxyMetrics();
+  store.onFsync = metrics.fsynced;
   const upstreamByModel = new Map<string, UpstreamConfig>();
   for (const upstream of config.upstreams)
     for (const model of upstream.models) upstreamByModel.set(model, upstream);
@@ -424,16 +431,30 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     await Promise.all([...targets.values()].map(({ pool }) => pool.destroy().catch(() => undefined)));
   };
 
+  /** `arrived`: the call's arrival, on performance.now()'s clock (for its latency). */
   async function persistReceipt(
     fields: Omit<ReceiptPayload, 'v' | 'proxy_id' | 'prev_receipt_sha256'>,
+    arrived: number,
   ): Promise<void> {
     const jobId = fields.job?.workflow_id ?? null;
     const prev = jobId === null ? null : store.chainHead(jobId);
     const payload: ReceiptPayload = { v: 1, proxy_id: config.proxyId, ...fields, prev_receipt_sha256: prev };
     const signed = signReceipt(payload, deps.receiptKey);
     if (jobId !== null) store.advanceHead(jobId, signed.payloadSha256);
-    await store.append(signed);
+    try {
+      await store.append(signed);
+    } catch (error) {
+      metrics.callReceipted(fields.status, false, (performance.now() - arrived) / 1000);
+      throw error;
+    }
+    metrics.callReceipted(fields.status, true, (performance.now() - arrived) / 1000);
   }
+
+  /** A token refused: counted by its code, then the same refusal as before. */
+  const tokenRefusal = (status: number, code: string, reason: string): Refusal => {
+    metrics.tokenRefused(code);
+    return new Refusal(status, code, reason);
+  };
 
   // Model calls each job has sent upstream, counted from its receipts (read once per job from
   // the store, then kept as calls go out): the budget a token carries is checked against it.
@@ -449,6 +470,7 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
 
   async function handleChat(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const receiptId = randomUUID();
+    const arrived = performance.now();
     const startedAt = now();
     let grant: CallGrant | null = null;
     let model: string | null = null;
@@ -467,15 +489,18 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
 
     const refuse = async (refusal: Refusal): Promise<void> => {
       try {
-        await persistReceipt({
-          ...base(),
-          ...NOTHING_SENT,
-          status: 'refused',
-          http_status: refusal.status,
-          refusal: { code: refusal.code, reason: refusal.reason },
-          error: null,
-          ended_at: now().toISOString(),
-        });
+        await persistReceipt(
+          {
+            ...base(),
+            ...NOTHING_SENT,
+            status: 'refused',
+            http_status: refusal.status,
+            refusal: { code: refusal.code, reason: refusal.reason },
+            error: null,
+            ended_at: now().toISOString(),
+          },
+          arrived,
+        );
       } catch (error) {
         // Still refused; the caller learns the refusal could not be recorded.
         const message = `refused (${refusal.code}: ${refusal.reason}), and the receipt could not be written: ${error instanceof Error ? error.message : String(error)}`;
@@ -490,14 +515,14 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     try {
       const token = bearer(req);
       if (!token) {
-        throw new Refusal(
+        throw tokenRefusal(
           401,
           PROXY_ERRORS.tokenMissing,
           'no capability token: send Authorization: Bearer <CST>',
         );
       }
       const check = await deps.verifyToken(token);
-      if (!check.ok) throw new Refusal(check.status ?? 401, check.code, check.reason);
+      if (!check.ok) throw tokenRefusal(check.status ?? 401, check.code, check.reason);
       grant = check.grant;
       if (config.clawsigReceipts) callBinding = callBindingOf(req);
       body = await readBody(req, config.limits.maxBodyBytes);
@@ -533,15 +558,18 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
     } catch (error) {
       if (!(error instanceof Refusal) && req.destroyed && !req.complete) {
         // The caller went away while its request was being read: nothing went upstream.
-        await persistReceipt({
-          ...base(),
-          ...NOTHING_SENT,
-          status: 'aborted',
-          http_status: 0,
-          refusal: null,
-          error: 'the caller closed the connection before its request was read',
-          ended_at: now().toISOString(),
-        });
+        await persistReceipt(
+          {
+            ...base(),
+            ...NOTHING_SENT,
+            status: 'aborted',
+            http_status: 0,
+            refusal: null,
+            error: 'the caller closed the connection before its request was read',
+            ended_at: now().toISOString(),
+          },
+          arrived,
+        );
         return;
       }
       req.resume();
@@ -557,13 +585,19 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
       );
       return;
     }
-    await forward(req, res, { body, upstream, base, receiptId });
+    await forward(req, res, { body, upstream, base, receiptId, arrived });
   }
 
   async function forward(
     req: IncomingMessage,
     res: ServerResponse,
-    call: { body: Buffer; upstream: UpstreamConfig; base: () => Record<string, unknown>; receiptId: string },
+    call: {
+      body: Buffer;
+      upstream: UpstreamConfig;
+      base: () => Record<string, unknown>;
+      receiptId: string;
+      arrived: number;
+    },
   ): Promise<void> {
     const { body, upstream, receiptId } = call;
     const { pool, path } = targetOf(upstream);
@@ -705,23 +739,26 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
           ? 502
           : upstreamStatus;
     try {
-      await persistReceipt({
-        ...(call.base() as Pick<
-          ReceiptPayload,
-          'receipt_id' | 'job' | 'token_id' | 'policy_hash' | 'model' | 'stream' | 'started_at'
-        >),
-        upstream: { name: upstream.name, url: upstream.baseUrl },
-        status: result.status,
-        http_status: httpStatus,
-        refusal: null,
-        error: result.error,
-        request_sha256: sha256(body),
-        response_sha256: responseHash.digest('hex'),
-        request_bytes: body.length,
-        response_bytes: responseBytes,
-        usage,
-        ended_at: now().toISOString(),
-      });
+      await persistReceipt(
+        {
+          ...(call.base() as Pick<
+            ReceiptPayload,
+            'receipt_id' | 'job' | 'token_id' | 'policy_hash' | 'model' | 'stream' | 'started_at'
+          >),
+          upstream: { name: upstream.name, url: upstream.baseUrl },
+          status: result.status,
+          http_status: httpStatus,
+          refusal: null,
+          error: result.error,
+          request_sha256: sha256(body),
+          response_sha256: responseHash.digest('hex'),
+          request_bytes: body.length,
+          response_bytes: responseBytes,
+          usage,
+          ended_at: now().toISOString(),
+        },
+        call.arrived,
+      );
     } catch (error) {
       // Fail closed: without a durable receipt the answer does not complete.
       const message = `the receipt could not be written: ${error instanceof Error ? error.message : String(error)}`;
@@ -765,15 +802,20 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
 
   async function handleModels(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const token = bearer(req);
-    if (!token)
+    if (!token) {
+      metrics.tokenRefused(PROXY_ERRORS.tokenMissing);
       return sendError(
         res,
         401,
         PROXY_ERRORS.tokenMissing,
         'no capability token: send Authorization: Bearer <CST>',
       );
+    }
     const check = await deps.verifyToken(token);
-    if (!check.ok) return sendError(res, check.status ?? 401, check.code, check.reason);
+    if (!check.ok) {
+      metrics.tokenRefused(check.code);
+      return sendError(res, check.status ?? 401, check.code, check.reason);
+    }
     const models = check.grant.models.filter((m) => upstreamByModel.has(m));
     const body = Buffer.from(
       JSON.stringify({
@@ -791,15 +833,20 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
 
   async function handleReceipts(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
     const token = bearer(req);
-    if (!token)
+    if (!token) {
+      metrics.tokenRefused(PROXY_ERRORS.tokenMissing);
       return sendError(
         res,
         401,
         PROXY_ERRORS.tokenMissing,
         'no capability token: send Authorization: Bearer <CST>',
       );
+    }
     const check = await deps.verifyToken(token, 'read');
-    if (!check.ok) return sendError(res, check.status ?? 401, check.code, check.reason);
+    if (!check.ok) {
+      metrics.tokenRefused(check.code);
+      return sendError(res, check.status ?? 401, check.code, check.reason);
+    }
     const rest = url.pathname.slice('/v1/receipts'.length);
     let receipts;
     if (rest === '' || rest === '/') {
@@ -977,6 +1024,9 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
         }),
       );
       return;
+    } else if (req.method === 'GET' && url.pathname === METRICS_PATH) {
+      answerMetrics(res, metrics.registry);
+      return;
     } else {
       req.resume();
       sendError(res, 404, PROXY_ERRORS.notFound, `no route ${req.method ?? ''} ${url.pathname}`);
@@ -1001,6 +1051,7 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
         url: `http://${config.listen.host}:${port}`,
         server,
         store,
+        metrics,
         close: async () => {
           await new Promise<void>((r) => {
             server.closeAllConnections();

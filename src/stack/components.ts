@@ -35,6 +35,7 @@ import type { Jwks } from '../evidence/jws.ts';
 import { evidenceBaseUrl, startEvidenceServer, type RunningEvidenceServer } from '../evidence/server.ts';
 import { ensureDemoRepository, jobWorkspacePath } from '../workspace/workspaces.ts';
 import { cachedWorkflowBundle } from './workflow-bundle.ts';
+import { AWAITING_APPROVAL_QUERY, type WorkerMetrics } from '../metrics/worker.ts';
 
 export const DEMO_MODEL = 'demo-echo';
 
@@ -187,6 +188,8 @@ export async function runWorker(
     controlStale?: (() => string | null) | undefined;
     /** Where the evidence pages are (the link in a job's result); default from evidence config. */
     evidenceBaseUrl?: string;
+    /** Where the worker counts (its GET /metrics); nothing is counted without it. */
+    metrics?: WorkerMetrics;
   },
 ): Promise<RunningWorker> {
   const paths = statePaths(config);
@@ -198,10 +201,12 @@ export async function runWorker(
     configured && typeof configured !== 'string'
       ? configured
       : await ensureDemoRepository(paths.demoRepository).then((d) => ({ source: d.repo, ref: d.ref }));
-  const sandbox =
+  const backend =
     config.worker.sandbox.backend === 'docker'
       ? dockerSandbox()
       : bubblewrapSandbox(config.worker.sandbox.bwrap ?? bwrapPath());
+  const { metrics } = opts;
+  const sandbox = metrics ? metrics.countingSandbox(backend) : backend;
   const { connection, client } = await onceTemporalAnswers(opts.address, opts.logger, () =>
     connectTemporal(config, opts.address),
   );
@@ -225,6 +230,7 @@ export async function runWorker(
     warn: (message) => opts.logger.warn(message),
     controlState: () => readControlState(client),
     ...(opts.controlStale ? { controlStale: opts.controlStale } : {}),
+    ...(metrics ? { metrics } : {}),
   });
   const { code: workflowCode, cached } = await cachedWorkflowBundle(paths.workflowBundles);
   opts.logger.info(cached ? 'workflow code: the bundle made before' : 'workflow code bundled');
@@ -245,11 +251,18 @@ export async function runWorker(
     maxCachedWorkflows: config.worker.maxCachedWorkflows,
   });
   const run = worker.run();
+  // From Temporal's visibility, not from this worker's own jobs: a waiting job sleeps in no
+  // worker (any of them may take its next task, and it may be out of every cache), so only the
+  // server knows them all. Every worker reports the same number; alert on max(), not sum().
+  const awaiting = metrics?.watchAwaitingApproval(
+    async () => (await client.workflow.count(AWAITING_APPROVAL_QUERY)).count,
+  );
   opts.logger.info({ taskQueue: config.temporal.taskQueue }, 'worker running');
   return {
     worker,
     run,
     async close() {
+      awaiting?.stop();
       if (worker.getState() === 'RUNNING') worker.shutdown();
       await run;
       await workerConnection.close();

@@ -1,7 +1,7 @@
 // Structured logs (pino, JSON lines on stdout) for every clawgate process; secrets are
 // redacted by key wherever they appear in a logged object. The Temporal worker runtime's own
 // warnings and errors go through the same logger.
-import { Runtime } from '@temporalio/worker';
+import { Runtime, type MetricsBuffer } from '@temporalio/worker';
 import { pino, type DestinationStream, type Logger, type LoggerOptions } from 'pino';
 
 export const REDACTED_KEYS = [
@@ -38,12 +38,18 @@ export function createLogger(name: string, level: string, destination?: Destinat
 }
 
 let installed = false;
-/** Routes the Temporal runtime's warnings and errors to the logger (once per process). */
-export function installTemporalLogging(logger: Logger): void {
+/**
+ * Routes the Temporal runtime's warnings and errors to the logger (once per process). With a
+ * metrics buffer the SDK's metrics go to it (src/metrics/temporal.ts drains it into /metrics);
+ * without one they are off, as the SDK has them by default: a buffer no one drains would fill
+ * and log an error for every update it drops.
+ */
+export function installTemporalLogging(logger: Logger, opts: { metricsBuffer?: MetricsBuffer } = {}): void {
   if (installed) return;
   installed = true;
   const log = logger.child({ component: 'temporal' });
   Runtime.install({
+    ...(opts.metricsBuffer ? { telemetryOptions: { metrics: { buffer: opts.metricsBuffer } } } : {}),
     logger: {
       log: (level, message, meta) => {
         if (level === 'WARN') log.warn(meta ?? {}, message);

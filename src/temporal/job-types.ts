@@ -163,3 +163,13 @@ export interface PostedMessage {
   eventId: string;
   originServerTs: number;
 }
+
+/**
+ * A job's decision on an approval attempt, handed to the reaction that answers it (for the
+ * gateway's metrics): a plan approval or a card's answer, accepted or refused with its code.
+ */
+export interface ApprovalVerdict {
+  subject: 'plan' | 'call';
+  accepted: boolean;
+  code: string | null;
+}

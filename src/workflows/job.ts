@@ -443,6 +443,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
         eventId: attempt.eventId,
         key: refusal ? '❌' : '✅',
         txnKey: `${job.workflowId}/react/${attempt.eventId}`,
+        verdict: { subject: 'call', accepted: refusal === null, code: refusal?.code ?? null },
       });
     }
     if (refusal)
@@ -678,6 +679,8 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
     const approvalEvents: string[] = [];
     let decision: 'approved' | 'denied' | undefined;
     let denialReason = '';
+    // The homeserver's time of the deciding approval (for the worker's plan-to-approval metric).
+    let approvedAt = 0;
     let processed = 0;
     // The control state read for the deciding attempt, and its reaction still being posted.
     let decidedUnder: ControlState | undefined;
@@ -734,6 +737,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
             eventId: attempt.eventId,
             key: '❌',
             txnKey: `${job.workflowId}/react/${attempt.eventId}`,
+            verdict: { subject: 'plan', accepted: false, code: verdict.code },
           });
           await say(`refusal/${attempt.eventId}`, `${attempt.sender}: not counted. ${reason}`);
           continue;
@@ -743,6 +747,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
           eventId: attempt.eventId,
           key: '✅',
           txnKey: `${job.workflowId}/react/${attempt.eventId}`,
+          verdict: { subject: 'plan', accepted: true, code: null },
         });
         decidedUnder = control;
         const deciding =
@@ -759,7 +764,10 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
         } else {
           accepted.add(attempt.sender);
           approvalEvents.push(attempt.eventId);
-          if (accepted.size >= policy.rules.approvalsRequired) decision = 'approved';
+          if (accepted.size >= policy.rules.approvalsRequired) {
+            decision = 'approved';
+            approvedAt = attempt.originServerTs;
+          }
         }
       }
     }
@@ -803,6 +811,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
         eventIds: approvalEvents,
         models: [agentPlanning.model],
         modelCalls: agentPlanning.receipts + budget.model_turns,
+        approvalTimes: { planPostedAt: posted.originServerTs, approvedAt },
       });
       entries.push({ type: 'token', body: { purpose: 'execution', jwt: minted.token } });
       if (pendingReaction) await pendingReaction;
@@ -841,6 +850,7 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
       tools,
       approvers: [...accepted],
       eventIds: approvalEvents,
+      approvalTimes: { planPostedAt: posted.originServerTs, approvedAt },
     });
     entries.push({ type: 'token', body: { purpose: 'execution', jwt: token } });
     // The approver's ✅ went out while the token was minted; it is done before any step runs.
