@@ -10,6 +10,8 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { dataConverterFor } from '../src/temporal/codec.ts';
+import { ensurePayloadKeyring } from '../src/keys/payload-keyring.ts';
 import { Client, Connection } from '@temporalio/client';
 import { Runtime } from '@temporalio/worker';
 import {
@@ -181,6 +183,8 @@ try {
   const config = parseConfig(input);
   await ensureKeys(config);
   const paths = statePaths(config);
+  // The parts' payload keyring, before any starts: this process's client uses it too.
+  ensurePayloadKeyring(paths.payloadKeys);
   const registry = new FilePolicyRegistry(paths.registry);
   const signed = signWpc(
     parseWpc({
@@ -239,6 +243,7 @@ try {
   const temporal = new Client({
     connection: await Connection.connect({ address: temporalServer.address }),
     namespace: temporalServer.namespace,
+    dataConverter: dataConverterFor(paths.payloadKeys),
   });
   const waitingJobs = async () =>
     (await temporal.workflow.count(`ClawgateStatus = "awaiting_approval"`)).count;

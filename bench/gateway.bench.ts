@@ -9,6 +9,8 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { dataConverterFor } from '../src/temporal/codec.ts';
+import { ensurePayloadKeyring } from '../src/keys/payload-keyring.ts';
 import { Client, Connection } from '@temporalio/client';
 import { WorkflowIdReusePolicy } from '@temporalio/common';
 import { Runtime } from '@temporalio/worker';
@@ -77,6 +79,7 @@ try {
 
   const keys = join(dir, 'keys');
   await generateKeyring(keys, 'policy');
+  ensurePayloadKeyring(keys);
   const registryDir = join(dir, 'registry');
   const registry = new FilePolicyRegistry(registryDir);
   const signed = signWpc(
@@ -115,7 +118,7 @@ try {
         },
       ],
     },
-    { logger: pino({ level: 'silent' }) },
+    { logger: pino({ level: 'silent' }), dataConverter: dataConverterFor(keys) },
   );
   const account = gateway.accounts[0];
   if (!account) throw new Error('no account');
@@ -128,6 +131,7 @@ try {
   const temporal = new Client({
     connection: await Connection.connect({ address: temporalServer.address }),
     namespace: temporalServer.namespace,
+    dataConverter: dataConverterFor(keys),
   });
   const started = async (workflowId: string): Promise<number> => {
     for (;;) {

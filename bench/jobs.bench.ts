@@ -10,6 +10,8 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { dataConverterFor } from '../src/temporal/codec.ts';
+import { ensurePayloadKeyring } from '../src/keys/payload-keyring.ts';
 import { Client, Connection } from '@temporalio/client';
 import { bundleWorkflowCode, NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import { createJobActivities } from '../src/activities/job-activities.ts';
@@ -52,6 +54,7 @@ const temporalServer = await startTemporalDevServer({ cliPath: toolPaths().tempo
 try {
   const keys = join(dir, 'keys');
   for (const purpose of KEY_PURPOSES) await generateKeyring(keys, purpose);
+  ensurePayloadKeyring(keys);
   const policy = parseWpc({
     wpc_version: '1',
     channel: 'matrix',
@@ -118,7 +121,9 @@ try {
     noop: () => Promise.resolve(),
   };
   const connection = await Connection.connect({ address: temporalServer.address });
-  const client = new Client({ connection });
+  // Payloads encrypted, as clawgate's own clients and workers do.
+  const dataConverter = dataConverterFor(join(dir, 'keys'));
+  const client = new Client({ connection, dataConverter });
   const workerConnection = await NativeConnection.connect({ address: temporalServer.address });
   const workflowBundle = await bundleWorkflowCode({
     workflowsPath: fileURLToPath(new URL('./bench-workflows.ts', import.meta.url)),
@@ -135,6 +140,7 @@ try {
   const maxCachedWorkflows = parseConfig({}).worker.maxCachedWorkflows;
   const worker = await Worker.create({
     connection: workerConnection,
+    dataConverter,
     taskQueue: 'bench',
     workflowBundle,
     activities,

@@ -14,6 +14,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { dataConverterFor } from '../src/temporal/codec.ts';
+import { ensurePayloadKeyring } from '../src/keys/payload-keyring.ts';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import { bundleWorkflowCode, NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import { createJobActivities } from '../src/activities/job-activities.ts';
@@ -160,6 +162,7 @@ const temporalServer = await startTemporalDevServer({ cliPath: toolPaths().tempo
 try {
   const keys = join(dir, 'keys');
   for (const purpose of KEY_PURPOSES) await generateKeyring(keys, purpose);
+  ensurePayloadKeyring(keys);
   const policy = parseWpc({
     wpc_version: '1',
     channel: 'matrix',
@@ -230,7 +233,9 @@ try {
     react: () => Promise.resolve({ eventId: '$x', originServerTs: Date.now() }),
   };
   const connection = await Connection.connect({ address: temporalServer.address });
-  const client = new Client({ connection });
+  // Payloads encrypted, as clawgate's own clients and workers do.
+  const dataConverter = dataConverterFor(join(dir, 'keys'));
+  const client = new Client({ connection, dataConverter });
   const workerConnection = await NativeConnection.connect({ address: temporalServer.address });
   const workflowBundle = await bundleWorkflowCode({
     workflowsPath: fileURLToPath(new URL('./bench-workflows.ts', import.meta.url)),
@@ -249,6 +254,7 @@ try {
   const startWorker = async (taskQueue: string): Promise<() => Promise<void>> => {
     const worker = await Worker.create({
       connection: workerConnection,
+      dataConverter,
       taskQueue,
       workflowBundle,
       activities,

@@ -14,6 +14,8 @@
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { dataConverterFor } from '../src/temporal/codec.ts';
+import { ensurePayloadKeyring } from '../src/keys/payload-keyring.ts';
 import { Client, Connection } from '@temporalio/client';
 import { WorkflowIdReusePolicy } from '@temporalio/common';
 import { NativeConnection, Runtime, Worker } from '@temporalio/worker';
@@ -133,6 +135,8 @@ try {
   mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   await ensureKeys(config);
   const paths = statePaths(config);
+  // The parts' payload keyring, before any starts: this process's client and worker use it too.
+  ensurePayloadKeyring(paths.payloadKeys);
   const registry = new FilePolicyRegistry(paths.registry);
   const signed = signWpc(
     parseWpc({
@@ -177,11 +181,16 @@ try {
   const rss = new RssSampler(worker.pid);
 
   const connection = await Connection.connect({ address: temporalServer.address });
-  const client = new Client({ connection, namespace: temporalServer.namespace });
+  const client = new Client({
+    connection,
+    namespace: temporalServer.namespace,
+    dataConverter: dataConverterFor(paths.payloadKeys),
+  });
   matrixWorker = await Worker.create({
     connection: await NativeConnection.connect({ address: temporalServer.address }),
     namespace: temporalServer.namespace,
     taskQueue: MATRIX_QUEUE,
+    dataConverter: dataConverterFor(paths.payloadKeys),
     activities: matrixActivities,
   });
   matrixRun = matrixWorker.run();

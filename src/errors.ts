@@ -23,6 +23,9 @@ export const ERROR_CODES = {
   keyInvalid: 'KEY_INVALID',
   keyNotFound: 'KEY_NOT_FOUND',
   keyFileMode: 'KEY_FILE_MODE',
+  // Temporal payload encryption
+  payloadKeyUnknown: 'PAYLOAD_KEY_UNKNOWN',
+  payloadUndecryptable: 'PAYLOAD_UNDECRYPTABLE',
   // Tokens
   tokenRequestInvalid: 'TOKEN_REQUEST_INVALID',
   tokenMissing: 'TOKEN_MISSING',

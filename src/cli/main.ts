@@ -20,6 +20,12 @@ import {
   rotateKeyring,
   type KeyPurpose,
 } from '../keys/keyring.ts';
+import {
+  generatePayloadKeyring,
+  hasPayloadKeyring,
+  PAYLOAD_PURPOSE,
+  rotatePayloadKeyring,
+} from '../keys/payload-keyring.ts';
 import { canonicalJson, parseStrict } from '../policy/canonical.ts';
 import { FilePolicyRegistry, signWpc } from '../policy/registry.ts';
 import { writeFileAtomic } from '../storage/files.ts';
@@ -54,10 +60,16 @@ function readJwks(
 }
 
 const keysOption = (): Option => new Option('--keys <dir>', 'keyring folder').default(`${stateDir()}/keys`);
+/** The keys folder whose payload/ keyring encrypts what clawgate hands Temporal (src/temporal/codec.ts). */
+const payloadKeysOption = (): Option =>
+  new Option(
+    '--payload-keys <dir>',
+    'keys folder of the payload keyring (Temporal payload encryption)',
+  ).default(process.env['CLAWGATE_PAYLOAD_KEYS_DIR'] ?? `${stateDir()}/keys`);
 const registryOption = (): Option =>
   new Option('--registry <dir>', 'policy registry folder').default(`${stateDir()}/policy-registry`);
 
-type ShareOpts = { address?: string; namespace: string; taskQueue?: string };
+type ShareOpts = { address?: string; namespace: string; taskQueue?: string; payloadKeys: string };
 type ControlStateModule = typeof ControlStateApi;
 
 /** Where a change is shared with every machine: the Temporal of the control workflow. */
@@ -73,7 +85,8 @@ function shareOptions(command: Command): Command {
       'Temporal namespace',
       process.env['CLAWGATE_TEMPORAL_NAMESPACE'] ?? 'default',
     )
-    .option('--task-queue <name>', "the workers' job task queue (default: clawgate's job queue)");
+    .option('--task-queue <name>', "the workers' job task queue (default: clawgate's job queue)")
+    .addOption(payloadKeysOption());
 }
 
 /**
@@ -90,16 +103,21 @@ async function share(
     out(`${what} holds in this state folder only (give --address to share it with every machine)`);
     return;
   }
-  const [{ Client, Connection }, control, { JOB_TASK_QUEUE }] = await Promise.all([
+  const [{ Client, Connection }, control, { JOB_TASK_QUEUE }, { dataConverterFor }] = await Promise.all([
     import('@temporalio/client'),
     import('../activities/control-state.ts'),
     import('../temporal/job-contract.ts'),
+    import('../temporal/codec.ts'),
   ]);
   try {
     const connection = await Connection.connect({ address: opts.address, connectTimeout: 5_000 });
     try {
       await fn(
-        new Client({ connection, namespace: opts.namespace }),
+        new Client({
+          connection,
+          namespace: opts.namespace,
+          dataConverter: dataConverterFor(opts.payloadKeys),
+        }),
         opts.taskQueue ?? JOB_TASK_QUEUE,
         control,
       );
@@ -237,9 +255,12 @@ export function buildProgram(): Command {
       }
     });
 
-  const keys = program.command('keys').description('Ed25519 signing keys: generate, publish, rotate');
+  const keys = program
+    .command('keys')
+    .description('Ed25519 signing keys and the payload encryption keyring: generate, publish, rotate');
   const purposeOption = (): Option =>
-    new Option('--purpose <purpose>', 'which keyring').choices(KEY_PURPOSES);
+    new Option('--purpose <purpose>', 'which keyring').choices([...KEY_PURPOSES, PAYLOAD_PURPOSE]);
+  type AnyPurpose = KeyPurpose | typeof PAYLOAD_PURPOSE;
   keys
     .command('generate')
     .description(
@@ -247,7 +268,11 @@ export function buildProgram(): Command {
     )
     .addOption(purposeOption())
     .addOption(keysOption())
-    .action(async (opts: { purpose?: KeyPurpose; keys: string }) => {
+    .action(async (opts: { purpose?: AnyPurpose; keys: string }) => {
+      if (opts.purpose === PAYLOAD_PURPOSE) {
+        out(`${PAYLOAD_PURPOSE}: ${generatePayloadKeyring(opts.keys)}`);
+        return;
+      }
       if (opts.purpose) {
         out(`${opts.purpose}: ${await generateKeyring(opts.keys, opts.purpose)}`);
         return;
@@ -256,13 +281,21 @@ export function buildProgram(): Command {
         if (existsSync(join(opts.keys, purpose, 'keyring.json'))) out(`${purpose}: exists, left as it is`);
         else out(`${purpose}: ${await generateKeyring(opts.keys, purpose)}`);
       }
+      if (hasPayloadKeyring(opts.keys)) out(`${PAYLOAD_PURPOSE}: exists, left as it is`);
+      else out(`${PAYLOAD_PURPOSE}: ${generatePayloadKeyring(opts.keys)}`);
     });
   keys
     .command('jwks')
     .description('print the public JWKS (keys that still verify)')
     .addOption(purposeOption())
     .addOption(keysOption())
-    .action((opts: { purpose?: KeyPurpose; keys: string }) => {
+    .action((opts: { purpose?: AnyPurpose; keys: string }) => {
+      if (opts.purpose === PAYLOAD_PURPOSE) {
+        throw new ClawgateError(
+          ERROR_CODES.usage,
+          'the payload keyring holds secret AES keys, not signing keys: it has no public JWKS',
+        );
+      }
       out(JSON.stringify(publicJwks(opts.keys, opts.purpose ? [opts.purpose] : KEY_PURPOSES), null, 2));
     });
   keys
@@ -284,11 +317,16 @@ export function buildProgram(): Command {
     });
   keys
     .command('rotate')
-    .description('make a new key active; the old one keeps verifying (token keys: until their tokens expire)')
+    .description(
+      'make a new key active; the old one keeps verifying (token keys: until their tokens expire), or decrypting (payload keys)',
+    )
     .addOption(purposeOption().makeOptionMandatory())
     .addOption(keysOption())
-    .action(async (opts: { purpose: KeyPurpose; keys: string }) => {
-      const { kid, retired } = await rotateKeyring(opts.keys, opts.purpose);
+    .action(async (opts: { purpose: AnyPurpose; keys: string }) => {
+      const { kid, retired } =
+        opts.purpose === PAYLOAD_PURPOSE
+          ? rotatePayloadKeyring(opts.keys)
+          : await rotateKeyring(opts.keys, opts.purpose);
       out(`${opts.purpose}: active ${kid}, retired ${retired}`);
     });
 
@@ -359,22 +397,37 @@ export function buildProgram(): Command {
       )
       .option('--task-queue <name>', "the workers' job task queue (default: clawgate's job queue)")
       .option('--by <who>', 'who makes the change, for the audit trail', process.env['USER'] ?? 'operator')
-      .requiredOption('--reason <text>', 'why, for the audit trail');
+      .requiredOption('--reason <text>', 'why, for the audit trail')
+      .addOption(payloadKeysOption());
   // Temporal's client is loaded by the commands that talk to Temporal only: it takes longer to
   // load than everything else the command line needs.
   async function withClient<T>(
-    opts: { address: string; namespace: string },
+    opts: { address: string; namespace: string; payloadKeys: string },
     fn: (client: Client) => Promise<T>,
   ): Promise<T> {
     const { Client, Connection } = await import('@temporalio/client');
+    const { dataConverterFor } = await import('../temporal/codec.ts');
     const connection = await Connection.connect({ address: opts.address });
     try {
-      return await fn(new Client({ connection, namespace: opts.namespace }));
+      return await fn(
+        new Client({
+          connection,
+          namespace: opts.namespace,
+          dataConverter: dataConverterFor(opts.payloadKeys),
+        }),
+      );
     } finally {
       await connection.close();
     }
   }
-  type ControlOpts = { address: string; namespace: string; taskQueue?: string; by: string; reason: string };
+  type ControlOpts = {
+    address: string;
+    namespace: string;
+    taskQueue?: string;
+    by: string;
+    reason: string;
+    payloadKeys: string;
+  };
   const control = async () => ({
     ...(await import('../activities/control-state.ts')),
     JOB_TASK_QUEUE: (await import('../temporal/job-contract.ts')).JOB_TASK_QUEUE,
@@ -455,10 +508,18 @@ export function buildProgram(): Command {
     .option('--bundles <dir>', 'sealed bundles', `${stateDir()}/bundles`)
     .option('--jwks <file>', 'public keys (default: the local keyrings)')
     .addOption(keysOption())
+    .addOption(payloadKeysOption())
     .action(
       async (
         workflowId: string,
-        opts: { address: string; namespace: string; bundles: string; jwks?: string; keys: string },
+        opts: {
+          address: string;
+          namespace: string;
+          bundles: string;
+          jwks?: string;
+          keys: string;
+          payloadKeys: string;
+        },
       ) => {
         const { replayJob } = await import('../evidence/replay.ts');
         await withClient(opts, async (client) => {

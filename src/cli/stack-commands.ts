@@ -1,6 +1,6 @@
-// The commands that run clawgate or talk to a running one: start, worker, proxy, gateway, jobs,
-// say, config sample, security audit. Heavy modules load inside the actions, so `--help` and
-// the offline commands stay quick.
+// The commands that run clawgate or talk to a running one: start, worker, proxy, gateway,
+// codec-server, jobs, say, config sample, security audit. Heavy modules load inside the actions,
+// so `--help` and the offline commands stay quick.
 import { existsSync, mkdirSync, openSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Command } from 'commander';
@@ -216,6 +216,46 @@ export function addStackCommands(program: Command): void {
       await untilStopped(logger);
       await gateway.stop();
       logger.info('stopped');
+      exitSoon();
+    });
+
+  program
+    .command('codec-server')
+    .description(
+      "run the codec server alone: the Temporal Web UI's remote codec, decrypting payloads for its origin only",
+    )
+    .option(configOption, configHelp)
+    .option('--host <host>', 'listen address (default: codec.listen.host)')
+    .option('--port <port>', 'listen port (default: codec.listen.port)')
+    .option('--ui-origin <origin>', 'the Web UI origin answered (default: codec.uiOrigin)')
+    .action(async (opts: { config?: string; host?: string; port?: string; uiOrigin?: string }) => {
+      const config = await load(opts.config);
+      const port = opts.port === undefined ? undefined : Number(opts.port);
+      if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65_535)) {
+        throw new ClawgateError(ERROR_CODES.usage, `--port ${opts.port}: not a TCP port (0 to 65535)`);
+      }
+      let uiOrigin: string | undefined;
+      if (opts.uiOrigin !== undefined) {
+        try {
+          uiOrigin = new URL(opts.uiOrigin).origin;
+        } catch {
+          throw new ClawgateError(ERROR_CODES.usage, `--ui-origin ${opts.uiOrigin}: not a URL`);
+        }
+      }
+      const logger = await serviceLogger('clawgate-codec', config.log.level);
+      const { runCodecServer } = await import('../stack/components.ts');
+      const { statePaths } = await import('../config/config.ts');
+      const server = await runCodecServer(config, logger, {
+        ...(opts.host ? { host: opts.host } : {}),
+        ...(port !== undefined ? { port } : {}),
+        ...(uiOrigin ? { uiOrigin } : {}),
+      });
+      logger.info(
+        { url: server.url, tokenFile: statePaths(config).codecToken },
+        'give the Web UI this endpoint (--ui-codec-endpoint); other callers send the token file as a bearer token',
+      );
+      await untilStopped(logger);
+      await server.close();
       exitSoon();
     });
 

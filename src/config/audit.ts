@@ -84,6 +84,13 @@ export function audit(
     if (statSync(path).isDirectory()) privateDir(path, 'high', 'the key folder');
     else privateFile(path, 'high', 'key file');
   }
+  // The payload keyring may live outside the key folder (codec.keysDir, shared by every process).
+  if (paths.payloadKeys !== paths.keys) {
+    const payloadDir = join(paths.payloadKeys, 'payload');
+    privateDir(payloadDir, 'high', 'the payload keyring');
+    for (const path of walk(payloadDir)) privateFile(path, 'high', 'payload key file');
+  }
+  privateFile(paths.codecToken, 'high', "the codec server's token");
   privateDir(paths.gateway, 'high', "the gateway's state folder");
   for (const path of walk(paths.gateway)) {
     if (statSync(path).isDirectory()) privateDir(path, 'high', "a gateway account's state folder");
@@ -128,6 +135,8 @@ export function audit(
     ['gateway.health.host', config.gateway.health.host],
     ['worker.health.host', config.worker.health.host],
     ['evidence.listen.host', config.evidence.listen.host],
+    // It decrypts any payload it is sent: beyond loopback, anyone could claim the Web UI's origin.
+    ['codec.listen.host', config.codec.listen.host],
   ] as const) {
     if (!LOOPBACK.test(host)) {
       add({

@@ -137,6 +137,26 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    codec: z
+      .object({
+        /**
+         * The codec server (Temporal's remote codec protocol, POST /encode and /decode), with which
+         * the Temporal Web UI shows encrypted payloads decrypted. Keep it on loopback.
+         */
+        listen: listen(8793),
+        /**
+         * The one browser origin the codec server answers: the Web UI's (default: the embedded
+         * dev server's, http://127.0.0.1:<temporal.uiPort>).
+         */
+        uiOrigin: z.url({ protocol: /^https?$/ }).optional(),
+        /**
+         * The keys folder whose payload/ keyring encrypts Temporal payloads (default:
+         * <stateDir>/keys). Every process on one Temporal must use the same keyring.
+         */
+        keysDir: z.string().min(1).optional(),
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -167,6 +187,9 @@ export const ENV_OVERRIDES: ReadonlyArray<{
   { name: 'CLAWGATE_HEALTH_PORT', path: ['gateway', 'health', 'port'], kind: 'port' },
   { name: 'CLAWGATE_EVIDENCE_PORT', path: ['evidence', 'listen', 'port'], kind: 'port' },
   { name: 'CLAWGATE_EVIDENCE_BASE_URL', path: ['evidence', 'baseUrl'], kind: 'string' },
+  { name: 'CLAWGATE_CODEC_PORT', path: ['codec', 'listen', 'port'], kind: 'port' },
+  { name: 'CLAWGATE_CODEC_UI_ORIGIN', path: ['codec', 'uiOrigin'], kind: 'string' },
+  { name: 'CLAWGATE_PAYLOAD_KEYS_DIR', path: ['codec', 'keysDir'], kind: 'string' },
   { name: 'CLAWGATE_LOG_LEVEL', path: ['log', 'level'], kind: 'string' },
 ];
 
@@ -272,6 +295,9 @@ export function parseConfig(
   if (config.worker.prRemote) config.worker.prRemote = localPath(config.worker.prRemote);
   if (config.policy.initial) config.policy.initial = abs(config.policy.initial);
   if (config.policy.registryDir) config.policy.registryDir = abs(config.policy.registryDir);
+  if (config.codec.keysDir) config.codec.keysDir = abs(config.codec.keysDir);
+  // An origin is scheme, host and port only: what a browser sends in its Origin header.
+  if (config.codec.uiOrigin) config.codec.uiOrigin = new URL(config.codec.uiOrigin).origin;
   for (const upstream of config.proxy.upstreams ?? []) {
     if (upstream.caFile) upstream.caFile = abs(upstream.caFile);
   }
@@ -309,6 +335,10 @@ export function statePaths(config: ClawgateConfig) {
   const s = config.stateDir;
   return {
     keys: resolve(s, 'keys'),
+    /** The keys folder of the payload keyring (`payload/`), which encrypts Temporal payloads. */
+    payloadKeys: config.codec.keysDir ?? resolve(s, 'keys'),
+    /** The bearer token a caller of the codec server other than the Web UI gives. */
+    codecToken: resolve(s, 'codec-server.token'),
     registry: config.policy.registryDir ?? resolve(s, 'policy-registry'),
     revocations: resolve(s, 'revocations.log'),
     bundles: resolve(s, 'bundles'),

@@ -4,7 +4,8 @@ export const SAMPLE_CONFIG = `# clawgate configuration (YAML or JSON). Every key
 # \`clawgate start\` runs everything locally on embedded defaults. Environment variables
 # override the file: CLAWGATE_STATE_DIR, CLAWGATE_TEMPORAL_ADDRESS, CLAWGATE_TEMPORAL_NAMESPACE,
 # CLAWGATE_TEMPORAL_TLS, CLAWGATE_TEMPORAL_PORT, CLAWGATE_TEMPORAL_UI_PORT, CLAWGATE_HOMESERVER_URL,
-# CLAWGATE_SYNAPSE_PORT, CLAWGATE_PROXY_PORT, CLAWGATE_HEALTH_PORT, CLAWGATE_LOG_LEVEL, and
+# CLAWGATE_SYNAPSE_PORT, CLAWGATE_PROXY_PORT, CLAWGATE_HEALTH_PORT, CLAWGATE_CODEC_PORT,
+# CLAWGATE_CODEC_UI_ORIGIN, CLAWGATE_PAYLOAD_KEYS_DIR, CLAWGATE_LOG_LEVEL, and
 # CLAWGATE_MODEL_BASE_URL + CLAWGATE_MODEL (+ CLAWGATE_MODEL_API_KEY) for one model upstream;
 # secrets by name: CLAWGATE_ACCOUNT_<ID>_PASSWORD or _ACCESS_TOKEN, _RECOVERY_KEY,
 # CLAWGATE_UPSTREAM_<NAME>_API_KEY.
@@ -78,6 +79,13 @@ gateway:
 evidence:
   listen: { host: 127.0.0.1, port: 8792 }  # the evidence pages: GET /bundles/<digest>
   # baseUrl: https://evidence.example.org   # default: http://<listen host>:<listen port>
+
+codec:
+  # Temporal payloads are encrypted (AES-256-GCM) with the payload keyring; the codec server
+  # lets the Temporal Web UI show them decrypted, to that UI's origin only.
+  listen: { host: 127.0.0.1, port: 8793 }  # keep on loopback
+  # uiOrigin: https://temporal-ui.example.org  # default: the embedded Web UI's origin
+  # keysDir: state/keys                     # default; its payload/ keyring is shared by every process
 
 log:
   level: info

@@ -19,6 +19,8 @@ export interface TemporalDevServerOptions {
   /** Web UI port; the UI is off when absent. */
   uiPort?: number;
   namespace?: string;
+  /** A remote codec server the Web UI decodes payloads with (clawgate's codec server). */
+  uiCodecEndpoint?: string;
   startTimeoutMs?: number;
 }
 
@@ -48,6 +50,9 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
     'warn',
     ...devServerSearchAttributeArgs(),
     ...(opts.uiPort === undefined ? ['--headless'] : ['--ui-port', String(opts.uiPort)]),
+    ...(opts.uiPort !== undefined && opts.uiCodecEndpoint
+      ? ['--ui-codec-endpoint', opts.uiCodecEndpoint]
+      : []),
     ...(opts.dbFile === undefined ? [] : ['--db-filename', opts.dbFile]),
   ];
   const serverProcess = startServerProcess({

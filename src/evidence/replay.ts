@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import type { Client } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import { canonicalHash } from '../policy/canonical.ts';
+import { decodeHistory } from '../temporal/codec.ts';
 import { verifyBundle, type BundleProblem } from './bundle.ts';
 import type { Jwks } from './jws.ts';
 
@@ -40,7 +41,13 @@ export async function replayJob(
   workflowId: string,
   opts: { bundleDir: string; jwks: Jwks },
 ): Promise<ReplayReport> {
-  const history = await client.workflow.getHandle(workflowId).fetchHistory();
+  // The history as Temporal stores it has its payloads encrypted (src/temporal/codec.ts): they
+  // are decrypted with the client's own codec, so the replay and the comparison read them as
+  // the workflow did. A history from before encryption passes through as it is.
+  const history = await decodeHistory(
+    await client.workflow.getHandle(workflowId).fetchHistory(),
+    client.options.loadedDataConverter.payloadCodecs,
+  );
   const report: ReplayReport = {
     workflowId,
     replayed: false,

@@ -17,7 +17,7 @@ import {
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
 } from '@temporalio/client';
-import { WorkflowIdReusePolicy } from '@temporalio/common';
+import { WorkflowIdReusePolicy, type DataConverter } from '@temporalio/common';
 import { NativeConnection, Worker } from '@temporalio/worker';
 import {
   ClientEvent,
@@ -133,6 +133,11 @@ export interface AccountHealth {
 
 export interface GatewayOptions {
   logger: Logger;
+  /**
+   * The payload codec of every Temporal client and worker (src/temporal/codec.ts): the jobs'
+   * inputs, signals and queries are encrypted, and the gateway must read and write them so.
+   */
+  dataConverter: DataConverter;
   fault?: string;
 }
 
@@ -366,6 +371,7 @@ export class GatewayAccount {
         connection: this.gateway.workerConnection,
         namespace: this.gateway.config.temporal.namespace,
         taskQueue: this.matrixTaskQueue,
+        dataConverter: this.gateway.dataConverter,
         activities: createMatrixActivities(client, {
           onVerdict: (verdict) => this.gateway.metrics.jobVerdict(this.config.id, verdict),
         }),
@@ -1327,6 +1333,7 @@ export class Gateway {
   readonly fault: string | undefined;
   readonly temporal: Client;
   readonly workerConnection: NativeConnection;
+  readonly dataConverter: DataConverter;
   readonly accounts: GatewayAccount[] = [];
   /** GET /metrics: this gateway's registry, its accounts' counts read at each scrape. */
   readonly metrics: GatewayMetrics;
@@ -1353,7 +1360,12 @@ export class Gateway {
     this.fault = options.fault;
     this.connection = connection;
     this.workerConnection = workerConnection;
-    this.temporal = new Client({ connection, namespace: config.temporal.namespace });
+    this.dataConverter = options.dataConverter;
+    this.temporal = new Client({
+      connection,
+      namespace: config.temporal.namespace,
+      dataConverter: options.dataConverter,
+    });
     this.registry = new FilePolicyRegistry(config.policy.registryDir);
     this.metrics = new GatewayMetrics(() => this.accounts.map((a) => a.health()));
   }

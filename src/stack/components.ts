@@ -19,6 +19,7 @@ import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import type { AccountConfig } from '../ingress/config.ts';
 import type { Gateway } from '../ingress/gateway.ts';
 import { generateKeyring, KEY_PURPOSES, loadSigner, publicJwks } from '../keys/keyring.ts';
+import { ensurePayloadKeyring } from '../keys/payload-keyring.ts';
 import { FilePolicyRegistry } from '../policy/registry.ts';
 import { parseProxyConfig, type UpstreamConfig } from '../proxy/config.ts';
 import { startDemoUpstream, type DemoUpstream } from '../proxy/demo-upstream.ts';
@@ -34,6 +35,8 @@ import { EvidenceStore } from '../evidence/store.ts';
 import type { Jwks } from '../evidence/jws.ts';
 import { evidenceBaseUrl, startEvidenceServer, type RunningEvidenceServer } from '../evidence/server.ts';
 import { ensureDemoRepository, jobWorkspacePath } from '../workspace/workspaces.ts';
+import { dataConverterFor, payloadCodecFor } from '../temporal/codec.ts';
+import { ensureCodecToken, startCodecServer, type RunningCodecServer } from '../temporal/codec-server.ts';
 import { cachedWorkflowBundle } from './workflow-bundle.ts';
 import { AWAITING_APPROVAL_QUERY, type WorkerMetrics } from '../metrics/worker.ts';
 
@@ -58,13 +61,23 @@ export async function ensureKeys(config: ClawgateConfig): Promise<string[]> {
     await generateKeyring(dir, purpose);
     made.push(purpose);
   }
+  if (ensurePayloadKeyring(statePaths(config).payloadKeys) !== null) made.push('payload');
   return made;
+}
+
+/** The data converter of every Temporal client and worker of a configuration: its payload codec. */
+export function temporalDataConverter(config: ClawgateConfig) {
+  return dataConverterFor(statePaths(config).payloadKeys);
 }
 
 export async function connectTemporal(config: ClawgateConfig, address: string) {
   const tls = config.temporal.tls ? {} : undefined;
   const connection = await Connection.connect({ address, ...(tls ? { tls } : {}) });
-  const client = new Client({ connection, namespace: config.temporal.namespace });
+  const client = new Client({
+    connection,
+    namespace: config.temporal.namespace,
+    dataConverter: temporalDataConverter(config),
+  });
   return { connection, client };
 }
 
@@ -247,6 +260,9 @@ export async function runWorker(
     taskQueue: config.temporal.taskQueue,
     // Bundled in a process of its own (src/stack/workflow-bundle.ts): webpack's heap is not kept here.
     workflowBundle: { code: workflowCode },
+    // The codec runs in the worker's main thread, outside the workflow sandbox: the bundle is
+    // the same with or without it.
+    dataConverter: temporalDataConverter(config),
     activities,
     maxCachedWorkflows: config.worker.maxCachedWorkflows,
   });
@@ -364,6 +380,8 @@ export async function runGateway(
   // of resident memory) have no business in `clawgate worker` or `clawgate proxy`.
   const { Gateway } = await import('../ingress/gateway.ts');
   const paths = statePaths(config);
+  // `clawgate gateway` may be the first process of a state folder to talk to Temporal.
+  ensurePayloadKeyring(paths.payloadKeys);
   const gateway = await listening(
     'gateway health endpoint',
     'gateway.health.port or CLAWGATE_HEALTH_PORT',
@@ -380,7 +398,11 @@ export async function runGateway(
           health: config.gateway.health,
           accounts: opts.accounts,
         },
-        { logger: opts.logger, ...(opts.fault ? { fault: opts.fault } : {}) },
+        {
+          logger: opts.logger,
+          dataConverter: temporalDataConverter(config),
+          ...(opts.fault ? { fault: opts.fault } : {}),
+        },
       ),
   );
   opts.logger.info({ health: gateway.healthUrl }, 'gateway running');
@@ -469,5 +491,38 @@ export async function runEvidenceServer(
     }),
   );
   logger.info({ url: server.url }, 'evidence server running');
+  return server;
+}
+
+/** The Web UI origin the codec server answers: configured, or the embedded dev server's UI. */
+export function codecUiOrigin(config: ClawgateConfig): string {
+  return config.codec.uiOrigin ?? `http://127.0.0.1:${config.temporal.uiPort}`;
+}
+
+/**
+ * The codec server (src/temporal/codec-server.ts) of the payload keyring, on codec.listen, for
+ * the Web UI's origin; callers without that origin give the token of the state folder.
+ */
+export async function runCodecServer(
+  config: ClawgateConfig,
+  logger: Logger,
+  overrides: { host?: string; port?: number; uiOrigin?: string } = {},
+): Promise<RunningCodecServer> {
+  const paths = statePaths(config);
+  ensurePrivateDir(config.stateDir);
+  ensurePayloadKeyring(paths.payloadKeys);
+  const token = ensureCodecToken(paths.codecToken);
+  const uiOrigin = overrides.uiOrigin ?? codecUiOrigin(config);
+  const server = await listening('codec server', 'codec.listen.port or CLAWGATE_CODEC_PORT', () =>
+    startCodecServer({
+      host: overrides.host ?? config.codec.listen.host,
+      port: overrides.port ?? config.codec.listen.port,
+      uiOrigin,
+      token,
+      codec: payloadCodecFor(paths.payloadKeys),
+      logger,
+    }),
+  );
+  logger.info({ url: server.url, uiOrigin }, 'codec server running');
   return server;
 }

@@ -16,11 +16,14 @@ import type { Gateway } from '../ingress/gateway.ts';
 import { evidenceBaseUrl, type RunningEvidenceServer } from '../evidence/server.ts';
 import type { RunningProxy } from '../proxy/server.ts';
 import { ensurePrivateDir } from '../storage/files.ts';
+import type { RunningCodecServer } from '../temporal/codec-server.ts';
 import { CLAWGATE_SEARCH_ATTRIBUTES } from '../temporal/search-attributes.ts';
 import {
+  codecUiOrigin,
   ensureKeys,
   ensurePortFree,
   modelUpstreams,
+  runCodecServer,
   runGateway,
   runControlMirror,
   runEvidenceServer,
@@ -74,6 +77,7 @@ export async function startStack(
   let gateway: Gateway | undefined;
   let mirror: RunningControlMirror | undefined;
   let evidence: RunningEvidenceServer | undefined;
+  let codec: RunningCodecServer | undefined;
   const stop = async (): Promise<void> => {
     await mirror?.close();
     await gateway?.stop();
@@ -82,6 +86,7 @@ export async function startStack(
     await proxy?.close();
     await upstream?.demo?.close();
     await Promise.all([temporal?.stop(), synapse?.stop()]);
+    await codec?.close();
   };
   const lines: string[] = [];
   try {
@@ -110,6 +115,12 @@ export async function startStack(
         ', or use that homeserver with matrix.homeserverUrl',
       );
     }
+    // The codec server before Temporal: the embedded Web UI is started pointed at it. Its keys
+    // are made first, so that no other part makes a payload keyring of its own meanwhile.
+    progress('Keys and the codec server');
+    const made = await ensureKeys(config);
+    if (made.length > 0) logger.info({ purposes: made }, 'generated keys');
+    codec = await runCodecServer(config, logger.child({ component: 'codec' }));
     let address = config.temporal.address;
     if (address) {
       progress(`Temporal: connecting to ${address}`);
@@ -124,10 +135,11 @@ export async function startStack(
         port: config.temporal.port,
         uiPort: config.temporal.uiPort,
         namespace: config.temporal.namespace,
+        uiCodecEndpoint: codec.url,
       });
       address = temporal.address;
       lines.push(`Temporal         ${address} (dev server, database ${paths.temporalDb})`);
-      lines.push(`Temporal Web UI  ${temporal.uiUrl ?? ''}`);
+      lines.push(`Temporal Web UI  ${temporal.uiUrl ?? ''} (payloads decrypted by the codec server)`);
     }
 
     let demo: DemoState | null = null;
@@ -162,9 +174,7 @@ export async function startStack(
       );
     }
 
-    progress('Keys and policy');
-    const made = await ensureKeys(config);
-    if (made.length > 0) logger.info({ purposes: made }, 'generated signing keys');
+    progress('Policy');
     upstream = await modelUpstreams(config);
     const planningModel = config.worker.planningModel ?? upstream.upstreams[0]?.models[0] ?? '';
     await ensurePolicy(config, demo, planningModel, logger);
@@ -200,6 +210,9 @@ export async function startStack(
     progress('Gateway');
     gateway = await runGateway(config, { address, accounts, logger: logger.child({ component: 'gateway' }) });
     lines.push(`Gateway health   ${gateway.healthUrl}`);
+    lines.push(
+      `Codec server     ${codec.url} (Temporal payloads are encrypted; it decrypts for ${codecUiOrigin(config)} only)`,
+    );
     lines.push(`State and logs   ${config.stateDir}`);
     return { lines, demo, evidenceBaseUrl: evidenceBase, stop };
   } catch (error) {

@@ -7,6 +7,7 @@
 import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Client, Connection } from '@temporalio/client';
+import { dataConverterFor } from '../../src/temporal/codec.ts';
 import { checkJobs, logErrors, strayEffects, type JobVerdict } from './checks.ts';
 import { RoomWatch } from './humans.ts';
 import { driveJob, planJobs, scriptOf, type ChaosJob, type DriveContext } from './jobs.ts';
@@ -323,7 +324,11 @@ export async function runChaos(opts: ChaosOptions): Promise<ChaosReport> {
     };
     watch.start();
     connection = await Connection.connect({ address: stack.temporal.address });
-    const client = new Client({ connection, namespace: 'default' });
+    const client = new Client({
+      connection,
+      namespace: 'default',
+      dataConverter: dataConverterFor(stack.keysDir),
+    });
     for (const moment of ['tool-call', 'model-call', 'seal', 'receipt-write'] as const)
       world.moments.on(moment, () => chaos.saw(moment));
     for (const job of jobs) world.scripts.set(job.index, scriptOf(job, world.countUrl));

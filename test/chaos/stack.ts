@@ -8,6 +8,7 @@ import { ENV_OVERRIDES } from '../../src/config/config.ts';
 import { freeLoopbackPort } from '../../src/devstack/net.ts';
 import { toolPaths } from '../../src/devstack/tools.ts';
 import { generateKeyring, KEY_PURPOSES, loadSigner, publicJwks } from '../../src/keys/keyring.ts';
+import { ensurePayloadKeyring } from '../../src/keys/payload-keyring.ts';
 import { FilePolicyRegistry, signWpc } from '../../src/policy/registry.ts';
 import { parseWpc } from '../../src/policy/wpc.ts';
 import { ensureDemoRepository } from '../../src/workspace/workspaces.ts';
@@ -92,6 +93,8 @@ export async function startChaosStack(opts: {
   const state = join(outDir, 'state');
   const keysDir = join(state, 'keys');
   for (const purpose of KEY_PURPOSES) await generateKeyring(keysDir, purpose);
+  // The parts' payload keyring, made before any part starts: this process's client reads with it.
+  ensurePayloadKeyring(keysDir);
   const source = await ensureDemoRepository(join(outDir, 'source'));
   makeRemote(source.repo, join(outDir, 'remote.git'));
   const ports = {

@@ -22,7 +22,12 @@ import { parseWpc } from '../../src/policy/wpc.ts';
 import { cstVerifier, registryPolicySource } from '../../src/proxy/token-check.ts';
 import { mintCapabilityToken } from '../../src/tokens/cst.ts';
 import { FileRevocationStore } from '../../src/tokens/revocations.ts';
-import { bundleWorkflows, connectTemporal, type TemporalTestContext } from '../harness/temporal.ts';
+import {
+  bundleWorkflows,
+  connectTemporal,
+  testDataConverter,
+  type TemporalTestContext,
+} from '../harness/temporal.ts';
 import { testServers, uniqueId } from '../harness/servers.ts';
 
 const cliPath = fileURLToPath(new URL('../../bin/clawgate', import.meta.url));
@@ -94,9 +99,10 @@ before(async () => {
     namespace,
     workflowExecutionRetentionPeriod: msToTs('1 day'),
   });
-  client = new Client({ connection, namespace });
+  client = new Client({ connection, namespace, dataConverter: testDataConverter() });
   worker = await Worker.create({
     connection: temporal.workerConnection,
+    dataConverter: testDataConverter(),
     namespace,
     taskQueue,
     workflowBundle: await bundleWorkflows(
@@ -281,7 +287,7 @@ test('a machine that cannot read the shared control state refuses every token pa
   c.registry.activate('matrix', hash);
   const cConnection = await Connection.connect({ address: `127.0.0.1:${relayPort}` });
   const cMirror = startControlMirror({
-    client: new Client({ connection: cConnection, namespace }),
+    client: new Client({ connection: cConnection, namespace, dataConverter: testDataConverter() }),
     revocations: c.revocations,
     registry: c.registry,
     policySigners: () => publicJwks(keys, ['policy']),

@@ -10,6 +10,7 @@ import { FilePolicyRegistry } from '../../src/policy/registry.ts';
 import { bubblewrapSandbox } from '../../src/sandbox/bubblewrap.ts';
 import { FileRevocationStore } from '../../src/tokens/revocations.ts';
 import { jobWorkspacePath } from '../../src/workspace/workspaces.ts';
+import { testDataConverter } from '../harness/temporal.ts';
 
 const cfg = JSON.parse(process.argv[2] ?? '{}') as {
   address: string;
@@ -41,6 +42,8 @@ const worker = await Worker.create({
   connection,
   namespace: cfg.namespace,
   taskQueue: cfg.taskQueue,
+  // The run's payload keyring, as every client and worker of the tests (test/harness/temporal.ts).
+  dataConverter: testDataConverter(),
   workflowsPath: fileURLToPath(new URL('../../src/workflows/index.ts', import.meta.url)),
   activities: createJobActivities({
     registry: new FilePolicyRegistry(join(cfg.state, 'registry')),

@@ -29,12 +29,14 @@ import {
   statusQuery,
   type JobStatusView,
 } from '../../src/temporal/job-contract.ts';
+import { decodeHistory } from '../../src/temporal/codec.ts';
 import type { JobResult } from '../../src/workflows/job.ts';
 import { DEMO_FILES, ensureDemoRepository } from '../../src/workspace/workspaces.ts';
 import { GatewayProcess, gatewayTestConfig } from '../harness/gateway-process.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';
 import { startWorkerStack, type WorkerStack } from '../harness/stack.ts';
+import { testPayloadCodec } from '../harness/temporal.ts';
 
 let stack: WorkerStack;
 let dir: string;
@@ -342,7 +344,8 @@ async function callDecision(workflowId: string, eventId: string, timeoutMs = 60_
 
 /** How many times the job was signalled the card answer of event `eventId`. */
 async function signalsOf(workflowId: string, eventId: string): Promise<number> {
-  const history = await handleOf(workflowId).fetchHistory();
+  // As stored, the history's payloads are encrypted: decrypted here with the run's keyring.
+  const history = await decodeHistory(await handleOf(workflowId).fetchHistory(), testPayloadCodec());
   return (history.events ?? []).filter((e) => {
     const signalled = e.workflowExecutionSignaledEventAttributes;
     if (signalled?.signalName !== callDecisionSignal.name) return false;

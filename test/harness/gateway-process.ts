@@ -19,9 +19,11 @@ export function gatewayTestConfig(
   stack: { taskQueue: string; registryDir: string },
   accounts: Array<Omit<AccountConfigInput, 'homeserverUrl'>>,
 ): ClawgateConfigInput {
-  const { synapse, temporal } = testServers();
+  const { synapse, temporal, payloadKeys } = testServers();
   return {
     stateDir: join(dir, 'state'),
+    // The run's payload keyring: the worker stack's jobs are encrypted with it.
+    codec: { keysDir: payloadKeys },
     temporal: { address: temporal.address, namespace: temporal.namespace, taskQueue: stack.taskQueue },
     policy: { registryDir: stack.registryDir, channel: 'matrix' },
     gateway: {

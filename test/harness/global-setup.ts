@@ -7,6 +7,7 @@ import { join, resolve } from 'node:path';
 import { startSynapse, type SynapseServer } from '../../src/devstack/synapse.ts';
 import { startTemporalDevServer, type TemporalDevServer } from '../../src/devstack/temporal.ts';
 import { toolPaths } from '../../src/devstack/tools.ts';
+import { ensurePayloadKeyring } from '../../src/keys/payload-keyring.ts';
 import { ENV } from './servers.ts';
 
 const OUTPUT_DIR = resolve(import.meta.dirname, '../../test-output');
@@ -50,6 +51,9 @@ export async function globalSetup(): Promise<void> {
   process.env[ENV.synapseServerName] = synapse.serverName;
   process.env[ENV.synapseSecret] = synapse.registrationSharedSecret;
   process.env[ENV.bwrap] = tools.bwrap;
+  const payloadKeys = join(runDir, 'payload-keys');
+  ensurePayloadKeyring(payloadKeys);
+  process.env[ENV.payloadKeys] = payloadKeys;
   console.log(
     `test servers up in ${Date.now() - started} ms: Temporal ${temporal.address}, Synapse ${synapse.baseUrl}; ` +
       `logs in ${runDir}`,

@@ -8,6 +8,11 @@ export interface TestServers {
   temporal: { address: string; namespace: string };
   synapse: { baseUrl: string; serverName: string; registrationSharedSecret: string };
   bwrap: string;
+  /**
+   * The keys folder of the run's payload keyring (payload/): every Temporal client and worker
+   * of the run, clawgate processes the tests start included, encrypts and decrypts with it.
+   */
+  payloadKeys: string;
 }
 
 export const ENV = {
@@ -18,6 +23,8 @@ export const ENV = {
   synapseServerName: 'CLAWGATE_TEST_SYNAPSE_SERVER_NAME',
   synapseSecret: 'CLAWGATE_TEST_SYNAPSE_SECRET',
   bwrap: 'CLAWGATE_TEST_BWRAP',
+  // clawgate's own variable (codec.keysDir), so the clawgate processes a test starts use it too.
+  payloadKeys: 'CLAWGATE_PAYLOAD_KEYS_DIR',
 } as const;
 
 function required(name: string): string {
@@ -41,6 +48,7 @@ export function testServers(): TestServers {
       registrationSharedSecret: required(ENV.synapseSecret),
     },
     bwrap: required(ENV.bwrap),
+    payloadKeys: required(ENV.payloadKeys),
   };
 }
 

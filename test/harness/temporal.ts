@@ -1,6 +1,8 @@
 // Temporal for tests: a client and a worker connection to the run's dev server, a workflow
-// bundle built once per test file, and a fresh Worker per test with a unique task queue.
+// bundle built once per test file, and a fresh Worker per test with a unique task queue. Every
+// client and worker encrypts its payloads with the run's payload keyring, as clawgate's do.
 import { Client, Connection } from '@temporalio/client';
+import type { DataConverter } from '@temporalio/common';
 import {
   bundleWorkflowCode,
   NativeConnection,
@@ -8,7 +10,18 @@ import {
   Worker,
   type WorkerOptions,
 } from '@temporalio/worker';
+import { dataConverterFor, payloadCodecFor, type AesGcmPayloadCodec } from '../../src/temporal/codec.ts';
 import { testServers, uniqueId } from './servers.ts';
+
+/** The data converter of the run's clients and workers: the payload codec of its keyring. */
+export function testDataConverter(): DataConverter {
+  return dataConverterFor(testServers().payloadKeys);
+}
+
+/** The run's payload codec, for a test that reads a raw history (`decodeHistory`). */
+export function testPayloadCodec(): AesGcmPayloadCodec {
+  return payloadCodecFor(testServers().payloadKeys);
+}
 
 let runtimeInstalled = false;
 /** The worker runtime logs every poll at info level; tests keep warnings and errors. */
@@ -47,7 +60,8 @@ export async function connectTemporal(): Promise<TemporalTestContext> {
   const { temporal } = testServers();
   const connection = await Connection.connect({ address: temporal.address });
   const workerConnection = await NativeConnection.connect({ address: temporal.address });
-  const client = new Client({ connection, namespace: temporal.namespace });
+  const dataConverter = testDataConverter();
+  const client = new Client({ connection, namespace: temporal.namespace, dataConverter });
   return {
     client,
     workerConnection,
@@ -55,6 +69,7 @@ export async function connectTemporal(): Promise<TemporalTestContext> {
     async createWorker(opts) {
       const taskQueue = uniqueId('tq');
       const worker = await Worker.create({
+        dataConverter,
         ...opts,
         connection: workerConnection,
         namespace: temporal.namespace,

@@ -96,6 +96,7 @@ test('clawgate start uses an existing Temporal, homeserver and model upstream wh
       'policy: { initial: policy.json }',
       `proxy: { listen: { port: ${await freeLoopbackPort()} } }`,
       `evidence: { listen: { port: ${await freeLoopbackPort()} } }`,
+      `codec: { listen: { port: ${await freeLoopbackPort()} } }`,
       'gateway:',
       `  health: { port: ${await freeLoopbackPort()} }`,
       '  accounts:',
@@ -267,6 +268,7 @@ test('clawgate start where another server holds the Temporal or Synapse port: a 
       CLAWGATE_TEMPORAL_PORT: String(await freeLoopbackPort()),
       CLAWGATE_TEMPORAL_UI_PORT: String(await freeLoopbackPort()),
       CLAWGATE_SYNAPSE_PORT: String(await freeLoopbackPort()),
+      CLAWGATE_CODEC_PORT: String(await freeLoopbackPort()),
       [variable]: String(taken),
     };
     delete env['CLAWGATE_CONFIG'];

@@ -11,12 +11,32 @@ import { fileURLToPath } from 'node:url';
 import { after, test } from 'node:test';
 import { freeLoopbackPort } from '../../src/devstack/net.ts';
 import { checkClawsigExport } from '../../src/evidence/clawsig-check.ts';
+import { toolPaths } from '../../src/devstack/tools.ts';
 import { DEMO_README } from '../../src/workspace/workspaces.ts';
+
+const toolsTemporal = (): string => toolPaths().temporal;
+
+/** Every payload's data in a history as the Temporal CLI prints it (base64), decoded as text. */
+function payloadTexts(historyJson: string): string {
+  const texts: string[] = [];
+  const walk = (node: unknown): void => {
+    if (typeof node !== 'object' || node === null) return;
+    const { metadata, data } = node as { metadata?: unknown; data?: unknown };
+    if (typeof metadata === 'object' && metadata !== null && typeof data === 'string') {
+      texts.push(Buffer.from(data, 'base64').toString('utf8'));
+    }
+    for (const value of Object.values(node)) walk(value);
+  };
+  walk(JSON.parse(historyJson));
+  return texts.join('\n');
+}
 
 const bin = fileURLToPath(new URL('../../bin/clawgate', import.meta.url));
 const state = join(mkdtempSync(join(tmpdir(), 'clawgate-start-')), 'state');
 const env: NodeJS.ProcessEnv = { ...process.env, CLAWGATE_STATE_DIR: state };
 delete env['CLAWGATE_CONFIG'];
+// The stack's own payload keyring (state/keys/payload), as on a fresh machine, not the run's.
+delete env['CLAWGATE_PAYLOAD_KEYS_DIR'];
 let stack: { child: ChildProcess; output: () => string; exited: Promise<number | null> } | undefined;
 
 async function ports(): Promise<void> {
@@ -27,6 +47,7 @@ async function ports(): Promise<void> {
     'CLAWGATE_PROXY_PORT',
     'CLAWGATE_HEALTH_PORT',
     'CLAWGATE_EVIDENCE_PORT',
+    'CLAWGATE_CODEC_PORT',
   ]) {
     env[name] = String(await freeLoopbackPort());
   }
@@ -96,6 +117,7 @@ test('clawgate start on fresh state: a job from `clawgate say` to a sealed bundl
     'Worker',
     'Gateway health',
     'Evidence pages',
+    'Codec server',
   ]) {
     assert.ok(ready.includes(part), `the start-up summary names ${part}:\n${ready}`);
   }
@@ -147,6 +169,59 @@ test('clawgate start on fresh state: a job from `clawgate say` to a sealed bundl
   assert.equal(reexported.stdout, exportText);
   const audit = await clawgate('security', 'audit');
   assert.equal(audit.code, 0, `${audit.stdout}${audit.stderr}`);
+
+  // The job's payloads are encrypted with the state folder's payload keyring; the Web UI is
+  // started pointed at the codec server, which decrypts for the UI's origin and refuses others.
+  assert.ok(existsSync(join(state, 'keys', 'payload', 'keyring.json')));
+  const codecUrl = `http://127.0.0.1:${env['CLAWGATE_CODEC_PORT']}`;
+  const uiOrigin = `http://127.0.0.1:${env['CLAWGATE_TEMPORAL_UI_PORT']}`;
+  const settings = await (await fetch(`${uiOrigin}/api/v1/settings`)).text();
+  assert.ok(settings.includes(codecUrl), `the Web UI's settings name the codec server:\n${settings}`);
+  const workflowId = /^workflow\s+(\S+)/m.exec(shown)?.[1] as string;
+  const show = (...extra: string[]) =>
+    new Promise<string>((resolve, reject) => {
+      execFile(
+        toolsTemporal(),
+        [
+          'workflow',
+          'show',
+          '--address',
+          `127.0.0.1:${env['CLAWGATE_TEMPORAL_PORT']}`,
+          '--workflow-id',
+          workflowId,
+          '--output',
+          'json',
+          ...extra,
+        ],
+        { maxBuffer: 64 * 1024 * 1024 },
+        (error, stdout, stderr) =>
+          error ? reject(new Error(`${error.message}\n${stderr}`)) : resolve(stdout),
+      );
+    });
+  const rawHistory = await show();
+  assert.ok(
+    rawHistory.includes('YmluYXJ5L2VuY3J5cHRlZA==') || rawHistory.includes('binary/encrypted'),
+    'the stored payloads are binary/encrypted',
+  );
+  assert.ok(!rawHistory.includes('summarise the readme'), 'no request text without the codec');
+  assert.ok(!payloadTexts(rawHistory).includes('summarise the readme'), 'nor in its payloads');
+  const token = readFileSync(join(state, 'codec-server.token'), 'utf8').trim();
+  const decodedHistory = await show('--codec-endpoint', codecUrl, '--codec-auth', `Bearer ${token}`);
+  assert.ok(
+    payloadTexts(decodedHistory).includes('summarise the readme'),
+    'the request text through the codec server',
+  );
+  for (const [origin, status] of [
+    [uiOrigin, 200],
+    ['http://127.0.0.1:1', 403],
+  ] as const) {
+    const res = await fetch(`${codecUrl}/decode`, {
+      method: 'POST',
+      headers: { origin, 'content-type': 'application/json' },
+      body: JSON.stringify({ payloads: [] }),
+    });
+    assert.equal(res.status, status, origin);
+  }
 
   // Secrets never reach the log: the demo users' tokens and passwords are nowhere in it.
   const log = readFileSync(join(state, 'clawgate.log'), 'utf8');

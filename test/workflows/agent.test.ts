@@ -36,6 +36,7 @@ import {
   type ApprovalAttempt,
   type JobRequest,
 } from '../../src/temporal/job-contract.ts';
+import { decodeHistory } from '../../src/temporal/codec.ts';
 import { FileRevocationStore } from '../../src/tokens/revocations.ts';
 import { EvidenceStore } from '../../src/evidence/store.ts';
 import { canonicalHash } from '../../src/policy/canonical.ts';
@@ -44,7 +45,12 @@ import { DEMO_README, ensureDemoRepository, jobWorkspacePath } from '../../src/w
 import { recordHistory } from '../harness/histories.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { testServers, uniqueId } from '../harness/servers.ts';
-import { bundleWorkflows, connectTemporal, type TemporalTestContext } from '../harness/temporal.ts';
+import {
+  bundleWorkflows,
+  connectTemporal,
+  testPayloadCodec,
+  type TemporalTestContext,
+} from '../harness/temporal.ts';
 
 let temporal: TemporalTestContext;
 let upstream: DemoUpstream;
@@ -539,7 +545,8 @@ test("a model that never stops calling tools ends as budget_exhausted, and the p
     // While the third turn's tool call waits, the job's own token is used directly: the job has
     // made its one planning and three execution calls, all its budget.
     await holding;
-    const history = await handle.fetchHistory();
+    // As stored, the history's payloads are encrypted: decrypted here with the run's keyring.
+    const history = await decodeHistory(await handle.fetchHistory(), testPayloadCodec());
     const minted = history.events
       ?.map((e) => e.activityTaskCompletedEventAttributes?.result?.payloads?.[0]?.data)
       .filter((d): d is Uint8Array => d instanceof Uint8Array)

@@ -10,7 +10,15 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createServer, type Server } from 'node:http';
 import { after, before, test } from 'node:test';
-import { WorkflowExecutionAlreadyStartedError, type WorkflowHandle } from '@temporalio/client';
+import {
+  Client,
+  Connection,
+  WorkflowExecutionAlreadyStartedError,
+  type WorkflowHandle,
+} from '@temporalio/client';
+import { defaultPayloadConverter, type Payload } from '@temporalio/common';
+import { historyToJSON } from '@temporalio/common/lib/proto-utils.js';
+import proto from '@temporalio/proto';
 import type { Worker } from '@temporalio/worker';
 import { createJobActivities } from '../../src/activities/job-activities.ts';
 import {
@@ -41,11 +49,18 @@ import {
   type JobRequest,
 } from '../../src/temporal/job-contract.ts';
 import { FileRevocationStore } from '../../src/tokens/revocations.ts';
+import { decodeHistory, ENCRYPTED_ENCODING } from '../../src/temporal/codec.ts';
+import { JOB_REQUESTER } from '../../src/temporal/search-attributes.ts';
 import type { JobResult } from '../../src/workflows/job.ts';
 import { recordHistory } from '../harness/histories.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { testServers, uniqueId } from '../harness/servers.ts';
-import { bundleWorkflows, connectTemporal, type TemporalTestContext } from '../harness/temporal.ts';
+import {
+  bundleWorkflows,
+  connectTemporal,
+  testPayloadCodec,
+  type TemporalTestContext,
+} from '../harness/temporal.ts';
 
 const PLAN = {
   summary: 'Read the readme and find the TODOs',
@@ -705,4 +720,43 @@ test('cancel from the client, as the Web UI does: tokens revoked, notice posted,
   const verified = await verifyBundle(bundleOf(result.bundleDigest), jwksOf());
   assert.deepEqual(verified.problems, []);
   await recordHistory(handle, 'cancelled');
+});
+
+test("a job's payloads are encrypted in Temporal: no request text in the raw history, search attributes searchable, read as before through the codec", async () => {
+  const marker = uniqueId('recognizable-secret-request');
+  const text = `!claw summarise the readme and mention ${marker}`;
+  const { handle, eventId, workflowId } = await request(text);
+  // The job has planned by then: its history holds the request, the plan and activity results.
+  await waitForThreadNotice(eventId, /^Plan for job/);
+  const { address, namespace } = testServers().temporal;
+  const connection = await Connection.connect({ address });
+  try {
+    // A client without the codec sees what Temporal stores.
+    const plain = new Client({ connection, namespace });
+    const raw = await plain.workflow.getHandle(workflowId).fetchHistory();
+    const bytes = Buffer.from(proto.temporal.api.history.v1.History.encode(raw).finish());
+    assert.ok(bytes.length > 1000, 'the history has content');
+    assert.equal(bytes.includes(Buffer.from(marker)), false, 'the request text is nowhere in the raw bytes');
+    assert.equal(historyToJSON(raw).includes(marker), false, 'nor in its JSON form');
+    const input = raw.events?.[0]?.workflowExecutionStartedEventAttributes?.input?.payloads?.[0];
+    assert.equal(Buffer.from(input?.metadata?.['encoding'] ?? []).toString(), ENCRYPTED_ENCODING);
+    // Without the keyring, the job's state cannot be read.
+    await assert.rejects(plain.workflow.getHandle(workflowId).query(statusQuery));
+    // Search attributes are not encrypted: visibility finds the job by its requester.
+    const query = `WorkflowId = '${workflowId}' AND ${JOB_REQUESTER.name} = '${requester.userId}'`;
+    let found = 0;
+    for (let i = 0; i < 50 && found === 0; i++) {
+      for await (const _ of plain.workflow.list({ query })) found += 1;
+      if (found === 0) await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal(found, 1, 'the job is found by its search attributes');
+    // Through the codec the same history reads as before: the request text is the job's input.
+    const decoded = await decodeHistory(raw, testPayloadCodec());
+    const started = decoded.events?.[0]?.workflowExecutionStartedEventAttributes?.input?.payloads?.[0];
+    assert.equal(defaultPayloadConverter.fromPayload<JobRequest>(started as Payload).text, text);
+  } finally {
+    await connection.close();
+  }
+  assert.equal((await handle.query(statusQuery)).status, 'awaiting_approval');
+  await handle.terminate('the encryption test is over');
 });
