@@ -48,7 +48,9 @@ async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T 
       last = error;
     }
     if (Date.now() > deadline)
-      throw new Error(`${what}: not within ${timeoutMs / 1000} s${last ? ` (${String(last)})` : ''}`);
+      throw new Error(
+        `${what}: not within ${timeoutMs / 1000} s${last ? ` (${last instanceof Error ? last.message : JSON.stringify(last)})` : ''}`,
+      );
     await new Promise((r) => setTimeout(r, 500));
   }
 }
