@@ -28,13 +28,12 @@ import type { ServerProcess } from '../src/devstack/process.ts';
 import { startSynapse } from '../src/devstack/synapse.ts';
 import { startTemporalDevServer } from '../src/devstack/temporal.ts';
 import { toolPaths } from '../src/devstack/tools.ts';
-import { shortJobId } from '../src/ingress/job-ids.ts';
+import { jobWorkflowId, shortJobId } from '../src/ingress/job-ids.ts';
 import { quietMatrixSdkLogging } from '../src/ingress/sdk-logging.ts';
 import { loadSigner, publicJwks } from '../src/keys/keyring.ts';
 import { FilePolicyRegistry, signWpc } from '../src/policy/registry.ts';
 import { parseWpc } from '../src/policy/wpc.ts';
 import { DEMO_MODEL, ensureKeys } from '../src/stack/components.ts';
-import { jobWorkflowId } from '../src/temporal/job-contract.ts';
 import { mib, RssSampler, sleep, startPart, writeConfig } from './clawgate-parts.ts';
 
 const ROOMS = Number(process.env['BENCH_GATEWAY_ROOMS'] ?? 50);

@@ -20,12 +20,11 @@ import { startSynapse } from '../src/devstack/synapse.ts';
 import { startTemporalDevServer } from '../src/devstack/temporal.ts';
 import { toolPaths } from '../src/devstack/tools.ts';
 import { Gateway } from '../src/ingress/gateway.ts';
-import { shortJobId } from '../src/ingress/job-ids.ts';
+import { jobWorkflowId, shortJobId } from '../src/ingress/job-ids.ts';
 import { quietMatrixSdkLogging } from '../src/ingress/sdk-logging.ts';
 import { generateKeyring, loadSigner, publicJwks } from '../src/keys/keyring.ts';
 import { FilePolicyRegistry, signWpc } from '../src/policy/registry.ts';
 import { parseWpc } from '../src/policy/wpc.ts';
-import { jobWorkflowId } from '../src/temporal/job-contract.ts';
 import { JOB_ID, JOB_REQUESTER, JOB_ROOM, JOB_STATUS } from '../src/temporal/search-attributes.ts';
 
 const SEQUENTIAL = Number(process.env['BENCH_GATEWAY_SEQUENTIAL'] ?? 100);

@@ -59,10 +59,14 @@ export function addStackCommands(program: Command): void {
         config.log.level,
         pino.destination({ dest: openSync(logPath, 'a', 0o600), sync: true }),
       );
-      installTemporalLogging(logger);
+      // The worker runs in this process: its Temporal SDK metrics go to a buffer its GET /metrics
+      // drains, as for `clawgate worker` (the runtime takes the buffer once, before any connection).
+      const { MetricsBuffer } = await import('@temporalio/worker');
+      const metricsBuffer = new MetricsBuffer({ maxBufferSize: 100_000, useSecondsForDurations: true });
+      installTemporalLogging(logger, { metricsBuffer });
       const { startStack, tryItLines } = await import('../stack/start.ts');
       const started = Date.now();
-      const stack = await startStack(config, logger, (line) => out(`==> ${line}`));
+      const stack = await startStack(config, logger, (line) => out(`==> ${line}`), { metricsBuffer });
       out(
         [
           '',
@@ -129,11 +133,10 @@ export function addStackCommands(program: Command): void {
       const { MetricsBuffer } = await import('@temporalio/worker');
       const metricsBuffer = new MetricsBuffer({ maxBufferSize: 100_000, useSecondsForDurations: true });
       const logger = await serviceLogger('clawgate-worker', config.log.level, { metricsBuffer });
-      const { DEMO_MODEL, ensureKeys, listen, requireAddress, runControlMirror, runWorker } =
+      const { DEMO_MODEL, ensureKeys, requireAddress, runControlMirror, runWorker, serveWorkerHealth } =
         await import('../stack/components.ts');
       const { WorkerMetrics } = await import('../metrics/worker.ts');
       const { forwardTemporalMetrics } = await import('../metrics/temporal.ts');
-      const { answerMetrics, METRICS_PATH } = await import('../metrics/prometheus.ts');
       const metrics = new WorkerMetrics();
       const sdkMetrics = forwardTemporalMetrics(metricsBuffer, metrics.registry);
       await ensureKeys(config);
@@ -147,27 +150,16 @@ export function addStackCommands(program: Command): void {
         controlStale: mirror.stale,
         metrics,
       });
-      const { createServer } = await import('node:http');
-      const health = createServer((req, res) => {
-        if (req.method === 'GET' && req.url === METRICS_PATH) {
-          answerMetrics(res, metrics.registry, sdkMetrics.drain);
-          return;
-        }
-        const state = worker.worker.getState();
-        const ok = req.url === '/health' && state === 'RUNNING';
-        res.writeHead(req.url === '/health' ? (ok ? 200 : 503) : 404, { 'content-type': 'application/json' });
-        const control = mirror.health();
-        res.end(`${JSON.stringify({ ok, state, taskQueue: config.temporal.taskQueue, control })}\n`);
-      });
+      let health: Awaited<ReturnType<typeof serveWorkerHealth>>;
       try {
-        await listen(health, config.worker.health, 'worker health endpoint', 'worker.health.port');
+        health = await serveWorkerHealth(config, { worker, mirror, metrics, drain: sdkMetrics.drain });
       } catch (error) {
         await worker.close();
         await mirror.close();
         throw error;
       }
       await Promise.race([untilStopped(logger), worker.run]);
-      health.close();
+      await health.close();
       sdkMetrics.stop();
       await worker.close();
       await mirror.close();

@@ -86,7 +86,7 @@ export const configSchema = z
       .object({
         /** The model that drafts plans (default: the first model of the first upstream). */
         planningModel: z.string().min(1).optional(),
-        /** `clawgate worker` answers GET /health here (the worker's state). */
+        /** The worker (`clawgate worker`, or `clawgate start`'s) answers GET /health and /metrics here. */
         health: listen(8791),
         /**
          * Workflows kept in the worker's memory; others (jobs waiting days for approval) are
@@ -185,6 +185,7 @@ export const ENV_OVERRIDES: ReadonlyArray<{
   { name: 'CLAWGATE_SYNAPSE_PORT', path: ['matrix', 'port'], kind: 'port' },
   { name: 'CLAWGATE_PROXY_PORT', path: ['proxy', 'listen', 'port'], kind: 'port' },
   { name: 'CLAWGATE_HEALTH_PORT', path: ['gateway', 'health', 'port'], kind: 'port' },
+  { name: 'CLAWGATE_WORKER_HEALTH_PORT', path: ['worker', 'health', 'port'], kind: 'port' },
   { name: 'CLAWGATE_EVIDENCE_PORT', path: ['evidence', 'listen', 'port'], kind: 'port' },
   { name: 'CLAWGATE_EVIDENCE_BASE_URL', path: ['evidence', 'baseUrl'], kind: 'string' },
   { name: 'CLAWGATE_CODEC_PORT', path: ['codec', 'listen', 'port'], kind: 'port' },

@@ -4,8 +4,8 @@ export const SAMPLE_CONFIG = `# clawgate configuration (YAML or JSON). Every key
 # \`clawgate start\` runs everything locally on embedded defaults. Environment variables
 # override the file: CLAWGATE_STATE_DIR, CLAWGATE_TEMPORAL_ADDRESS, CLAWGATE_TEMPORAL_NAMESPACE,
 # CLAWGATE_TEMPORAL_TLS, CLAWGATE_TEMPORAL_PORT, CLAWGATE_TEMPORAL_UI_PORT, CLAWGATE_HOMESERVER_URL,
-# CLAWGATE_SYNAPSE_PORT, CLAWGATE_PROXY_PORT, CLAWGATE_HEALTH_PORT, CLAWGATE_CODEC_PORT,
-# CLAWGATE_CODEC_UI_ORIGIN, CLAWGATE_PAYLOAD_KEYS_DIR, CLAWGATE_LOG_LEVEL, and
+# CLAWGATE_SYNAPSE_PORT, CLAWGATE_PROXY_PORT, CLAWGATE_HEALTH_PORT, CLAWGATE_WORKER_HEALTH_PORT,
+# CLAWGATE_CODEC_PORT, CLAWGATE_CODEC_UI_ORIGIN, CLAWGATE_PAYLOAD_KEYS_DIR, CLAWGATE_LOG_LEVEL, and
 # CLAWGATE_MODEL_BASE_URL + CLAWGATE_MODEL (+ CLAWGATE_MODEL_API_KEY) for one model upstream;
 # secrets by name: CLAWGATE_ACCOUNT_<ID>_PASSWORD or _ACCESS_TOKEN, _RECOVERY_KEY,
 # CLAWGATE_UPSTREAM_<NAME>_API_KEY.
@@ -56,7 +56,7 @@ proxy:
   #     models: [qwen2.5-coder]
 
 worker:
-  health: { host: 127.0.0.1, port: 8791 }  # clawgate worker: GET /health
+  health: { host: 127.0.0.1, port: 8791 }  # the worker (clawgate worker or start): GET /health, /metrics
   maxCachedWorkflows: 50                    # more waiting jobs are evicted and replayed on a signal
   # planningModel: anthropic/claude-sonnet-4  # default: the first model of the first upstream
   # workspace: /srv/repo                      # default: state/workspace

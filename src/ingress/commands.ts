@@ -6,9 +6,9 @@
 // Approval cards are answered with `!approve <card>` / `!deny <card>` in the job's thread, or
 // with a ✅ / ❌ reaction on the card message.
 import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
-import { CALL_CARD_FIELD, CALL_CARD_ID, jobWorkflowId } from '../temporal/job-contract.ts';
+import { CALL_CARD_FIELD, CALL_CARD_ID, legacyJobWorkflowId } from '../temporal/job-contract.ts';
 import { BIDI_CONTROLS, clip, MATRIX_HTML_FORMAT, sameWords, shownHtml } from './displayed.ts';
-import { isJobRef } from './job-ids.ts';
+import { isJobRef, jobWorkflowIds } from './job-ids.ts';
 
 export type Command =
   | { kind: 'request'; text: string }
@@ -553,16 +553,22 @@ export function readCard(content: unknown): { cardId: string | null; workflowId:
 }
 
 /**
- * The request event of a job of this room, from the job's workflow id
- * (`job:<room>:<request event id>`), or null when the workflow id names no job of this room.
+ * The request event of a job of this room, or null when the workflow id names no job of this
+ * room. A short workflow id (`clawgate-<job id>`) is a hash, so its request event comes from
+ * `threadRoot` (the thread the bot posted the card in) and counts only when it hashes to that
+ * id in this room; an old one (`job:<room>:<request event id>`) carries its request event.
  */
-export function jobRootInRoom(workflowId: string, roomId: string): string | null {
-  const prefix = jobWorkflowId(roomId, '');
+export function jobRootInRoom(workflowId: string, roomId: string, threadRoot?: string): string | null {
+  if (threadRoot !== undefined && /^\$\S{1,255}$/.test(threadRoot)) {
+    const ids = jobWorkflowIds(roomId, threadRoot);
+    if (ids.workflowId === workflowId || ids.legacy === workflowId) return threadRoot;
+  }
+  const prefix = legacyJobWorkflowId(roomId, '');
   if (!workflowId.startsWith(prefix)) return null;
   const root = workflowId.slice(prefix.length);
   // An event id starts with `$`, and a room id never holds `:$` (its server name follows its
   // first colon), so the workflow id of another room's job never reads as one of this room.
-  return /^\$\S{1,255}$/.test(root) && jobWorkflowId(roomId, root) === workflowId ? root : null;
+  return /^\$\S{1,255}$/.test(root) && legacyJobWorkflowId(roomId, root) === workflowId ? root : null;
 }
 
 function escapeRegExp(s: string): string {

@@ -46,7 +46,6 @@ import {
   callDecisionSignal,
   cancelSignal,
   jobStaticSummary,
-  jobWorkflowId,
   statusQuery,
   type ApprovalAttempt,
   type CallDecisionAttempt,
@@ -77,7 +76,7 @@ import {
 } from './commands.ts';
 import { clip } from './displayed.ts';
 import { matrixTaskQueueOf, type AccountConfig, type GatewayConfig } from './config.ts';
-import { shortJobId, SHORT_JOB_ID } from './job-ids.ts';
+import { isJobWorkflowId, jobWorkflowIds, shortJobId, SHORT_JOB_ID } from './job-ids.ts';
 import { createMatrixActivities, threadRelation } from './matrix-io.ts';
 import { quietMatrixSdkLogging, routeRoutineSdkWarnings } from './sdk-logging.ts';
 import { GatewayMetrics, type GatewayApprovalRefusal } from '../metrics/gateway.ts';
@@ -156,6 +155,8 @@ interface EventContext {
 
 interface JobTarget {
   workflowId: string;
+  /** The old-form id the same job may run under when it was started before the short form. */
+  legacyWorkflowId?: string;
   jobId: string;
   /** The job's room, when known before asking the job. */
   roomId: string | null;
@@ -981,8 +982,14 @@ export class GatewayAccount {
       await this.reply(ctx, `${ctx.sender}: ${refusal}`);
       return false;
     }
-    const workflowId = jobWorkflowId(ctx.roomId, ctx.eventId);
+    const { workflowId, legacy } = jobWorkflowIds(ctx.roomId, ctx.eventId);
     const jobId = shortJobId(workflowId);
+    // A request whose job was started under the old id form, before an upgrade, is redelivered
+    // too: Temporal's id uniqueness cannot see that one, so it is asked for by name.
+    if (await this.exists(legacy)) {
+      this.log.info({ workflowId: legacy }, 'request seen again (redelivered); its job was started before');
+      return true;
+    }
     const request: JobRequest = {
       roomId: ctx.roomId,
       requester: ctx.sender,
@@ -1031,14 +1038,10 @@ export class GatewayAccount {
   ): Promise<JobTarget | { error: string }> {
     if (named === undefined) {
       if (!ctx.threadRoot) return { error: `outside a job's thread, name the job: ${usage}` };
-      const workflowId = jobWorkflowId(ctx.roomId, ctx.threadRoot);
-      return { workflowId, jobId: shortJobId(workflowId), roomId: ctx.roomId };
+      return this.targetOf(ctx.roomId, ctx.threadRoot);
     }
-    if (named.startsWith('$')) {
-      const workflowId = jobWorkflowId(ctx.roomId, named);
-      return { workflowId, jobId: shortJobId(workflowId), roomId: ctx.roomId };
-    }
-    if (named.startsWith('job:')) return { workflowId: named, jobId: shortJobId(named), roomId: null };
+    if (named.startsWith('$')) return this.targetOf(ctx.roomId, named);
+    if (isJobWorkflowId(named)) return { workflowId: named, jobId: shortJobId(named), roomId: null };
     if (SHORT_JOB_ID.test(named)) {
       const found = await this.gateway.findJob(named);
       if (!found) return { error: `there is no job ${named} (the id is in the job's plan message)` };
@@ -1106,7 +1109,6 @@ export class GatewayAccount {
       );
       return false;
     }
-    const workflowId = jobWorkflowId(ctx.roomId, ctx.threadRoot);
     const attempt: CallDecisionAttempt = {
       eventId: ctx.eventId,
       sender: ctx.sender,
@@ -1121,7 +1123,7 @@ export class GatewayAccount {
       content: { sha256: evidence.contentSha256, shown: evidence.shown },
       ...(mismatch !== undefined ? { displayMismatch: mismatch } : {}),
     };
-    const target = { workflowId, jobId: shortJobId(workflowId), roomId: ctx.roomId };
+    const target = this.targetOf(ctx.roomId, ctx.threadRoot);
     return await this.signal(ctx, target, (handle) => handle.signal(callDecisionSignal, attempt), 'call');
   }
 
@@ -1170,7 +1172,9 @@ export class GatewayAccount {
     const named = readCard(cardContent);
     if (!named) return false;
     this.stats.handledEvents += 1;
-    const root = jobRootInRoom(named.workflowId, roomId);
+    // The bot posted the card in its job's thread; an encrypted card keeps that relation in clear.
+    const thread = threadRootOf(card.content) ?? threadRootOf(cardContent);
+    const root = jobRootInRoom(named.workflowId, roomId, thread);
     if (root === null) {
       this.stats.refusedEvents += 1;
       this.approvalRefused('call', 'other_room');
@@ -1241,6 +1245,39 @@ export class GatewayAccount {
     return sent;
   }
 
+  /** The job of a request event of a room, under either id form. */
+  private targetOf(roomId: string, eventId: string): JobTarget {
+    const { workflowId, legacy } = jobWorkflowIds(roomId, eventId);
+    return { workflowId, legacyWorkflowId: legacy, jobId: shortJobId(workflowId), roomId };
+  }
+
+  /** Whether any run of this workflow id is known to Temporal, running or closed. */
+  private async exists(workflowId: string): Promise<boolean> {
+    try {
+      await this.gateway.temporal.workflow.getHandle(workflowId).describe();
+      return true;
+    } catch (error) {
+      if (error instanceof WorkflowNotFoundError) return false;
+      throw error;
+    }
+  }
+
+  /**
+   * Does `use` with the target's workflow handle: its current id, and when Temporal knows no
+   * such workflow, its old-form id. The old one's WorkflowNotFoundError is the one thrown.
+   */
+  private async withJob<T>(
+    target: JobTarget,
+    use: (handle: ReturnType<Client['workflow']['getHandle']>) => Promise<T>,
+  ): Promise<T> {
+    try {
+      return await use(this.gateway.temporal.workflow.getHandle(target.workflowId));
+    } catch (error) {
+      if (!(error instanceof WorkflowNotFoundError) || target.legacyWorkflowId === undefined) throw error;
+      return await use(this.gateway.temporal.workflow.getHandle(target.legacyWorkflowId));
+    }
+  }
+
   /** `approval`: what the signal carries, when it is an approval attempt (for the metric). */
   private async signal(
     ctx: EventContext,
@@ -1249,7 +1286,7 @@ export class GatewayAccount {
     approval?: ApprovalVerdict['subject'],
   ): Promise<boolean> {
     try {
-      await send(this.gateway.temporal.workflow.getHandle(target.workflowId));
+      await this.withJob(target, send);
     } catch (error) {
       if (error instanceof WorkflowNotFoundError) {
         this.stats.refusedEvents += 1;
@@ -1275,10 +1312,12 @@ export class GatewayAccount {
       await this.reply(ctx, `${ctx.sender}: ${target.error}`);
       return;
     }
-    const handle = this.gateway.temporal.workflow.getHandle(target.workflowId);
     let line: string;
     try {
-      const description = await handle.describe();
+      const { handle, description } = await this.withJob(target, async (handle) => ({
+        handle,
+        description: await handle.describe(),
+      }));
       const status =
         description.typedSearchAttributes.get(JOB_STATUS) ?? description.status.name.toLowerCase();
       line = `Job ${target.jobId}: ${status}`;
@@ -1526,4 +1565,13 @@ export class Gateway {
     }
     return null;
   }
+}
+
+/** The thread root an event of the bot's names in its (clear) relation, if any. */
+function threadRootOf(content: unknown): string | undefined {
+  const relation = isRecord(content) ? content['m.relates_to'] : undefined;
+  if (!isRecord(relation)) return undefined;
+  return relation['rel_type'] === 'm.thread' && typeof relation['event_id'] === 'string'
+    ? relation['event_id']
+    : undefined;
 }

@@ -3,6 +3,7 @@
 // gateway. `clawgate start` runs all three in one process next to the embedded servers;
 // `clawgate proxy|worker|gateway` run one each, as the docker-compose services do.
 import { existsSync } from 'node:fs';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { createServer as createNetServer, type Server } from 'node:net';
 import { setFlagsFromString } from 'node:v8';
 import { join } from 'node:path';
@@ -39,6 +40,7 @@ import { dataConverterFor, payloadCodecFor } from '../temporal/codec.ts';
 import { ensureCodecToken, startCodecServer, type RunningCodecServer } from '../temporal/codec-server.ts';
 import { cachedWorkflowBundle } from './workflow-bundle.ts';
 import { AWAITING_APPROVAL_QUERY, type WorkerMetrics } from '../metrics/worker.ts';
+import { answerMetrics, METRICS_PATH } from '../metrics/prometheus.ts';
 
 export const DEMO_MODEL = 'demo-echo';
 
@@ -188,6 +190,55 @@ export interface RunningWorker {
   worker: Worker;
   run: Promise<void>;
   close(): Promise<void>;
+}
+
+export interface WorkerHealth {
+  /** GET /health: 200 while the worker runs, with its state and the control mirror's. */
+  healthUrl: string;
+  /** GET /metrics: the worker's counts and the Temporal SDK's, in Prometheus text. */
+  metricsUrl: string;
+  close(): Promise<void>;
+}
+
+/**
+ * The worker's health and metrics endpoint on `worker.health`, for `clawgate worker` and the
+ * worker `clawgate start` runs in its own process alike. `drain` moves the SDK's buffered
+ * metrics into the registry before each scrape (forwardTemporalMetrics).
+ */
+export async function serveWorkerHealth(
+  config: ClawgateConfig,
+  opts: {
+    worker: RunningWorker;
+    mirror: RunningControlMirror;
+    metrics: WorkerMetrics;
+    drain: () => void;
+  },
+): Promise<WorkerHealth> {
+  const server: HttpServer = createHttpServer((req, res) => {
+    if (req.method === 'GET' && req.url === METRICS_PATH) {
+      answerMetrics(res, opts.metrics.registry, opts.drain);
+      return;
+    }
+    const state = opts.worker.worker.getState();
+    const ok = req.url === '/health' && state === 'RUNNING';
+    res.writeHead(req.url === '/health' ? (ok ? 200 : 503) : 404, { 'content-type': 'application/json' });
+    const control = opts.mirror.health();
+    res.end(`${JSON.stringify({ ok, state, taskQueue: config.temporal.taskQueue, control })}\n`);
+  });
+  await listen(
+    server,
+    config.worker.health,
+    'worker health endpoint',
+    'worker.health.port or CLAWGATE_WORKER_HEALTH_PORT',
+  );
+  const bound = server.address();
+  const port = bound !== null && typeof bound === 'object' ? bound.port : config.worker.health.port;
+  const base = `http://${config.worker.health.host}:${port}`;
+  return {
+    healthUrl: `${base}/health`,
+    metricsUrl: `${base}${METRICS_PATH}`,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
 }
 
 export async function runWorker(

@@ -4,6 +4,7 @@
 // worker and the gateway. Anything configured (an existing Temporal, homeserver, upstream) is
 // used instead of the embedded part. Prints where each part is and how to try it.
 import { Connection } from '@temporalio/client';
+import type { MetricsBuffer } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import type { ClawgateConfig } from '../config/config.ts';
 import { statePaths } from '../config/config.ts';
@@ -29,10 +30,14 @@ import {
   runEvidenceServer,
   runProxy,
   runWorker,
+  serveWorkerHealth,
   type RunningControlMirror,
   type RunningUpstream,
   type RunningWorker,
+  type WorkerHealth,
 } from './components.ts';
+import { forwardTemporalMetrics } from '../metrics/temporal.ts';
+import { WorkerMetrics } from '../metrics/worker.ts';
 import { ensureDemo, ensurePolicy, type DemoState } from './demo.ts';
 
 export interface RunningStack {
@@ -66,6 +71,10 @@ export async function startStack(
   config: ClawgateConfig,
   logger: Logger,
   progress: (line: string) => void,
+  opts: {
+    /** The buffer the Temporal runtime was installed with, for the SDK's part of the worker's /metrics. */
+    metricsBuffer?: MetricsBuffer;
+  } = {},
 ): Promise<RunningStack> {
   const paths = statePaths(config);
   ensurePrivateDir(config.stateDir);
@@ -78,9 +87,16 @@ export async function startStack(
   let mirror: RunningControlMirror | undefined;
   let evidence: RunningEvidenceServer | undefined;
   let codec: RunningCodecServer | undefined;
+  let workerHealth: WorkerHealth | undefined;
+  const workerMetrics = new WorkerMetrics();
+  const sdkMetrics = opts.metricsBuffer
+    ? forwardTemporalMetrics(opts.metricsBuffer, workerMetrics.registry)
+    : null;
   const stop = async (): Promise<void> => {
     await mirror?.close();
     await gateway?.stop();
+    await workerHealth?.close();
+    sdkMetrics?.stop();
     await worker?.close();
     await evidence?.close();
     await proxy?.close();
@@ -205,8 +221,16 @@ export async function startStack(
       logger: logger.child({ component: 'worker' }),
       controlStale: mirror.stale,
       evidenceBaseUrl: evidenceBase,
+      metrics: workerMetrics,
     });
     lines.push(`Worker           task queue ${config.temporal.taskQueue}; bundles in ${paths.bundles}`);
+    workerHealth = await serveWorkerHealth(config, {
+      worker,
+      mirror,
+      metrics: workerMetrics,
+      drain: sdkMetrics?.drain ?? (() => {}),
+    });
+    lines.push(`Worker health    ${workerHealth.healthUrl} (metrics ${workerHealth.metricsUrl})`);
     progress('Gateway');
     gateway = await runGateway(config, { address, accounts, logger: logger.child({ component: 'gateway' }) });
     lines.push(`Gateway health   ${gateway.healthUrl}`);

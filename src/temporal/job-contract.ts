@@ -10,11 +10,12 @@ export const JOB_TASK_QUEUE = 'clawgate-jobs';
 export const MATRIX_TASK_QUEUE = 'clawgate-matrix';
 
 /**
- * A job's workflow id, derived from the room and the Matrix event id of its request, so a
- * redelivered event can never start a second job (Temporal refuses a second start of an id).
- * Matrix event ids are unique per room version only, hence the room in the id.
+ * The workflow id jobs were started under before the short form (`clawgate-<job id>`, made in
+ * src/ingress/job-ids.ts, which needs a hash and so cannot live in workflow code). It is still
+ * what the job id is a hash of, and jobs started under it must still be found. Matrix event ids
+ * are unique per room version only, hence the room in the id.
  */
-export function jobWorkflowId(roomId: string, eventId: string): string {
+export function legacyJobWorkflowId(roomId: string, eventId: string): string {
   return `job:${roomId}:${eventId}`;
 }
 

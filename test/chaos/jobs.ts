@@ -6,7 +6,8 @@
 // call waits on an approval card in the thread, answered with ✅ / ❌ or !approve / !deny <card>,
 // or the job is cancelled while the card waits.
 import type { DemoScript } from '../../src/proxy/demo-model.ts';
-import { CALL_CARD_FIELD, jobWorkflowId, type JobStatus } from '../../src/temporal/job-contract.ts';
+import { CALL_CARD_FIELD, type JobStatus } from '../../src/temporal/job-contract.ts';
+import { jobWorkflowId } from '../../src/ingress/job-ids.ts';
 import { bodyOf, relationOf, type Human, type RawEvent, type RoomWatch } from './humans.ts';
 import type { Random } from './schedule.ts';
 import { jobTag } from './world.ts';

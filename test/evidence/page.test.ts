@@ -22,11 +22,10 @@ import {
   startEvidenceServer,
   type RunningEvidenceServer,
 } from '../../src/evidence/server.ts';
-import { shortJobId } from '../../src/ingress/job-ids.ts';
+import { jobWorkflowId, shortJobId } from '../../src/ingress/job-ids.ts';
 import { threadRelation } from '../../src/ingress/matrix-io.ts';
 import { publicJwks } from '../../src/keys/keyring.ts';
 import { scriptedModel, type DemoScript } from '../../src/proxy/demo-model.ts';
-import { jobWorkflowId } from '../../src/temporal/job-contract.ts';
 import type { JobResult } from '../../src/workflows/job.ts';
 import { ensureDemoRepository } from '../../src/workspace/workspaces.ts';
 import { GatewayProcess, gatewayTestConfig } from '../harness/gateway-process.ts';

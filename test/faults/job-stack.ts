@@ -28,12 +28,8 @@ import { verifyReceipt, type ReceiptPayload } from '../../src/proxy/receipts.ts'
 import { startProxy, type RunningProxy } from '../../src/proxy/server.ts';
 import { cstVerifier, registryPolicySource } from '../../src/proxy/token-check.ts';
 import { bubblewrapSandbox } from '../../src/sandbox/bubblewrap.ts';
-import {
-  approvalSignal,
-  jobWorkflowId,
-  type ApprovalAttempt,
-  type JobRequest,
-} from '../../src/temporal/job-contract.ts';
+import { approvalSignal, type ApprovalAttempt, type JobRequest } from '../../src/temporal/job-contract.ts';
+import { jobWorkflowId } from '../../src/ingress/job-ids.ts';
 import { mintCapabilityToken } from '../../src/tokens/cst.ts';
 import { FileRevocationStore } from '../../src/tokens/revocations.ts';
 import type { JobResult } from '../../src/workflows/job.ts';

@@ -17,7 +17,7 @@ import type { RegisteredUser } from '../../src/devstack/synapse.ts';
 import type { ClawgateConfigInput } from '../../src/config/config.ts';
 import { verifyBundle } from '../../src/evidence/bundle.ts';
 import { GATEWAY_FAULTS } from '../../src/ingress/gateway.ts';
-import { shortJobId } from '../../src/ingress/job-ids.ts';
+import { jobWorkflowId, shortJobId } from '../../src/ingress/job-ids.ts';
 import { threadRelation } from '../../src/ingress/matrix-io.ts';
 import { publicJwks } from '../../src/keys/keyring.ts';
 import { DEMO_SCRIPT, scriptedModel, type DemoScript } from '../../src/proxy/demo-model.ts';
@@ -25,7 +25,6 @@ import type { ChatMessage } from '../../src/proxy/demo-upstream.ts';
 import {
   CALL_CARD_FIELD,
   callDecisionSignal,
-  jobWorkflowId,
   statusQuery,
   type JobStatusView,
 } from '../../src/temporal/job-contract.ts';

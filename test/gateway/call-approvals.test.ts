@@ -13,12 +13,8 @@ import type { RegisteredUser } from '../../src/devstack/synapse.ts';
 import type { ClawgateConfigInput } from '../../src/config/config.ts';
 import { GATEWAY_FAULTS } from '../../src/ingress/gateway.ts';
 import { threadRelation } from '../../src/ingress/matrix-io.ts';
-import {
-  CALL_CARD_FIELD,
-  jobWorkflowId,
-  statusQuery,
-  type JobStatusView,
-} from '../../src/temporal/job-contract.ts';
+import { CALL_CARD_FIELD, statusQuery, type JobStatusView } from '../../src/temporal/job-contract.ts';
+import { jobWorkflowId } from '../../src/ingress/job-ids.ts';
 import { GatewayProcess, gatewayTestConfig } from '../harness/gateway-process.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';

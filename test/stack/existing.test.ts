@@ -110,6 +110,7 @@ test('clawgate start uses an existing Temporal, homeserver and model upstream wh
     CLAWGATE_MODEL_BASE_URL: `${upstream.url}/v1`,
     CLAWGATE_MODEL: 'demo-echo',
     CLAWGATE_ACCOUNT_MAIN_ACCESS_TOKEN: bot.accessToken,
+    CLAWGATE_WORKER_HEALTH_PORT: String(await freeLoopbackPort()),
   };
   delete env['CLAWGATE_STATE_DIR'];
   const { child, exited, output } = runClawgate(['start'], env, dir);
@@ -236,7 +237,7 @@ test('clawgate proxy and clawgate worker on a port another process holds: a clea
     ],
     [
       'worker',
-      `worker health endpoint: 127.0.0.1:${taken} is already in use by another process; stop it, or give the worker health endpoint another port (worker.health.port)`,
+      `worker health endpoint: 127.0.0.1:${taken} is already in use by another process; stop it, or give the worker health endpoint another port (worker.health.port or CLAWGATE_WORKER_HEALTH_PORT)`,
     ],
   ] as const) {
     const run = runClawgate([part], env, dir);
@@ -269,6 +270,7 @@ test('clawgate start where another server holds the Temporal or Synapse port: a 
       CLAWGATE_TEMPORAL_UI_PORT: String(await freeLoopbackPort()),
       CLAWGATE_SYNAPSE_PORT: String(await freeLoopbackPort()),
       CLAWGATE_CODEC_PORT: String(await freeLoopbackPort()),
+      CLAWGATE_WORKER_HEALTH_PORT: String(await freeLoopbackPort()),
       [variable]: String(taken),
     };
     delete env['CLAWGATE_CONFIG'];

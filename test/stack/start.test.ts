@@ -46,6 +46,7 @@ async function ports(): Promise<void> {
     'CLAWGATE_SYNAPSE_PORT',
     'CLAWGATE_PROXY_PORT',
     'CLAWGATE_HEALTH_PORT',
+    'CLAWGATE_WORKER_HEALTH_PORT',
     'CLAWGATE_EVIDENCE_PORT',
     'CLAWGATE_CODEC_PORT',
   ]) {
@@ -142,6 +143,16 @@ test('clawgate start on fresh state: a job from `clawgate say` to a sealed bundl
   assert.equal(verified.code, 0, verified.stderr);
   assert.match(verified.stdout, /^ok: /);
   // The job's page, from the evidence server the stack started: the bundle, verified.
+  // The worker it runs in its own process serves its health and metrics, as `clawgate worker` does.
+  const workerBase = `http://127.0.0.1:${env['CLAWGATE_WORKER_HEALTH_PORT']}`;
+  assert.ok(ready.includes(`Worker health    ${workerBase}/health`), ready);
+  assert.equal((await fetch(`${workerBase}/health`)).status, 200);
+  const metrics = await fetch(`${workerBase}/metrics`);
+  assert.equal(metrics.status, 200);
+  assert.match(
+    await metrics.text(),
+    /^clawgate_worker_jobs_ended_total\{[^}]*outcome="succeeded"[^}]*\} 1$/m,
+  );
   const page = await fetch(`http://127.0.0.1:${env['CLAWGATE_EVIDENCE_PORT']}/bundles/${digest}`);
   assert.equal(page.status, 200);
   assert.match(await page.text(), /VERIFIED/);

@@ -104,6 +104,7 @@ test('in the Web UI an operator finds a job by status and by job id, reads it de
     'CLAWGATE_HEALTH_PORT',
     'CLAWGATE_EVIDENCE_PORT',
     'CLAWGATE_CODEC_PORT',
+    'CLAWGATE_WORKER_HEALTH_PORT',
   ]) {
     env[name] = String(await freeLoopbackPort());
   }

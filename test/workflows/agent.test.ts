@@ -31,12 +31,12 @@ import { bubblewrapSandbox } from '../../src/sandbox/bubblewrap.ts';
 import {
   approvalSignal,
   callDecisionSignal,
-  jobWorkflowId,
   statusQuery,
   type ApprovalAttempt,
   type JobRequest,
 } from '../../src/temporal/job-contract.ts';
 import { decodeHistory } from '../../src/temporal/codec.ts';
+import { jobWorkflowId } from '../../src/ingress/job-ids.ts';
 import { FileRevocationStore } from '../../src/tokens/revocations.ts';
 import { EvidenceStore } from '../../src/evidence/store.ts';
 import { canonicalHash } from '../../src/policy/canonical.ts';

@@ -43,11 +43,11 @@ import { bubblewrapSandbox } from '../../src/sandbox/bubblewrap.ts';
 import {
   approvalSignal,
   jobStaticSummary,
-  jobWorkflowId,
   statusQuery,
   type ApprovalAttempt,
   type JobRequest,
 } from '../../src/temporal/job-contract.ts';
+import { jobWorkflowId } from '../../src/ingress/job-ids.ts';
 import { FileRevocationStore } from '../../src/tokens/revocations.ts';
 import { decodeHistory, ENCRYPTED_ENCODING } from '../../src/temporal/codec.ts';
 import { JOB_REQUESTER } from '../../src/temporal/search-attributes.ts';

@@ -14,7 +14,8 @@ import {
   type CommandReading,
 } from '../../../src/ingress/commands.ts';
 import { canonicalHash } from '../../../src/policy/canonical.ts';
-import { CALL_CARD_FIELD, jobWorkflowId } from '../../../src/temporal/job-contract.ts';
+import { CALL_CARD_FIELD, legacyJobWorkflowId } from '../../../src/temporal/job-contract.ts';
+import { jobWorkflowId } from '../../../src/ingress/job-ids.ts';
 
 const bot = { userId: '@clawgate:example.org' };
 const JOB = 'j4k2m7q3xa';
@@ -283,11 +284,21 @@ test('a card message names its card and job; the job must be one of the room', (
   ]) {
     assert.equal(readCard(content), null, JSON.stringify(content));
   }
-  assert.equal(jobRootInRoom(workflowId, room), '$request');
-  assert.equal(jobRootInRoom(jobWorkflowId('!infra:example.org', '$request'), room), null);
+  // A short workflow id is a hash: the card's thread root gives the request event, and counts
+  // only when it hashes to that id in this room.
+  assert.equal(jobRootInRoom(workflowId, room, '$request'), '$request');
+  assert.equal(jobRootInRoom(workflowId, room), null);
+  assert.equal(jobRootInRoom(workflowId, room, '$other'), null);
+  assert.equal(jobRootInRoom(workflowId, '!ops:example.org:8448', '$request'), null);
+  assert.equal(jobRootInRoom(jobWorkflowId('!infra:example.org', '$request'), room, '$request'), null);
+  // An old-form id carries its request event, with or without the thread root.
+  const legacy = legacyJobWorkflowId(room, '$request');
+  assert.equal(jobRootInRoom(legacy, room), '$request');
+  assert.equal(jobRootInRoom(legacy, room, '$request'), '$request');
+  assert.equal(jobRootInRoom(legacyJobWorkflowId('!infra:example.org', '$request'), room), null);
   // A room whose id begins as this one's, on a server with a port, is another room.
-  assert.equal(jobRootInRoom(jobWorkflowId('!ops:example.org:8448', '$request'), room), null);
-  assert.equal(jobRootInRoom(workflowId, '!ops:example.org:8448'), null);
+  assert.equal(jobRootInRoom(legacyJobWorkflowId('!ops:example.org:8448', '$request'), room), null);
+  assert.equal(jobRootInRoom(legacy, '!ops:example.org:8448'), null);
   assert.equal(jobRootInRoom(`job:${room}:`, room), null);
   assert.equal(jobRootInRoom(`job:${room}:not-an-event`, room), null);
   assert.equal(jobRootInRoom(`job:${room}:$a b`, room), null);

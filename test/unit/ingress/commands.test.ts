@@ -11,7 +11,15 @@ import {
   renderHelp,
   stripQuote,
 } from '../../../src/ingress/commands.ts';
-import { isJobRef, shortJobId, SHORT_JOB_ID } from '../../../src/ingress/job-ids.ts';
+import {
+  isJobRef,
+  isJobWorkflowId,
+  jobWorkflowId,
+  jobWorkflowIds,
+  shortJobId,
+  SHORT_JOB_ID,
+} from '../../../src/ingress/job-ids.ts';
+import { legacyJobWorkflowId } from '../../../src/temporal/job-contract.ts';
 
 const bot = { userId: '@clawgate:example.org' };
 const JOB = 'j4k2m7q3xa';
@@ -24,6 +32,31 @@ test('short job ids: j and nine base32 characters, stable, and different for dif
   fc.assert(fc.property(fc.string(), (id) => SHORT_JOB_ID.test(shortJobId(id))));
   assert.ok(isJobRef(a) && isJobRef('$event:example.org') && isJobRef('job:!r:$e'));
   assert.ok(!isJobRef('abc123') && !isJobRef('J4K2M7Q3XA') && !isJobRef('j4k2m7q3x'));
+});
+
+test('a job workflow id: short and readable, one per room and request event, and the same job id', () => {
+  const room = '!ops:example.org';
+  const id = jobWorkflowId(room, '$abc');
+  assert.match(id, /^clawgate-j[a-z2-7]{9}$/);
+  assert.equal(jobWorkflowId(room, '$abc'), id, 'a redelivered event maps to the same id');
+  assert.notEqual(jobWorkflowId(room, '$abd'), id);
+  assert.notEqual(jobWorkflowId('!infra:example.org', '$abc'), id, 'event ids are unique per room only');
+  // The job id people see for a request is the one the old form gave, and the id carries it.
+  assert.equal(shortJobId(id), shortJobId('job:!ops:example.org:$abc'));
+  assert.equal(id, `clawgate-${shortJobId(id)}`);
+  assert.deepEqual(jobWorkflowIds(room, '$abc'), { workflowId: id, legacy: 'job:!ops:example.org:$abc' });
+  assert.ok(isJobWorkflowId(id) && isJobWorkflowId(legacyJobWorkflowId(room, '$abc')) && isJobRef(id));
+  assert.ok(!isJobWorkflowId('clawgate-j4k2') && !isJobWorkflowId('clawgate-J4K2M7Q3XA'));
+  fc.assert(
+    fc.property(fc.string(), fc.string(), (r, e) => {
+      const made = jobWorkflowId(r, e);
+      return made.length === 19 && shortJobId(made) === shortJobId(legacyJobWorkflowId(r, e));
+    }),
+  );
+  // Different requests get different ids (45 bits: no collision among these).
+  const seen = new Set<string>();
+  for (let i = 0; i < 10_000; i++) seen.add(jobWorkflowId(room, `$event${i}`));
+  assert.equal(seen.size, 10_000);
 });
 
 test('every command of the table parses, with and without a job', () => {
