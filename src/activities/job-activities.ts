@@ -331,6 +331,7 @@ export function createJobActivities(deps: JobActivityDeps) {
           allowedTools: wpc.execution.tools.allow,
           deniedTools: wpc.execution.tools.deny,
           mode: wpc.execution.mode ?? 'plan',
+          ...(wpc.schedules ? { preApproval: wpc.schedules.pre_approval } : {}),
           // An agent policy without an agent block has the defaults.
           agent: wpcSchema.shape.execution.shape.agent.unwrap().parse(wpc.execution.agent ?? {}),
         },

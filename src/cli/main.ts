@@ -539,6 +539,114 @@ export function buildProgram(): Command {
         });
       },
     );
+  const schedule = program
+    .command('schedule')
+    .description('recurring jobs on Temporal Schedules: a fixed request, room and policy channel');
+  const scheduleTemporal = (command: Command): Command =>
+    command
+      .option(
+        '--address <host:port>',
+        'Temporal frontend',
+        process.env['CLAWGATE_TEMPORAL_ADDRESS'] ?? '127.0.0.1:7233',
+      )
+      .option(
+        '--namespace <name>',
+        'Temporal namespace',
+        process.env['CLAWGATE_TEMPORAL_NAMESPACE'] ?? 'default',
+      )
+      .addOption(payloadKeysOption());
+  type ScheduleTemporalOpts = { address: string; namespace: string; payloadKeys: string };
+  scheduleTemporal(
+    schedule
+      .command('create <name>')
+      .description(
+        'create a schedule; each run posts "Scheduled job <name>: <text>" in the room and runs a job in that message\'s thread',
+      )
+      .option('--every <duration>', 'an interval, such as 1h or 15m')
+      .option('--cron <expression>', "a five-field cron expression, such as '0 9 * * 1-5'")
+      .requiredOption('--room <room-id>', 'the room the jobs post in')
+      .requiredOption('--text <request>', 'the request each run makes')
+      .requiredOption(
+        '--requester <user-id>',
+        "the schedule's creator: the Matrix user id each job is requested as",
+      )
+      .option('--channel <name>', 'the policy channel', 'matrix')
+      .option(
+        '--overlap <policy>',
+        'a run due while one runs: skip, buffer-one, allow-all, cancel-other',
+        'skip',
+      )
+      .option('--catchup-window <duration>', 'how late a missed run may still start', '10m')
+      .option(
+        '--pre-approved-by <user-id>',
+        "an approver who approves every run's plan now (only if the policy's schedules.pre_approval allows it)",
+      )
+      .option('--task-queue <name>', "the workers' job task queue (default: clawgate's job queue)")
+      .option('--account <id>', 'the gateway account that holds the room (its id in the configuration)')
+      .option(
+        '--matrix-task-queue <name>',
+        "that account's task queue, when its configuration sets one (instead of --account)",
+      )
+      .addOption(registryOption()),
+  ).action(
+    async (
+      name: string,
+      opts: ScheduleTemporalOpts & {
+        every?: string;
+        cron?: string;
+        room: string;
+        text: string;
+        requester: string;
+        channel: string;
+        overlap: string;
+        catchupWindow: string;
+        preApprovedBy?: string;
+        taskQueue?: string;
+        account?: string;
+        matrixTaskQueue?: string;
+        registry: string;
+      },
+    ) => {
+      const { checkSchedule, createSchedule } = await import('./schedules.ts');
+      // Checked before Temporal is asked: a refused schedule is never created.
+      const checked = checkSchedule({ ...opts, name }, new FilePolicyRegistry(opts.registry), new Date());
+      await withClient(opts, (client) => createSchedule(client, checked, opts.taskQueue));
+      const pre = checked.input.preApproval;
+      out(
+        `schedule ${checked.name} created under policy ${checked.policyHash}` +
+          (pre ? `; pre-approved by ${pre.approver}` : '; each plan waits for an approval in the room'),
+      );
+    },
+  );
+  scheduleTemporal(schedule.command('list').description("clawgate's schedules")).action(
+    async (opts: ScheduleTemporalOpts) => {
+      const { listSchedules } = await import('./schedules.ts');
+      const rows = await withClient(opts, (client) => listSchedules(client));
+      for (const r of rows) {
+        out(
+          `${r.name}  ${r.paused ? 'paused' : 'active'}  ${r.spec}  next ${r.next ?? '-'}${r.note ? `  (${r.note})` : ''}`,
+        );
+      }
+    },
+  );
+  for (const op of ['pause', 'unpause', 'delete'] as const) {
+    scheduleTemporal(
+      schedule
+        .command(`${op} <name>`)
+        .description(
+          op === 'delete'
+            ? 'delete a schedule (jobs it started go on)'
+            : op === 'pause'
+              ? 'start no more runs until unpause'
+              : 'start runs again',
+        )
+        .option('--note <text>', 'why, shown with the schedule'),
+    ).action(async (name: string, opts: ScheduleTemporalOpts & { note?: string }) => {
+      const { changeSchedule } = await import('./schedules.ts');
+      await withClient(opts, (client) => changeSchedule(client, name, op, opts.note));
+      out(`schedule ${name}: ${op === 'delete' ? 'deleted' : op === 'pause' ? 'paused' : 'unpaused'}`);
+    });
+  }
   addStackCommands(program);
   addEvidenceCommands(program);
   addClawsigCommands(program, () => `${stateDir()}/keys`);

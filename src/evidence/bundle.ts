@@ -42,6 +42,8 @@ export const ENTRY_TYPES = [
   'policy',
   'plan',
   'approval_attempt',
+  /** A scheduled job's plan approved in advance, at the schedule's creation (who, when, which policy). */
+  'pre_approval',
   'cancel_request',
   'token',
   'tool_record',

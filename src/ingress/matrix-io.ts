@@ -133,6 +133,27 @@ export function createMatrixActivities(
     },
 
     /**
+     * Posts a message at the room's top level, not in a thread: the root a scheduled job's thread
+     * hangs from, since such a job has no request message of a person's. `txnKey` is unique per
+     * workflow and message.
+     */
+    postToRoom(input: {
+      roomId: string;
+      body: string;
+      fields?: Record<string, unknown>;
+      txnKey: string;
+    }): Promise<PostedMessage> {
+      return posted(
+        send(
+          input.roomId,
+          'm.room.message',
+          { ...input.fields, msgtype: 'm.notice', body: input.body },
+          input.txnKey,
+        ),
+      );
+    },
+
+    /**
      * Replaces the text of a message the bot posted (the plan's status line), as an edit
      * (`m.replace`): clients show the new text in place, and the history keeps every version.
      */

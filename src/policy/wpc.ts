@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { ClawgateError, ERROR_CODES, formatPath } from '../errors.ts';
 import { canonicalHash, parseStrict } from './canonical.ts';
+import type { PreApprovalRules } from '../temporal/job-contract.ts';
 
 // Room version 12 ids have no server part (`!<hash of the create event>`); older ones do.
 const roomId = z.string().regex(/^![^:\s]+(:\S+)?$/, 'a Matrix room id such as !abc:example.com or !abc');
@@ -176,6 +177,26 @@ export const wpcSchema = z
           .strict(),
       })
       .strict(),
+    /**
+     * Scheduled jobs (`clawgate schedule`). Absent means what it meant before schedules existed:
+     * a scheduled job's plan waits for an approval in the room like any other. Kept optional with
+     * no default, so a policy signed before this rule keeps its hash.
+     */
+    schedules: z
+      .object({
+        /**
+         * Whether a schedule's plans may be approved in advance, at the schedule's creation, by one
+         * of `approvers` (each of whom must also be a plan approver). Not allowed unless said.
+         */
+        pre_approval: z
+          .object({
+            allowed: z.boolean(),
+            approvers: unique(userId, 'schedules.pre_approval.approvers').default([]),
+          })
+          .strict(),
+      })
+      .strict()
+      .optional(),
     model_access: z
       .object({
         route_via: z.enum(['clawgate-proxy', 'clawproxy'], 'model calls go through the receipting proxy'),
@@ -195,6 +216,23 @@ export const wpcSchema = z
         message: `${approval.approvals_required} approvals required but only ${possible} approver(s) listed`,
       });
     }
+    const pre = wpc.schedules?.pre_approval;
+    if (pre?.allowed && pre.approvers.length === 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['schedules', 'pre_approval', 'approvers'],
+        message: 'pre-approval is allowed but no one may give it: list at least one approver',
+      });
+    }
+    pre?.approvers.forEach((approver, i) => {
+      if (!approval.approver_user_ids_allowlist.includes(approver)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['schedules', 'pre_approval', 'approvers', i],
+          message: `${approver} is not in matrix.approval.approver_user_ids_allowlist`,
+        });
+      }
+    });
     if (approval.approval_command === approval.deny_command) {
       ctx.addIssue({
         code: 'custom',
@@ -235,4 +273,13 @@ export function loadWpc(text: string): { wpc: Wpc; hash: string } {
  */
 export function wpcHash(wpc: Wpc): string {
   return canonicalHash(wpc);
+}
+
+/** The part of a WPC a schedule's pre-approval is checked against (see preApprovalRefusal). */
+export function preApprovalRules(wpc: Wpc): PreApprovalRules {
+  return {
+    approvers: wpc.matrix.approval.approver_user_ids_allowlist,
+    requesterMayApprove: wpc.matrix.approval.requester_may_approve,
+    ...(wpc.schedules ? { preApproval: wpc.schedules.pre_approval } : {}),
+  };
 }

@@ -46,6 +46,87 @@ export interface JobRequest {
   content?: MessageContentEvidence;
   /** Server timestamp of the request's event, ms since the epoch. Absent in older jobs. */
   originServerTs?: number;
+  /** Set when a schedule started the job: the request's event is then the bot's own root message. */
+  scheduled?: ScheduledOrigin;
+}
+
+/** A schedule's plan approval given in advance, when the schedule was created. */
+export interface PreApproval {
+  /** Matrix user id of the approver who pre-approved. */
+  approver: string;
+  /** When the schedule was created with it (ISO 8601). */
+  at: string;
+  /** The hash of the policy that allowed it at creation. */
+  policyHash: string;
+}
+
+/** Which schedule started a job, and its pre-approval if it has one. */
+export interface ScheduledOrigin {
+  schedule: string;
+  /** The workflow id of the scheduled run (Temporal's, unique per run). */
+  runWorkflowId: string;
+  preApproval?: PreApproval;
+}
+
+/**
+ * What a schedule's action starts (scheduledJobWorkflow): a job's request without a Matrix
+ * event, since no one wrote one; the run posts the root message itself.
+ */
+export interface ScheduledJobInput {
+  schedule: string;
+  roomId: string;
+  /** The schedule's creator, checked against the room's policy as a requester. */
+  requester: string;
+  text: string;
+  channel: string;
+  matrixTaskQueue?: string;
+  preApproval?: PreApproval;
+}
+
+/** The content field of a scheduled job's root message: the schedule and the run's workflow id. */
+export const SCHEDULED_ROOT_FIELD = 'org.clawgate.scheduled_job';
+
+/** The body of a scheduled job's root message. */
+export function scheduledRootText(schedule: string, text: string): string {
+  return `Scheduled job ${schedule}: ${text}`;
+}
+
+/** What a pre-approval is checked against: the policy's approvers and its schedules rule. */
+export interface PreApprovalRules {
+  approvers: string[];
+  requesterMayApprove: boolean;
+  /** The policy's schedules.pre_approval; absent when the policy has no schedules rule. */
+  preApproval?: { allowed: boolean; approvers: string[] };
+}
+
+/**
+ * Why a schedule's plans may not be pre-approved by `approver` for `requester` under a policy,
+ * or null when they may. Checked when the schedule is created and again in each run, against
+ * the policy pinned for that run.
+ */
+export function preApprovalRefusal(
+  rules: PreApprovalRules,
+  approver: string,
+  requester: string,
+): string | null {
+  if (!rules.preApproval?.allowed) {
+    return 'the policy does not allow pre-approved schedules (schedules.pre_approval.allowed is not true)';
+  }
+  if (!rules.preApproval.approvers.includes(approver)) {
+    return `${approver} is not in the policy's schedules.pre_approval.approvers`;
+  }
+  if (!rules.approvers.includes(approver)) {
+    return `${approver} is not in the policy's matrix.approval.approver_user_ids_allowlist`;
+  }
+  if (approver === requester && !rules.requesterMayApprove) {
+    return `${approver} is the schedule's requester, and the policy does not let requesters approve`;
+  }
+  return null;
+}
+
+/** The workflow id a schedule gives its runs (Temporal appends each run's scheduled time). */
+export function scheduleWorkflowId(schedule: string): string {
+  return `schedule:${schedule}`;
 }
 
 /** The evidence of what a command's Matrix event said, kept with what was decided on it. */

@@ -109,6 +109,8 @@ export interface PinnedPolicy {
     deniedTools: string[];
     /** `agent` or `plan` (fixed steps); absent in jobs pinned before the agent loop (plan). */
     mode?: 'agent' | 'plan';
+    /** The policy's schedules.pre_approval; absent when it has no schedules rule. */
+    preApproval?: { allowed: boolean; approvers: string[] };
     /** The agent loop's budget and tool-result cap (agent mode). */
     agent?: AgentBudget & {
       planning_turns: number;
@@ -143,6 +145,7 @@ export interface BundleEntryInput {
     | 'policy'
     | 'plan'
     | 'approval_attempt'
+    | 'pre_approval'
     | 'cancel_request'
     | 'token'
     | 'tool_record'

@@ -27,6 +27,7 @@ import {
   cancelSignal,
   type CallDecisionAttempt,
   MATRIX_TASK_QUEUE,
+  preApprovalRefusal,
   statusQuery,
   type ApprovalAttempt,
   type CancelRequest,
@@ -257,6 +258,8 @@ const PATCHES = {
   outliveWorkers: 'outlive-workers-v1',
   /** An answer to a card that came while the card was being posted waits for it (decideCall). */
   answerAwaitsCard: 'answer-awaits-card-v1',
+  /** A scheduled job whose schedule was pre-approved runs without waiting, if its policy allows it. */
+  scheduledPreApproval: 'scheduled-pre-approval-v1',
 } as const;
 
 const STATUS_LINES: Partial<Record<JobStatus, string>> = {
@@ -291,6 +294,15 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
         text: request.text,
         ...(request.content ? { content: request.content } : {}),
         ...(request.originServerTs !== undefined ? { origin_server_ts: request.originServerTs } : {}),
+        // A scheduled job's event is the bot's root message: the bundle says which schedule asked.
+        ...(request.scheduled
+          ? {
+              scheduled: {
+                schedule: request.scheduled.schedule,
+                run_workflow_id: request.scheduled.runWorkflowId,
+              },
+            }
+          : {}),
       },
     },
   ];
@@ -685,6 +697,61 @@ export async function jobWorkflow(request: JobRequest, carry?: AgentCarry): Prom
     // The control state read for the deciding attempt, and its reaction still being posted.
     let decidedUnder: ControlState | undefined;
     let pendingReaction: Promise<unknown> | undefined;
+    const pre = request.scheduled?.preApproval;
+    if (pre && patched(PATCHES.scheduledPreApproval)) {
+      // Checked again here, against the policy pinned for this run: a policy activated since the
+      // schedule was made may no longer allow it, and then the run does not run.
+      const refusal = preApprovalRefusal(
+        {
+          approvers: policy.rules.approvers,
+          requesterMayApprove: policy.rules.requesterMayApprove,
+          ...(policy.rules.preApproval ? { preApproval: policy.rules.preApproval } : {}),
+        },
+        pre.approver,
+        request.requester,
+      );
+      if (refusal) {
+        deadline.cancel();
+        return await seal(
+          'refused',
+          `the schedule's pre-approval by ${pre.approver} does not hold under policy ${policy.hash}: ${refusal}`,
+        );
+      }
+      const control = await acts.readControlState();
+      if (control.approvalsFrozen) {
+        // A frozen clawgate counts no approval, a pre-approval neither: the plan waits in the room.
+        await say(
+          'pre-approval-frozen',
+          `Job ${shortId}: approvals are frozen, so the schedule's pre-approval does not count; the plan waits for an approval here.`,
+        );
+      } else {
+        entries.push({
+          type: 'pre_approval',
+          body: {
+            schedule: request.scheduled?.schedule ?? null,
+            run_workflow_id: request.scheduled?.runWorkflowId ?? null,
+            approver: pre.approver,
+            event_id: request.eventId,
+            pre_approved_at: pre.at,
+            created_under_policy_hash: pre.policyHash,
+            policy_hash: policy.hash,
+            plan_hash: planHash,
+          },
+        });
+        accepted.add(pre.approver);
+        // A token names the events its approval was given in; a pre-approval takes effect in
+        // this run's root message, so that is the event (the pre_approval entry names it too).
+        approvalEvents.push(request.eventId);
+        decision = 'approved';
+        approvedAt = posted.originServerTs;
+        decidedUnder = control;
+        await say(
+          'pre-approved',
+          `Job ${shortId}: pre-approved by ${pre.approver} when schedule ${request.scheduled?.schedule ?? '?'} ` +
+            `was created (${pre.at}); policy ${policy.hash.slice(0, 12)} allows it, so it runs without waiting.`,
+        );
+      }
+    }
     while (!decision && !expired) {
       await condition(() => attempts.length > processed || expired);
       while (processed < attempts.length && !decision) {

@@ -54,6 +54,8 @@ export interface PolicyChoice {
   tools?: { allow: string[]; deny?: string[] };
   /** What the sandbox may do with the workspace; the example's when absent. */
   workspaceAccess?: 'none' | 'ro' | 'rw';
+  /** The policy's schedules rule (absent: none, so no pre-approved schedules). */
+  schedules?: { pre_approval: { allowed: boolean; approvers: string[] } };
 }
 
 export interface WorkerStackOptions {
@@ -180,6 +182,7 @@ export async function startWorkerStack(opts: WorkerStackOptions = {}): Promise<W
       if (choice.workspaceAccess) doc.execution.sandbox.workspace_access = choice.workspaceAccess;
       if (choice.limits) doc.matrix.limits = choice.limits;
       if (choice.requireVerifiedDevice) doc.matrix.approval.require_verified_device = true;
+      if (choice.schedules) doc.schedules = choice.schedules;
       const signed = signWpc(parseWpc(doc), loadSigner(keysDir, 'policy'));
       await registry.register(signed, publicJwks(keysDir, ['policy']));
       registry.activate(choice.channel, signed.hash);

@@ -1,0 +1,65 @@
+// A scheduled job's run: what a Temporal Schedule's action starts. A job's thread hangs from
+// its request message, and the gateway finds a job from a thread root under either workflow id
+// form of (room, root). A scheduled job has no request message, so this run posts one as the bot
+// ("Scheduled job <name>: <text>") and then starts the job as a child under the old id form of
+// that root (the short form takes a hash, which workflow code cannot make). Approvals, denials, cancels and
+// cards in the thread then reach the job the way they reach any job, and the gateway needs no
+// second way of finding jobs and trusts no field of a message's content for it.
+import { executeChild, ParentClosePolicy, proxyActivities, workflowInfo } from '@temporalio/workflow';
+import type { MatrixActivities } from '../ingress/matrix-io.ts';
+import {
+  legacyJobWorkflowId,
+  MATRIX_TASK_QUEUE,
+  SCHEDULED_ROOT_FIELD,
+  scheduledRootText,
+  type JobRequest,
+  type ScheduledJobInput,
+} from '../temporal/job-contract.ts';
+import { JOB_REQUESTER, JOB_ROOM, JOB_STATUS } from '../temporal/search-attributes.ts';
+import { jobWorkflow, type JobResult } from './job.ts';
+
+export async function scheduledJobWorkflow(input: ScheduledJobInput): Promise<JobResult> {
+  const info = workflowInfo();
+  const matrix = proxyActivities<MatrixActivities>({
+    taskQueue: input.matrixTaskQueue ?? MATRIX_TASK_QUEUE,
+    startToCloseTimeout: '15 seconds',
+    retry: { maximumAttempts: 20, maximumInterval: '1 minute' },
+  });
+  // The transaction id is the run's own, so a retried post returns the message posted before.
+  const root = await matrix.postToRoom({
+    roomId: input.roomId,
+    body: scheduledRootText(input.schedule, input.text),
+    fields: { [SCHEDULED_ROOT_FIELD]: { schedule: input.schedule, workflow_id: info.workflowId } },
+    txnKey: `${info.workflowId}/root`,
+  });
+  const request: JobRequest = {
+    roomId: input.roomId,
+    requester: input.requester,
+    eventId: root.eventId,
+    text: input.text,
+    channel: input.channel,
+    ...(input.matrixTaskQueue === undefined ? {} : { matrixTaskQueue: input.matrixTaskQueue }),
+    originServerTs: root.originServerTs,
+    scheduled: {
+      schedule: input.schedule,
+      runWorkflowId: info.workflowId,
+      ...(input.preApproval ? { preApproval: input.preApproval } : {}),
+    },
+  };
+  return await executeChild(jobWorkflow, {
+    // The old id form: the short one takes a hash, which workflow code cannot make; the gateway
+    // finds jobs under either form.
+    workflowId: legacyJobWorkflowId(input.roomId, root.eventId),
+    args: [request],
+    // The job is the unit people act on: it outlives this run if the run is terminated (a
+    // schedule deleted with cancel-other, say), as a job started from a message would.
+    parentClosePolicy: ParentClosePolicy.ABANDON,
+    // What the gateway sets on a job it starts, so `clawgate jobs` lists this one alike.
+    typedSearchAttributes: [
+      { key: JOB_ROOM, value: input.roomId },
+      { key: JOB_REQUESTER, value: input.requester },
+      { key: JOB_STATUS, value: 'planning' },
+    ],
+    staticSummary: `clawgate scheduled job ${input.schedule}: ${input.text.slice(0, 100)}`,
+  });
+}
