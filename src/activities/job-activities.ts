@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { sealJob } from '../evidence/seal.ts';
 import { fetchProxy } from './proxy-fetch.ts';
+import { jobWorkflowId, shortJobId } from '../ingress/job-ids.ts';
 import { evidencePageUrl } from '../evidence/server.ts';
 import { loadSigner } from '../keys/keyring.ts';
 import { canonicalHash, sha256Hex } from '../policy/canonical.ts';
@@ -303,6 +304,14 @@ export function createJobActivities(deps: JobActivityDeps) {
 
   return withHeartbeats({
     ...agent,
+    /**
+     * The ids of the job of a request event: the workflow id the gateway would start it under
+     * and the job id people see. Workflow code cannot hash, so a scheduled run asks here.
+     */
+    jobIdsOf(input: { roomId: string; eventId: string }): Promise<{ workflowId: string; jobId: string }> {
+      const workflowId = jobWorkflowId(input.roomId, input.eventId);
+      return Promise.resolve({ workflowId, jobId: shortJobId(workflowId) });
+    },
     resolvePolicy(input: { channel: string }): Promise<PinnedPolicy> {
       const hash = deps.registry.activeHash(input.channel);
       if (!hash) {

@@ -1,21 +1,21 @@
 // A scheduled job's run: what a Temporal Schedule's action starts. A job's thread hangs from
 // its request message, and the gateway finds a job from a thread root under either workflow id
 // form of (room, root). A scheduled job has no request message, so this run posts one as the bot
-// ("Scheduled job <name>: <text>") and then starts the job as a child under the old id form of
-// that root (the short form takes a hash, which workflow code cannot make). Approvals, denials, cancels and
+// ("Scheduled job <name>: <text>") and then starts the job as a child under the id the gateway
+// would give a request with that root (asked of an activity: workflow code cannot hash). Approvals, denials, cancels and
 // cards in the thread then reach the job the way they reach any job, and the gateway needs no
 // second way of finding jobs and trusts no field of a message's content for it.
 import { executeChild, ParentClosePolicy, proxyActivities, workflowInfo } from '@temporalio/workflow';
+import type { JobActivities } from '../activities/job-activities.ts';
 import type { MatrixActivities } from '../ingress/matrix-io.ts';
 import {
-  legacyJobWorkflowId,
   MATRIX_TASK_QUEUE,
   SCHEDULED_ROOT_FIELD,
   scheduledRootText,
   type JobRequest,
   type ScheduledJobInput,
 } from '../temporal/job-contract.ts';
-import { JOB_REQUESTER, JOB_ROOM, JOB_STATUS } from '../temporal/search-attributes.ts';
+import { JOB_ID, JOB_REQUESTER, JOB_ROOM, JOB_STATUS } from '../temporal/search-attributes.ts';
 import { jobWorkflow, type JobResult } from './job.ts';
 
 export async function scheduledJobWorkflow(input: ScheduledJobInput): Promise<JobResult> {
@@ -32,7 +32,12 @@ export async function scheduledJobWorkflow(input: ScheduledJobInput): Promise<Jo
     fields: { [SCHEDULED_ROOT_FIELD]: { schedule: input.schedule, workflow_id: info.workflowId } },
     txnKey: `${info.workflowId}/root`,
   });
+  const ids = await proxyActivities<JobActivities>({
+    startToCloseTimeout: '10 seconds',
+    retry: { maximumAttempts: 10 },
+  }).jobIdsOf({ roomId: input.roomId, eventId: root.eventId });
   const request: JobRequest = {
+    jobId: ids.jobId,
     roomId: input.roomId,
     requester: input.requester,
     eventId: root.eventId,
@@ -47,15 +52,14 @@ export async function scheduledJobWorkflow(input: ScheduledJobInput): Promise<Jo
     },
   };
   return await executeChild(jobWorkflow, {
-    // The old id form: the short one takes a hash, which workflow code cannot make; the gateway
-    // finds jobs under either form.
-    workflowId: legacyJobWorkflowId(input.roomId, root.eventId),
+    workflowId: ids.workflowId,
     args: [request],
     // The job is the unit people act on: it outlives this run if the run is terminated (a
     // schedule deleted with cancel-other, say), as a job started from a message would.
     parentClosePolicy: ParentClosePolicy.ABANDON,
     // What the gateway sets on a job it starts, so `clawgate jobs` lists this one alike.
     typedSearchAttributes: [
+      { key: JOB_ID, value: ids.jobId },
       { key: JOB_ROOM, value: input.roomId },
       { key: JOB_REQUESTER, value: input.requester },
       { key: JOB_STATUS, value: 'planning' },

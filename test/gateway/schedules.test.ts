@@ -17,7 +17,9 @@ import { verifyBundle } from '../../src/evidence/bundle.ts';
 import { threadRelation } from '../../src/ingress/matrix-io.ts';
 import { publicJwks } from '../../src/keys/keyring.ts';
 import { FilePolicyRegistry } from '../../src/policy/registry.ts';
-import { legacyJobWorkflowId, SCHEDULED_ROOT_FIELD } from '../../src/temporal/job-contract.ts';
+import { SCHEDULED_ROOT_FIELD } from '../../src/temporal/job-contract.ts';
+import { JOB_ID } from '../../src/temporal/search-attributes.ts';
+import { jobWorkflowId, shortJobId } from '../../src/ingress/job-ids.ts';
 import { GatewayProcess, gatewayTestConfig } from '../harness/gateway-process.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';
@@ -155,11 +157,17 @@ test('a scheduled run posts its root and plan, waits, is approved in its thread,
   await handle.trigger();
   const root = await rootOf('readme-daily');
   assert.equal(bodyOf(root), 'Scheduled job readme-daily: summarise the readme');
+  // The job is the child the gateway finds from the thread root, under the id a request with
+  // that root would have, and with the job id people type.
+  const workflowId = jobWorkflowId(room, root.event_id);
+  const jobId = shortJobId(workflowId);
   const plan = await botSays(root.event_id, /^Plan for job /);
+  assert.match(bodyOf(plan), new RegExp(`^Plan for job ${jobId}`));
   assert.match(bodyOf(plan), /Status: waiting for approval/);
-  // The job is the child the gateway finds from the thread root, as for any request.
-  const job = stack.temporal.client.workflow.getHandle(legacyJobWorkflowId(room, root.event_id));
-  assert.equal((await job.describe()).status.name, 'RUNNING');
+  const job = stack.temporal.client.workflow.getHandle(workflowId);
+  const described = await job.describe();
+  assert.equal(described.status.name, 'RUNNING');
+  assert.equal(described.typedSearchAttributes.get(JOB_ID), jobId);
   const { event_id: approval } = await approver.client.sendEvent(
     room,
     'm.room.message' as never,
