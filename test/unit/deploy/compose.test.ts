@@ -47,6 +47,7 @@ test('the clawgate services run commands the project has, with files that exist'
   const commands = new Set(buildProgram().commands.map((c) => c.name()));
   const clawgate = services.filter(([, s]) => s.build === '.');
   assert.deepEqual(clawgate.map(([n]) => n).sort(), [
+    'clawgate-codec',
     'clawgate-gateway',
     'clawgate-proxy',
     'clawgate-worker',
@@ -78,6 +79,15 @@ test("the deployment's configuration and policy validate, and pass the audit's n
   loadWpc(readFileSync(join(root, 'deploy/policy.json'), 'utf8'));
   const findings = audit(config).filter((f) => /listen|TLS|HTTP/.test(f.what));
   assert.deepEqual(findings, []);
+});
+
+test("the Web UI asks clawgate's codec server, which answers the UI's origin", () => {
+  const ui = compose.services['temporal-ui'] as Service & { environment?: Record<string, string> };
+  assert.match(ui.environment?.['TEMPORAL_CODEC_ENDPOINT'] ?? '', /127\.0\.0\.1:8793\}$/);
+  assert.equal(ui.environment?.['TEMPORAL_UI_PORT'], '8080');
+  const config = loadConfig(join(root, 'deploy/clawgate.yaml'));
+  assert.equal(config.codec.listen.port, 8793);
+  assert.equal(config.codec.uiOrigin, 'http://127.0.0.1:8080');
 });
 
 test('the compose file registers exactly the search attributes clawgate defines', () => {
