@@ -425,7 +425,12 @@ test('spoofed approvals are refused with reasons and kept as evidence; the genui
       'ACCEPTED',
     ],
   );
-  assert.ok(workflowId.endsWith(eventId));
+  // The job runs under its short workflow id, the one its bundle names.
+  assert.match(workflowId, /^clawgate-j[a-z2-7]{9}$/);
+  const jobEntry = bundleOf(result.bundleDigest).entries.find((e: { type: string }) => e.type === 'job') as {
+    body: { workflow_id: string };
+  };
+  assert.equal(jobEntry.body.workflow_id, workflowId);
   await recordHistory(handle, 'spoofed-approvals');
 });
 
