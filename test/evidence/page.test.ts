@@ -125,15 +125,7 @@ before(async () => {
     ]),
     { dir },
   );
-  await approver.waitForRoomEvent({
-    roomId,
-    timeoutMs: 30_000,
-    message: `${bot.userId} joining`,
-    filter: (e) =>
-      e.getType() === 'm.room.member' &&
-      e.getStateKey() === bot.userId &&
-      e.getContent()['membership'] === 'join',
-  });
+  await approver.waitForJoin(roomId, bot.userId);
   evidence = await startEvidenceServer({
     host: '127.0.0.1',
     port: evidencePort,

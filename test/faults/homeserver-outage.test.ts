@@ -124,15 +124,7 @@ before(async () => {
   const relayed = `http://127.0.0.1:${relay.port}`;
   for (const account of config.gateway?.accounts ?? []) account.homeserverUrl = relayed;
   gateway = await GatewayProcess.start(config, { dir });
-  await approver.waitForRoomEvent({
-    roomId,
-    timeoutMs: 30_000,
-    message: `${bot.userId} joining`,
-    filter: (e) =>
-      e.getType() === 'm.room.member' &&
-      e.getStateKey() === bot.userId &&
-      e.getContent()['membership'] === 'join',
-  });
+  await approver.waitForJoin(roomId, bot.userId);
 });
 
 after(async () => {

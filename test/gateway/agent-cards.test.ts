@@ -187,15 +187,7 @@ before(async () => {
     { id: 'agents', userId: bot.userId, accessToken: bot.accessToken, rooms: [roomId] },
   ]);
   gateway = await GatewayProcess.start(config, { dir });
-  await approver.waitForRoomEvent({
-    roomId,
-    timeoutMs: 30_000,
-    message: `${bot.userId} joining`,
-    filter: (e) =>
-      e.getType() === 'm.room.member' &&
-      e.getStateKey() === bot.userId &&
-      e.getContent()['membership'] === 'join',
-  });
+  await approver.waitForJoin(roomId, bot.userId);
 });
 
 after(async () => {

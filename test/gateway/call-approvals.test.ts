@@ -66,15 +66,7 @@ before(async () => {
   ]);
   gateway = await GatewayProcess.start(config, { dir });
   for (const roomId of [roomA, roomB]) {
-    await approver.waitForRoomEvent({
-      roomId,
-      timeoutMs: 30_000,
-      message: `${bot.userId} joining`,
-      filter: (e) =>
-        e.getType() === 'm.room.member' &&
-        e.getStateKey() === bot.userId &&
-        e.getContent()['membership'] === 'join',
-    });
+    await approver.waitForJoin(roomId, bot.userId);
   }
   jobA = await requestJob(roomA);
   jobB = await requestJob(roomB);

@@ -89,15 +89,7 @@ before(async () => {
     [room2, botB],
     [room3, botA],
   ] as const) {
-    await approver.waitForRoomEvent({
-      roomId,
-      timeoutMs: 30_000,
-      message: `${bot.userId} joining`,
-      filter: (e) =>
-        e.getType() === 'm.room.member' &&
-        e.getStateKey() === bot.userId &&
-        e.getContent()['membership'] === 'join',
-    });
+    await approver.waitForJoin(roomId, bot.userId);
   }
 });
 

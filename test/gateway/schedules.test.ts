@@ -134,15 +134,7 @@ before(async () => {
     ]),
     { dir },
   );
-  await approver.waitForRoomEvent({
-    roomId: room,
-    timeoutMs: 30_000,
-    message: `${bot.userId} joining`,
-    filter: (e) =>
-      e.getType() === 'm.room.member' &&
-      e.getStateKey() === bot.userId &&
-      e.getContent()['membership'] === 'join',
-  });
+  await approver.waitForJoin(room, bot.userId);
 });
 
 after(async () => {

@@ -120,6 +120,19 @@ export class MatrixTestUser {
     return eventId;
   }
 
+  /** Resolves once `userId` has joined the room (a bot accepting its invite), waiting up to `timeoutMs`. */
+  async waitForJoin(roomId: string, userId: string, timeoutMs = 30_000): Promise<MatrixEvent> {
+    return await this.waitForRoomEvent({
+      roomId,
+      timeoutMs,
+      message: `${userId} joining`,
+      filter: (e) =>
+        e.getType() === 'm.room.member' &&
+        e.getStateKey() === userId &&
+        e.getContent()['membership'] === 'join',
+    });
+  }
+
   /** Resolves with the first event in the room that matches, waiting for one if none has come yet. */
   async waitForRoomEvent({ roomId, filter, timeoutMs = 15_000, message }: WaitForRoomEventOptions) {
     const seen = this.client
