@@ -317,13 +317,14 @@ export function addStackCommands(program: Command): void {
     .description('security checks')
     .command('audit')
     .description(
-      'check file modes, secrets, sandbox, allowlists, pinning, listeners and TLS; exit 1 on a high finding',
+      'check file modes, secrets, sandbox, allowlists, pinning, listeners, TLS and room encryption (notes, asked of the homeserver); exit 1 on a high finding',
     )
     .option(configOption, configHelp)
     .option('--fix', 'tighten file modes (keys 0600, state folders 0700)')
     .action(async (opts: { config?: string; fix?: boolean }) => {
       const config = await load(opts.config);
-      const { applyModeFixes, audit, renderFindings } = await import('../config/audit.ts');
+      const { applyModeFixes, audit, renderFindings, sortFindings } = await import('../config/audit.ts');
+      const { auditEncryption } = await import('../config/audit-encryption.ts');
       const configFile =
         opts.config ??
         process.env['CLAWGATE_CONFIG'] ??
@@ -333,6 +334,7 @@ export function addStackCommands(program: Command): void {
         for (const line of applyModeFixes(findings)) out(`fixed: ${line}`);
         findings = audit(config, configFile ? { configFile } : {});
       }
+      findings = sortFindings([...findings, ...(await auditEncryption(config))]);
       out(renderFindings(findings));
       const high = findings.filter((f) => f.severity === 'high').length;
       if (high > 0) throw new ClawgateError(ERROR_CODES.auditFailed, `${high} high finding(s)`);
