@@ -9,12 +9,15 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import pino from 'pino';
 import { auditEncryption } from '../../../src/config/audit-encryption.ts';
 import { renderFindings } from '../../../src/config/audit.ts';
-import { parseConfig } from '../../../src/config/config.ts';
+import { parseConfig, statePaths } from '../../../src/config/config.ts';
 import { SAMPLE_CONFIG } from '../../../src/config/sample.ts';
 import { freeLoopbackPort } from '../../../src/devstack/net.ts';
 import { parseGatewayConfig } from '../../../src/ingress/config.ts';
+import { generateKeyring } from '../../../src/keys/keyring.ts';
+import { ensurePolicy } from '../../../src/stack/demo.ts';
 
 const TOKEN = 'syt_test_token';
 /** Room state as the stand-in homeserver tells it: encrypted, in clear, or not for this user. */
@@ -143,4 +146,23 @@ test('a homeserver that does not answer, or an account without a token yet: coul
     /^could not check the rooms of gateway account pw \(@pw:hs\): it has no access token yet/,
   );
   assert.equal(findings.length, 2);
+});
+
+test("an active policy's allowlisted room that no account here serves: could not check, said", async () => {
+  const config = configWith(account({}));
+  await generateKeyring(statePaths(config).keys, 'policy');
+  const user = { userId: '@u:hs', accessToken: 't', deviceId: 'D', password: 'p' };
+  const demo = {
+    homeserverUrl,
+    roomId: '!elsewhere:hs',
+    users: { requester: user, approver: user, bot: user },
+  };
+  await ensurePolicy(config, demo, 'demo/model', pino({ level: 'silent' }));
+  const findings = await auditEncryption(config);
+  assert.deepEqual(
+    findings.map((f) => f.what),
+    [
+      'could not check whether room !elsewhere:hs (allowlisted by the policy of channel matrix) is encrypted: no gateway account here serves it',
+    ],
+  );
 });
