@@ -396,6 +396,8 @@ test('the demo, end-to-end encrypted: say --follow shows the plan and the answer
   assert.equal(audit.code, 0, `${audit.stdout}${audit.stderr}`);
   assert.doesNotMatch(audit.stdout, /NOTE/);
   await stop();
+  // The recovery key of the bot's key backup is a secret: nowhere in the log.
+  assert.ok(!readFileSync(join(state, 'clawgate.log'), 'utf8').includes(demo.recoveryKey as string));
 
   // What the homeserver stored: encrypted events, and not a word of the request, plan or answer.
   const stored = homeserverEvents();
