@@ -270,6 +270,12 @@ export async function say(
   const device = await openDemoDevice(config, demo, who);
   try {
     const { client } = device;
+    if (device.replaced !== null) {
+      process.stderr.write(
+        `clawgate: the crypto store of ${device.userId}'s device ${device.replaced} was lost; ` +
+          `it speaks as the new device ${device.deviceId} (earlier messages stay unreadable to it)\n`,
+      );
+    }
     if (client.getRoom(roomId)?.getMyMembership() !== 'join') {
       throw new ClawgateError(ERROR_CODES.usage, `${device.userId} is not in the room ${roomId}`);
     }

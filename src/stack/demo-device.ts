@@ -9,7 +9,6 @@ import { ClientEvent, createClient, SyncState, type MatrixClient } from 'matrix-
 import type { CryptoBackend } from 'matrix-js-sdk/lib/common-crypto/CryptoBackend.js';
 import pino from 'pino';
 import type { ClawgateConfig } from '../config/config.ts';
-import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import {
   CryptoStateFile,
   KEY_REQUESTS,
@@ -20,7 +19,7 @@ import {
 import { sdkLogger } from '../ingress/sdk-logging.ts';
 import { ensurePrivateDir } from '../storage/files.ts';
 import { takePidLock } from '../storage/pid-lock.ts';
-import type { DemoPerson, DemoState } from './demo.ts';
+import { writeDemo, type DemoPerson, type DemoState } from './demo.ts';
 
 /** How long a device waits for its first sync, and for its keys to reach the homeserver. */
 const READY_MS = 60_000;
@@ -42,6 +41,8 @@ export interface DemoDevice {
   readonly client: MatrixClient;
   readonly userId: string;
   readonly deviceId: string;
+  /** The device this one replaced, when the store of that one was lost; else null. */
+  readonly replaced: string | null;
   /** Resolves once the homeserver holds this device's keys (others can encrypt to it). */
   keysPublished(): Promise<void>;
   /** Writes the crypto store now (it is also written after every sync and before key requests). */
@@ -50,24 +51,54 @@ export interface DemoDevice {
   close(): Promise<void>;
 }
 
-/** The device keys the homeserver holds for this device, if any. */
-async function publishedKeys(client: MatrixClient, userId: string, deviceId: string): Promise<boolean> {
-  const known = await client.downloadKeysForUsers([userId]);
-  return known.device_keys?.[userId]?.[deviceId] !== undefined;
+type DemoUser = DemoState['users'][DemoPerson];
+
+async function post(base: string, path: string, token: string | null, body: unknown) {
+  const res = await fetch(`${base}/_matrix/client/v3${path}`, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/json',
+      ...(token === null ? {} : { authorization: `Bearer ${token}` }),
+    },
+    body: JSON.stringify(body),
+  });
+  const json = (await res.json()) as Record<string, unknown>;
+  if (!res.ok) throw new Error(`POST ${path}: ${res.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+/** Whether the homeserver holds keys of this device (others encrypt to it). */
+async function publishedKeys(base: string, user: DemoUser): Promise<boolean> {
+  const known = (await post(base, '/keys/query', user.accessToken, {
+    device_keys: { [user.userId]: [user.deviceId] },
+  })) as { device_keys?: Record<string, Record<string, unknown>> };
+  return known.device_keys?.[user.userId]?.[user.deviceId] !== undefined;
+}
+
+/** A new device of the user, by a login with its password. */
+async function newDevice(base: string, who: DemoPerson, user: DemoUser): Promise<DemoUser> {
+  const res = (await post(base, '/login', null, {
+    type: 'm.login.password',
+    identifier: { type: 'm.id.user', user: user.userId },
+    password: user.password,
+    initial_device_display_name: `clawgate say (${who})`,
+  })) as { access_token: string; device_id: string };
+  return { ...user, accessToken: res.access_token, deviceId: res.device_id };
 }
 
 /**
  * Opens the demo user's device and starts its client, synced (the rooms and their members
- * loaded), its crypto restored from the store. Throws when another process uses the device, or
- * when its store is gone while the homeserver holds its keys (a new store would make keys the
- * others refuse).
+ * loaded), its crypto restored from the store. Throws when another process uses the device.
+ * When its store is gone while the homeserver holds its keys (a new store under that device
+ * would make keys the others refuse), the user logs in as a new device, kept in demo.json: it
+ * reads what is said from then on.
  */
 export async function openDemoDevice(
   config: ClawgateConfig,
   demo: DemoState,
   who: DemoPerson,
 ): Promise<DemoDevice> {
-  const user = demo.users[who];
+  let user = demo.users[who];
   const dir = deviceDir(config, who);
   ensurePrivateDir(dir);
   const lock = join(dir, 'lock');
@@ -80,6 +111,13 @@ export async function openDemoDevice(
   let client: MatrixClient | undefined;
   try {
     const restored = file.read();
+    let replaced: string | null = null;
+    if (!restored && (await publishedKeys(demo.homeserverUrl, user))) {
+      replaced = user.deviceId;
+      user = await newDevice(demo.homeserverUrl, who, user);
+      demo.users[who] = user;
+      writeDemo(config, demo);
+    }
     const log = pino({ level: 'silent' });
     let writing: Promise<void> = Promise.resolve();
     const persist = (): Promise<void> => {
@@ -104,13 +142,6 @@ export async function openDemoDevice(
       },
     });
     const matrix = client;
-    if (!restored && (await publishedKeys(matrix, user.userId, user.deviceId))) {
-      throw new ClawgateError(
-        ERROR_CODES.stateCorrupt,
-        `${file.path} is missing, but the homeserver already holds the keys of ${user.userId}'s device ` +
-          `${user.deviceId}: the keys that go with them are lost; remove the state folder to start the demo afresh`,
-      );
-    }
     const factory = processIndexedDb();
     if (restored) await restoreDatabases(factory, restored.databases);
     await matrix.initRustCrypto({ cryptoDatabasePrefix: prefix });
@@ -127,9 +158,10 @@ export async function openDemoDevice(
       client: matrix,
       userId: user.userId,
       deviceId: user.deviceId,
+      replaced,
       async keysPublished() {
         const deadline = Date.now() + READY_MS;
-        while (!(await publishedKeys(matrix, user.userId, user.deviceId))) {
+        while (!(await publishedKeys(demo.homeserverUrl, user))) {
           if (Date.now() > deadline) {
             throw new Error(
               `the keys of ${user.userId}'s device did not reach the homeserver in ${READY_MS} ms`,

@@ -70,7 +70,7 @@ async function matrix(base: string, token: string, method: string, path: string,
   return json;
 }
 
-function writeDemo(config: ClawgateConfig, demo: DemoState): void {
+export function writeDemo(config: ClawgateConfig, demo: DemoState): void {
   writeFileAtomic(statePaths(config).demo, `${JSON.stringify(demo, null, 2)}\n`);
 }
 
