@@ -397,7 +397,6 @@ test('the demo, end-to-end encrypted: say --follow shows the plan and the answer
   const audit = await clawgate('security', 'audit');
   assert.equal(audit.code, 0, `${audit.stdout}${audit.stderr}`);
   assert.doesNotMatch(audit.stdout, /NOTE/);
-  await stop();
   // A device whose store is lost is not made again under its id (the others hold its old keys):
   // the user logs in as a new device, said on stderr, and its messages still reach the bot.
   rmSync(join(state, 'demo-devices', 'requester'), { recursive: true });
@@ -410,6 +409,7 @@ test('the demo, end-to-end encrypted: say --follow shows the plan and the answer
   const renewed = JSON.parse(readFileSync(join(state, 'demo.json'), 'utf8')) as typeof demo;
   assert.notEqual(renewed.users.requester.deviceId, demo.users.requester.deviceId);
   await until(['jobs', 'list', '--status', 'awaiting_approval'], /^j[a-z2-7]{9}\s+awaiting_approval/m);
+  await stop();
   // The recovery key of the bot's key backup is a secret: nowhere in the log.
   assert.ok(!readFileSync(join(state, 'clawgate.log'), 'utf8').includes(demo.recoveryKey as string));
 
