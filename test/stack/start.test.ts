@@ -312,6 +312,12 @@ function homeserverEvents(): { text: string; encrypted: number } {
 }
 
 test('the demo, end-to-end encrypted: say --follow shows the plan and the answer decrypted, across a restart; the homeserver holds none of it in clear', async () => {
+  // A stack an earlier test left running (it failed half-way) is not left behind.
+  if (stack) {
+    stack.child.kill('SIGKILL');
+    await stack.exited;
+    stack = undefined;
+  }
   state = join(mkdtempSync(join(tmpdir(), 'clawgate-e2ee-demo-')), 'state');
   env['CLAWGATE_STATE_DIR'] = state;
   await ports();
