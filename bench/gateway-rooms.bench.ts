@@ -172,6 +172,7 @@ try {
           userId: bot.userId,
           accessToken: bot.accessToken,
           rooms,
+          encryption: false,
         },
       ],
     },

@@ -1,13 +1,15 @@
 // `clawgate jobs` and `clawgate say`: reading jobs from Temporal's visibility, and acting as a
 // demo user in a room from a terminal.
-import { randomBytes } from 'node:crypto';
 import { WorkflowNotFoundError } from '@temporalio/client';
 import type { ClawgateConfig } from '../config/config.ts';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { SHORT_JOB_ID } from '../ingress/job-ids.ts';
 import { threadRelation } from '../ingress/matrix-io.ts';
+import { quietMatrixSdkLogging } from '../ingress/sdk-logging.ts';
 import { connectTemporal } from '../stack/components.ts';
 import { readDemo } from '../stack/demo.ts';
+import { openDemoDevice } from '../stack/demo-device.ts';
+import { followThread, printable } from './thread-follow.ts';
 import { budgetLine } from '../agent/plan.ts';
 import { statusQuery, type JobStatusView } from '../temporal/job-contract.ts';
 import {
@@ -89,17 +91,6 @@ const ARGS_SHOWN = 80;
 
 const label = (name: string, value: string): string => `${name.padEnd(LABEL - 1)} ${value}`;
 const more = (value: string): string => `${' '.repeat(LABEL)}${value}`;
-
-/**
- * Text a model or a requester wrote, made safe for a terminal: control characters (escape
- * sequences among them) and bidirectional overrides are shown as escapes, not obeyed.
- */
-function printable(text: string): string {
-  // eslint-disable-next-line no-control-regex
-  return text.replace(/[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) =>
-    c === '\t' ? ' ' : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
-  );
-}
 
 /** One line of text, at most `max` characters (cut with …). */
 function oneLine(text: string, max = Infinity): string {
@@ -229,9 +220,32 @@ export async function showJob(config: ClawgateConfig, job: string): Promise<stri
   });
 }
 
+/** Whether the homeserver answers at all (a stopped stack is said so, not as a fetch error). */
+async function homeserverAnswers(url: string): Promise<void> {
+  try {
+    await fetch(`${url}/_matrix/client/versions`, { signal: AbortSignal.timeout(10_000) });
+  } catch (error) {
+    throw new ClawgateError(
+      ERROR_CODES.usage,
+      `the homeserver ${url} does not answer (${(error as Error).message}); is clawgate start running?`,
+    );
+  }
+}
+
+/**
+ * Posts a message as a demo user, through end-to-end encryption in an encrypted room: the
+ * user's own device, its crypto store kept in the state folder. With `follow`, prints the
+ * request's thread (or `thread`'s) as it grows until its job has ended, or `stopped` resolves.
+ */
 export async function say(
   config: ClawgateConfig,
-  opts: { as: string; room: string; text: string; thread?: string | undefined },
+  opts: {
+    as: string;
+    room: string;
+    text: string;
+    thread?: string | undefined;
+    follow?: { print: (line: string) => void; stopped: Promise<void> } | undefined;
+  },
 ): Promise<string> {
   const demo = readDemo(config);
   if (!demo) {
@@ -244,33 +258,55 @@ export async function say(
   if (who !== 'requester' && who !== 'approver') {
     throw new ClawgateError(ERROR_CODES.usage, `--as ${opts.as}: requester or approver`);
   }
-  const user = demo.users[who];
   const roomId = opts.room === 'demo' ? demo.roomId : opts.room;
   if (!roomId.startsWith('!'))
     throw new ClawgateError(ERROR_CODES.usage, `${opts.room}: a room id (!...) or "demo"`);
-  const content: Record<string, unknown> = { msgtype: 'm.text', body: opts.text };
-  if (opts.thread) content['m.relates_to'] = threadRelation(opts.thread);
-  const txn = randomBytes(8).toString('hex');
-  const url = `${demo.homeserverUrl}/_matrix/client/v3/rooms/${encodeURIComponent(roomId)}/send/m.room.message/${txn}`;
-  let res: Response;
+  if (opts.thread !== undefined && !/^\$\S+$/.test(opts.thread)) {
+    throw new ClawgateError(ERROR_CODES.usage, `--thread ${opts.thread}: an event id ($...)`);
+  }
+  await homeserverAnswers(demo.homeserverUrl);
+  // The SDK's own logging would fill the terminal; this command says what matters itself.
+  quietMatrixSdkLogging([]);
+  const device = await openDemoDevice(config, demo, who);
   try {
-    res = await fetch(url, {
-      method: 'PUT',
-      headers: { authorization: `Bearer ${user.accessToken}`, 'content-type': 'application/json' },
-      body: JSON.stringify(content),
-    });
-  } catch (error) {
-    throw new ClawgateError(
-      ERROR_CODES.usage,
-      `the homeserver ${demo.homeserverUrl} does not answer (${(error as Error).message}); is clawgate start running?`,
+    const { client } = device;
+    if (device.replaced !== null) {
+      process.stderr.write(
+        `clawgate: the crypto store of ${device.userId}'s device ${device.replaced} was lost; ` +
+          `it speaks as the new device ${device.deviceId} (earlier messages stay unreadable to it)\n`,
+      );
+    }
+    if (client.getRoom(roomId)?.getMyMembership() !== 'join') {
+      throw new ClawgateError(ERROR_CODES.usage, `${device.userId} is not in the room ${roomId}`);
+    }
+    const content: Record<string, unknown> = { msgtype: 'm.text', body: opts.text };
+    if (opts.thread) content['m.relates_to'] = threadRelation(opts.thread);
+    let eventId: string;
+    try {
+      ({ event_id: eventId } = await client.sendMessage(roomId, content as never));
+    } catch (error) {
+      throw new ClawgateError(
+        ERROR_CODES.usage,
+        `the homeserver refused the message: ${(error as Error).message}`,
+      );
+    }
+    await device.persist();
+    const encrypted = client.getRoom(roomId)?.hasEncryptionStateEvent() ?? false;
+    const said = `${device.userId} said it in ${roomId} (event ${eventId}${encrypted ? ', end-to-end encrypted' : ''})`;
+    if (!opts.follow) return said;
+    opts.follow.print(said);
+    const follow = opts.follow;
+    return await withTemporal(config, async (temporal) =>
+      followThread({
+        client,
+        temporal,
+        roomId,
+        root: opts.thread ?? eventId,
+        print: follow.print,
+        stopped: follow.stopped,
+      }),
     );
+  } finally {
+    await device.close();
   }
-  const body = (await res.json()) as { event_id?: string; error?: string };
-  if (!res.ok || !body.event_id) {
-    throw new ClawgateError(
-      ERROR_CODES.usage,
-      `the homeserver refused the message: ${body.error ?? res.status}`,
-    );
-  }
-  return `${user.userId} said it in ${roomId} (event ${body.event_id})`;
 }

@@ -176,22 +176,9 @@ export function addStackCommands(program: Command): void {
       const config = await load(opts.config);
       const logger = await serviceLogger('clawgate-gateway', config.log.level);
       const { requireAddress, runGateway } = await import('../stack/components.ts');
-      const { readDemo } = await import('../stack/demo.ts');
+      const { demoAccount, readDemo } = await import('../stack/demo.ts');
       const demo = readDemo(config);
-      const accounts =
-        config.gateway.accounts ??
-        (demo
-          ? [
-              {
-                id: 'demo',
-                homeserverUrl: demo.homeserverUrl,
-                userId: demo.users.bot.userId,
-                accessToken: demo.users.bot.accessToken,
-                rooms: [demo.roomId],
-                encryption: false,
-              },
-            ]
-          : undefined);
+      const accounts = config.gateway.accounts ?? (demo ? [demoAccount(demo)] : undefined);
       if (!accounts) {
         throw new ClawgateError(
           ERROR_CODES.configInvalid,
@@ -281,14 +268,26 @@ export function addStackCommands(program: Command): void {
     .description('post a message as a demo user (requester or approver) of `clawgate start`')
     .requiredOption('--as <user>', 'requester or approver')
     .option('--thread <event-id>', "post in this event's thread")
+    .option(
+      '--follow',
+      "then print the thread's messages as they come, decrypted (plan, cards, status, answer), until the job ends (Ctrl-C stops)",
+    )
     .option(configOption, configHelp)
     .argument('<room>', 'a room id, or "demo" for the demo room')
     .argument('<text...>', 'the message')
-    .action(async (room: string, words: string[], opts: { as: string; thread?: string; config?: string }) => {
-      const config = await load(opts.config);
-      const { say } = await import('./jobs.ts');
-      out(await say(config, { as: opts.as, room, text: words.join(' '), thread: opts.thread }));
-    });
+    .action(
+      async (
+        room: string,
+        words: string[],
+        opts: { as: string; thread?: string; follow?: boolean; config?: string },
+      ) => {
+        const config = await load(opts.config);
+        const { say } = await import('./jobs.ts');
+        const follow = opts.follow ? { print: out, stopped: untilStopped() } : undefined;
+        out(await say(config, { as: opts.as, room, text: words.join(' '), thread: opts.thread, follow }));
+        exitSoon();
+      },
+    );
 
   const configCommand = program.command('config').description('the configuration file');
   configCommand
@@ -318,13 +317,14 @@ export function addStackCommands(program: Command): void {
     .description('security checks')
     .command('audit')
     .description(
-      'check file modes, secrets, sandbox, allowlists, pinning, listeners and TLS; exit 1 on a high finding',
+      'check file modes, secrets, sandbox, allowlists, pinning, listeners, TLS and room encryption (notes, asked of the homeserver); exit 1 on a high finding',
     )
     .option(configOption, configHelp)
     .option('--fix', 'tighten file modes (keys 0600, state folders 0700)')
     .action(async (opts: { config?: string; fix?: boolean }) => {
       const config = await load(opts.config);
-      const { applyModeFixes, audit, renderFindings } = await import('../config/audit.ts');
+      const { applyModeFixes, audit, renderFindings, sortFindings } = await import('../config/audit.ts');
+      const { auditEncryption } = await import('../config/audit-encryption.ts');
       const configFile =
         opts.config ??
         process.env['CLAWGATE_CONFIG'] ??
@@ -334,6 +334,7 @@ export function addStackCommands(program: Command): void {
         for (const line of applyModeFixes(findings)) out(`fixed: ${line}`);
         findings = audit(config, configFile ? { configFile } : {});
       }
+      findings = sortFindings([...findings, ...(await auditEncryption(config))]);
       out(renderFindings(findings));
       const high = findings.filter((f) => f.severity === 'high').length;
       if (high > 0) throw new ClawgateError(ERROR_CODES.auditFailed, `${high} high finding(s)`);

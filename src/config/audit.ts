@@ -1,6 +1,8 @@
 // `clawgate security audit`: what the runbook asks to check on every configuration change and
 // before anything is exposed to a network. Each finding has a severity and the fix; a high one
-// makes the command exit non-zero; `--fix` tightens file modes (the only thing it changes).
+// makes the command exit non-zero; `--fix` tightens file modes (the only thing it changes). A
+// note is for a choice a team may have made on purpose (a room not encrypted): it is said, and
+// never fails the audit. The homeserver's part is asked by audit-encryption.ts.
 import { chmodSync, existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { FilePolicyRegistry } from '../policy/registry.ts';
@@ -8,7 +10,7 @@ import type { Wpc } from '../policy/wpc.ts';
 import type { ClawgateConfig } from './config.ts';
 import { statePaths } from './config.ts';
 
-export type Severity = 'high' | 'medium' | 'low';
+export type Severity = 'high' | 'medium' | 'low' | 'note';
 
 export interface Finding {
   severity: Severity;
@@ -241,7 +243,12 @@ export function audit(
       });
     }
   }
-  const order: Record<Severity, number> = { high: 0, medium: 1, low: 2 };
+  return sortFindings(findings);
+}
+
+/** Findings in order of severity, the highest first. */
+export function sortFindings(findings: Finding[]): Finding[] {
+  const order: Record<Severity, number> = { high: 0, medium: 1, low: 2, note: 3 };
   return findings.sort((a, b) => order[a.severity] - order[b.severity]);
 }
 

@@ -73,7 +73,8 @@ gateway:
   #     userId: "@clawgate:example.org"
   #     password: change-me                 # or accessToken; logged in once, the token is kept
   #     rooms: ["!ops:example.org"]
-  #     encryption: true                    # end-to-end encrypted rooms (Rust crypto)
+  #     encryption: true                    # the default: reads and writes end-to-end encrypted
+  #                                         # rooms (Rust crypto); false only for plain rooms
   #     recoveryKey: "EsT…"                 # key backup on the server; better by env var
 
 evidence:

@@ -24,9 +24,10 @@ export const accountSchema = z
     channel: z.string().min(1).optional(),
     /**
      * End-to-end encryption (Rust crypto, loaded at runtime; its store is kept encrypted in the
-     * account's state folder). Off: encrypted rooms are not read, and nothing is posted in them.
+     * account's state folder), on unless set to false: Matrix clients make private rooms
+     * encrypted by default. Off: encrypted rooms are not read, and nothing is posted in them.
      */
-    encryption: z.boolean().default(false),
+    encryption: z.boolean().default(true),
     /**
      * Recovery key (as Element shows it) of the server-side key backup: with it a new device
      * of the bot restores its room keys. Keep it out of the file: CLAWGATE_ACCOUNT_<ID>_RECOVERY_KEY.

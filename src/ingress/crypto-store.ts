@@ -187,6 +187,10 @@ export function encryptState(state: CryptoState, key: Buffer): Buffer {
   return Buffer.concat([MAGIC, iv, cipher.getAuthTag(), body]);
 }
 
+/** Requests after which the homeserver knows something of the device's keys: the store is written first. */
+export const KEY_REQUESTS =
+  /\/_matrix\/client\/[^/]+\/(keys\/(upload|claim|signatures\/upload|device_signing\/upload)|room_keys\/)/;
+
 /** The way out of a crypto store that cannot be used, said in every such error. */
 export const STORE_RECOVERY =
   'stop the gateway, move the account folder aside and start again: the bot gets a new device ' +

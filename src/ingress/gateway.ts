@@ -33,7 +33,6 @@ import {
   type ISyncResponse,
   type MatrixClient,
 } from 'matrix-js-sdk';
-import type { Logger as SdkLogger } from 'matrix-js-sdk/lib/logger.js';
 import type { ISavedSync } from 'matrix-js-sdk/lib/store/index.js';
 import { decodeRecoveryKey, EventShieldColour } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import type { Logger } from 'pino';
@@ -56,6 +55,7 @@ import { join } from 'node:path';
 import { AccountState, type Credentials } from './account-state.ts';
 import {
   CryptoStateFile,
+  KEY_REQUESTS,
   STORE_RECOVERY,
   processIndexedDb,
   restoreDatabases,
@@ -78,7 +78,7 @@ import { clip } from './displayed.ts';
 import { matrixTaskQueueOf, type AccountConfig, type GatewayConfig } from './config.ts';
 import { isJobWorkflowId, jobWorkflowIds, shortJobId, SHORT_JOB_ID } from './job-ids.ts';
 import { createMatrixActivities, threadRelation } from './matrix-io.ts';
-import { quietMatrixSdkLogging, routeRoutineSdkWarnings } from './sdk-logging.ts';
+import { quietMatrixSdkLogging, routeRoutineSdkWarnings, sdkLogger } from './sdk-logging.ts';
 import { GatewayMetrics, type GatewayApprovalRefusal } from '../metrics/gateway.ts';
 import { answerMetrics, METRICS_PATH } from '../metrics/prometheus.ts';
 import type { ApprovalVerdict } from '../temporal/job-types.ts';
@@ -193,23 +193,6 @@ function percentile(sorted: number[], p: number): number | null {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number;
 }
 
-/** matrix-js-sdk's logger, through pino; the SDK's warnings are routine, so they go to debug. */
-function sdkLogger(log: Logger): SdkLogger {
-  const text = (msg: unknown[]) => msg.map((m) => (m instanceof Error ? m.message : String(m))).join(' ');
-  const trace = (...msg: unknown[]): void => {
-    if (log.isLevelEnabled('trace')) log.trace({ sdk: true }, text(msg));
-  };
-  const logger: SdkLogger = {
-    trace: () => {},
-    debug: trace,
-    info: trace,
-    warn: (...msg) => log.debug({ sdk: true }, text(msg)),
-    error: (...msg) => log.warn({ sdk: true }, text(msg)),
-    getChild: () => logger,
-  };
-  return logger;
-}
-
 /** A Temporal visibility query literal; refuses what it cannot quote safely. */
 function literal(value: string): string {
   if (/['"\\\n]/.test(value)) {
@@ -251,10 +234,6 @@ function ignoreAbortsFromNowOn(): void {
     throw reason;
   });
 }
-
-/** Requests after which the homeserver knows something of the device's keys. */
-const KEY_REQUESTS =
-  /\/_matrix\/client\/[^/]+\/(keys\/(upload|claim|signatures\/upload|device_signing\/upload)|room_keys\/)/;
 
 export class GatewayAccount {
   readonly config: AccountConfig;

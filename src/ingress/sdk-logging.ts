@@ -3,7 +3,8 @@
 // level is. Children take the root's method factory when they are made, so a factory that
 // drops the chatty methods quiets them all; warnings and errors stay, except the few that are
 // routine for a bot (below), which go to the gateway's log at debug level instead.
-import { logger as sdkGlobalLogger } from 'matrix-js-sdk/lib/logger.js';
+import { logger as sdkGlobalLogger, type Logger as SdkLogger } from 'matrix-js-sdk/lib/logger.js';
+import type { Logger } from 'pino';
 
 type LogMethod = (...args: unknown[]) => void;
 type MethodFactory = (method: string, level: unknown, name: unknown) => LogMethod;
@@ -56,4 +57,21 @@ export function quietMatrixSdkLogging(keep: ReadonlyArray<'warn' | 'error'> = ['
     return method === 'warn' ? foldingRoutineWarnings(made) : made;
   };
   root.setLevel(keep.includes('warn') ? 'warn' : 'error', false);
+}
+
+/** matrix-js-sdk's logger, through pino; the SDK's warnings are routine, so they go to debug. */
+export function sdkLogger(log: Logger): SdkLogger {
+  const text = (msg: unknown[]) => msg.map((m) => (m instanceof Error ? m.message : String(m))).join(' ');
+  const trace = (...msg: unknown[]): void => {
+    if (log.isLevelEnabled('trace')) log.trace({ sdk: true }, text(msg));
+  };
+  const logger: SdkLogger = {
+    trace: () => {},
+    debug: trace,
+    info: trace,
+    warn: (...msg) => log.debug({ sdk: true }, text(msg)),
+    error: (...msg) => log.warn({ sdk: true }, text(msg)),
+    getChild: () => logger,
+  };
+  return logger;
 }

@@ -38,7 +38,7 @@ import {
 } from './components.ts';
 import { forwardTemporalMetrics } from '../metrics/temporal.ts';
 import { WorkerMetrics } from '../metrics/worker.ts';
-import { ensureDemo, ensurePolicy, type DemoState } from './demo.ts';
+import { demoAccount, ensureDemo, ensurePolicy, type DemoState } from './demo.ts';
 
 export interface RunningStack {
   lines: string[];
@@ -172,16 +172,7 @@ export async function startStack(
       });
       demo = await ensureDemo(config, synapse, logger);
       lines.push(`Matrix           ${synapse.baseUrl} (Synapse, server name ${synapse.serverName})`);
-      accounts ??= [
-        {
-          id: 'demo',
-          homeserverUrl: synapse.baseUrl,
-          userId: demo.users.bot.userId,
-          accessToken: demo.users.bot.accessToken,
-          rooms: [demo.roomId],
-          encryption: false,
-        },
-      ];
+      accounts ??= [demoAccount(demo)];
     }
     if (!accounts) {
       throw new ClawgateError(

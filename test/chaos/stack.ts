@@ -168,6 +168,7 @@ export async function startChaosStack(opts: {
       homeserverUrl: synapse.baseUrl,
       userId: bot.userId,
       rooms: [room],
+      encryption: false,
     });
     const config = {
       stateDir: 'state',

@@ -28,7 +28,8 @@ export function gatewayTestConfig(
     policy: { registryDir: stack.registryDir, channel: 'matrix' },
     gateway: {
       health: { host: '127.0.0.1', port: 0 },
-      accounts: accounts.map((a) => ({ homeserverUrl: synapse.baseUrl, ...a })),
+      // Plain rooms, bots without crypto unless a test asks for it: its start is CPU heavy.
+      accounts: accounts.map((a) => ({ homeserverUrl: synapse.baseUrl, encryption: false, ...a })),
     },
   };
 }

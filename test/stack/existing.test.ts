@@ -100,7 +100,7 @@ test('clawgate start uses an existing Temporal, homeserver and model upstream wh
       'gateway:',
       `  health: { port: ${await freeLoopbackPort()} }`,
       '  accounts:',
-      `    - { id: main, homeserverUrl: "${synapse.baseUrl}", userId: "${bot.userId}", rooms: ["${roomId}"] }`,
+      `    - { id: main, homeserverUrl: "${synapse.baseUrl}", userId: "${bot.userId}", rooms: ["${roomId}"], encryption: false }`,
     ].join('\n'),
   );
   const env: NodeJS.ProcessEnv = {
