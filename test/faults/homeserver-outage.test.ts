@@ -8,7 +8,6 @@
 // on once, and their jobs go on.
 import assert from 'node:assert/strict';
 import { mkdtempSync } from 'node:fs';
-import { createServer, Socket, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -21,57 +20,10 @@ import { GatewayProcess, gatewayTestConfig } from '../harness/gateway-process.ts
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';
 import { startWorkerStack, type WorkerStack } from '../harness/stack.ts';
+import { CuttableRelay } from '../harness/relay.ts';
 
 /** How long the homeserver is away. A minute, as the fault is stated; the test stays near two. */
 const OUTAGE_MS = 60_000;
-
-/** A TCP relay to the homeserver that the test can cut: while cut, every connection is reset. */
-class CuttableRelay {
-  private readonly server: Server;
-  private readonly sockets = new Set<Socket>();
-  private cut = false;
-  port = 0;
-
-  constructor(target: { host: string; port: number }) {
-    this.server = createServer((client) => {
-      if (this.cut) {
-        client.resetAndDestroy();
-        return;
-      }
-      const upstream = new Socket();
-      upstream.connect(target.port, target.host);
-      for (const s of [client, upstream]) {
-        this.sockets.add(s);
-        s.once('close', () => this.sockets.delete(s));
-        s.on('error', () => {
-          client.destroy();
-          upstream.destroy();
-        });
-      }
-      client.pipe(upstream).pipe(client);
-    });
-  }
-
-  async listen(): Promise<void> {
-    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
-    this.port = (this.server.address() as { port: number }).port;
-  }
-
-  /** The homeserver goes away: open connections are reset, new ones too. */
-  down(): void {
-    this.cut = true;
-    for (const s of this.sockets) s.resetAndDestroy();
-  }
-
-  up(): void {
-    this.cut = false;
-  }
-
-  async close(): Promise<void> {
-    this.down();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
-  }
-}
 
 let stack: WorkerStack;
 let relay: CuttableRelay;
