@@ -83,7 +83,7 @@ import { GatewayMetrics, type GatewayApprovalRefusal } from '../metrics/gateway.
 import { answerMetrics, METRICS_PATH, registerTemporalReachable } from '../metrics/prometheus.ts';
 import type { ApprovalVerdict } from '../temporal/job-types.ts';
 import { TEMPORAL_CHANNEL_ARGS, watchTemporal, type TemporalWatch } from '../temporal/reachability.ts';
-import { formatDuration, Outage, outageReason, type OutageStatus } from '../stack/outages.ts';
+import { formatDuration, Outage, type OutageStatus } from '../stack/outages.ts';
 import { routeTemporalConnectionWarnings } from '../stack/logging.ts';
 
 /**
@@ -795,6 +795,7 @@ export class GatewayAccount {
         // Every other transient failure here is of a call to the homeserver.
         const by = isTemporalUnavailable(error) ? 'temporal' : 'homeserver';
         (by === 'temporal' ? this.gateway.temporalOutage : this.homeserver).failed(error);
+        if (by === 'temporal') this.lookAheadWhileHeld();
         if (!this.stats.blocked) {
           this.stats.blocked = { since: Date.now(), reason, by };
           this.log.debug({ err: error }, `${what} failed; retrying until it works`);
@@ -814,12 +815,86 @@ export class GatewayAccount {
    * restart during the outage does not post it twice.
    */
   private async actingOn<T>(ctx: EventContext, act: () => Promise<T>): Promise<T> {
+    // Known to be away: said at once, not only after the call's own retries have given up.
+    if (this.gateway.temporalOutage.down) {
+      await this.tellHeldBack(ctx);
+      this.lookAheadWhileHeld();
+    }
     try {
       return await act();
     } catch (error) {
       if (isTemporalUnavailable(error) && !this.stopping) await this.tellHeldBack(ctx);
       throw error;
     }
+  }
+
+  private lookingAhead = false;
+
+  /**
+   * While an event holds the sync back for Temporal, the events after it are not synced yet; the
+   * commands among them are read ahead (with /messages from the last saved sync position, every
+   * 2 s) and told they wait too. They are acted on in order once Temporal is back, as synced.
+   */
+  private lookAheadWhileHeld(): void {
+    const from = this.lastToken;
+    if (this.lookingAhead || from === null) return;
+    this.lookingAhead = true;
+    const positions = new Map([...this.rooms].map((roomId) => [roomId, from]));
+    const held = (): boolean =>
+      !this.stopping && (this.stats.blocked?.by === 'temporal' || this.gateway.temporalOutage.down);
+    void (async () => {
+      while (held()) {
+        for (const [roomId, position] of positions) {
+          if (!held()) break;
+          try {
+            const page = await this.matrix.http.authedRequest<{ chunk?: IRoomEvent[]; end?: string }>(
+              Method.Get,
+              `/rooms/${encodeURIComponent(roomId)}/messages`,
+              { from: position, dir: 'f', limit: '100' },
+            );
+            for (const raw of page.chunk ?? []) {
+              const ctx = await this.commandNeedingTemporal(roomId, raw);
+              if (ctx && held()) await this.tellHeldBack(ctx);
+            }
+            if (page.end) positions.set(roomId, page.end);
+          } catch (error) {
+            this.log.debug({ err: error, roomId }, 'reading ahead of a held-back event failed');
+          }
+        }
+        await new Promise((r) => setTimeout(r, 2_000));
+      }
+    })().finally(() => {
+      this.lookingAhead = false;
+    });
+  }
+
+  /**
+   * What to answer a clear event read ahead of the sync with, when it is a command that needs
+   * Temporal (a request, a decision, a card's ✅ or ❌, a cancel or status); null otherwise.
+   */
+  private async commandNeedingTemporal(roomId: string, raw: IRoomEvent): Promise<EventContext | null> {
+    const { event_id: eventId, sender } = raw;
+    if (typeof eventId !== 'string' || typeof sender !== 'string' || sender === this.userId) return null;
+    if (isRecord(raw.unsigned) && raw.unsigned['redacted_because'] !== undefined) return null;
+    const base = {
+      roomId,
+      eventId,
+      sender,
+      originServerTs: Number(raw.origin_server_ts) || 0,
+      receivedAt: Date.now(),
+    };
+    if (raw.type === 'm.room.message') {
+      const reading = readCommand(raw.content, { userId: this.userId }, this.commandWords());
+      if (reading.kind !== 'command' || reading.command.kind === 'help') return null;
+      if (reading.command.kind === 'request' && reading.threadRoot) return null;
+      return { ...base, ...(reading.threadRoot ? { threadRoot: reading.threadRoot } : {}) };
+    }
+    const reaction = raw.type === 'm.reaction' ? readReaction(raw.content) : null;
+    if (!reaction) return null;
+    const card = (await this.matrix.fetchRoomEvent(roomId, reaction.target)) as IRoomEvent;
+    if (card.sender !== this.userId || card.type !== 'm.room.message' || !readCard(card.content)) return null;
+    const thread = threadRootOf(card.content);
+    return { ...base, replyTo: reaction.target, ...(thread ? { threadRoot: thread } : {}) };
   }
 
   private async tellHeldBack(ctx: EventContext): Promise<void> {
@@ -975,6 +1050,8 @@ export class GatewayAccount {
       await this.reply(ctx, `${sender}: not acted on. ${mismatch}.`);
       return false;
     }
+    // Help is answered from here; every other command needs Temporal.
+    if (command.kind === 'help') return await this.dispatch(ctx, command, words, evidence);
     return await this.actingOn(ctx, () => this.dispatch(ctx, command, words, evidence));
   }
 
@@ -1574,15 +1651,16 @@ export class Gateway {
     const accounts = this.accounts.map((a) => a.health());
     const temporal = this.temporalOutage.status();
     const reasons: string[] = [];
-    if (!temporal.reachable) reasons.push(outageReason('Temporal', temporal));
-    for (const a of accounts) {
+    const away = this.temporalOutage.reason();
+    if (away) reasons.push(away);
+    for (const [i, a] of accounts.entries()) {
       if (a.state === 'syncing') continue;
-      const why = !a.homeserver.reachable
-        ? outageReason('its homeserver', a.homeserver)
-        : (a.error ??
-          (a.blocked ? `held back for ${formatDuration(a.blocked.forMs)}: ${a.blocked.reason}` : null) ??
-          a.syncState ??
-          'not syncing yet');
+      const why =
+        this.accounts[i]?.homeserver.reason() ??
+        a.error ??
+        (a.blocked ? `held back for ${formatDuration(a.blocked.forMs)}: ${a.blocked.reason}` : null) ??
+        a.syncState ??
+        'not syncing yet';
       reasons.push(`account ${a.id} is ${a.state}: ${why}`);
     }
     return { ok: reasons.length === 0, reasons, temporal, accounts };
@@ -1612,7 +1690,7 @@ export class Gateway {
   }
 
   async stop(): Promise<void> {
-    this.temporalWatch?.stop();
+    await this.temporalWatch?.stop();
     this.unrouteWarnings?.();
     await Promise.all(this.accounts.map((a) => a.stop()));
     if (this.server) {

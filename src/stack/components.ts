@@ -43,7 +43,7 @@ import { AWAITING_APPROVAL_QUERY, type WorkerMetrics } from '../metrics/worker.t
 import { answerMetrics, METRICS_PATH, registerTemporalReachable } from '../metrics/prometheus.ts';
 import { TEMPORAL_CHANNEL_ARGS, watchTemporal, type TemporalWatch } from '../temporal/reachability.ts';
 import { routeTemporalConnectionWarnings } from './logging.ts';
-import { Outage, outageReason } from './outages.ts';
+import { Outage } from './outages.ts';
 
 export const DEMO_MODEL = 'demo-echo';
 
@@ -193,6 +193,7 @@ export async function runProxy(
       bindingJwks: () => publicJwks(paths.keys, ['bundle']),
       ...(health ? { health } : {}),
       ...(stale ? { refusing: stale } : {}),
+      logger: logger.child({ component: 'proxy' }),
     }),
   );
   logger.info({ url: proxy.url, upstreams: upstreams.map((u) => u.name) }, 'proxy listening');
@@ -235,11 +236,13 @@ export async function serveWorkerHealth(
       return;
     }
     const state = opts.worker.worker.getState();
-    const temporal = opts.worker.temporal.outage.status();
+    const { outage } = opts.worker.temporal;
+    const temporal = outage.status();
     const reasons: string[] = [];
     if (state !== 'RUNNING') reasons.push(`the worker is ${state.toLowerCase()}`);
     // A worker whose polls fail is RUNNING to the SDK, yet takes no task.
-    if (!temporal.reachable) reasons.push(`${outageReason('Temporal', temporal)}; no task is taken`);
+    const away = outage.reason();
+    if (away) reasons.push(`${away}; no task is taken`);
     const ok = req.url === '/health' && reasons.length === 0;
     res.writeHead(req.url === '/health' ? (ok ? 200 : 503) : 404, { 'content-type': 'application/json' });
     const control = opts.mirror.health();
@@ -363,7 +366,7 @@ export async function runWorker(
     run,
     temporal,
     async close() {
-      temporal.stop();
+      await temporal.stop();
       unroute();
       awaiting?.stop();
       if (worker.getState() === 'RUNNING') worker.shutdown();

@@ -24,14 +24,19 @@ export interface OutageOptions {
   log: Logger;
   /** What the outage means for this part, added to the warning. */
   impact?: string;
+  /** What is said of the service while it fails, and once it works again. */
+  words?: { down: string; up: string };
   now?: () => number;
 }
+
+const REACHABILITY = { down: 'is not reachable', up: 'is reachable again' };
 
 /** The state of one service a part depends on; said in the log once per change. */
 export class Outage {
   readonly service: string;
   private readonly log: Logger;
   private readonly impact: string;
+  private readonly words: { down: string; up: string };
   private readonly now: () => number;
   private since: number;
   private downSince: number | null = null;
@@ -42,6 +47,7 @@ export class Outage {
     this.service = opts.service;
     this.log = opts.log;
     this.impact = opts.impact ?? '';
+    this.words = opts.words ?? REACHABILITY;
     this.now = opts.now ?? Date.now;
     this.since = this.now();
   }
@@ -60,7 +66,7 @@ export class Outage {
     this.since = this.downSince;
     this.log.warn(
       { service: this.service, error: this.lastError },
-      `${this.service} is not reachable${this.impact ? `; ${this.impact}` : ''}`,
+      `${this.service} ${this.words.down}${this.impact ? `; ${this.impact}` : ''}`,
     );
     return true;
   }
@@ -72,12 +78,22 @@ export class Outage {
     const downMs = now - this.downSince;
     this.log.info(
       { service: this.service, downMs, failures: this.failures, lastError: this.lastError },
-      `${this.service} is reachable again after ${formatDuration(downMs)}`,
+      `${this.service} ${this.words.up} after ${formatDuration(downMs)}`,
     );
     this.downSince = null;
     this.since = now;
     this.lastError = null;
     this.failures = 0;
+  }
+
+  /** For a health answer, while it fails: "Temporal is not reachable (for 12.3 s, since …): <the last error>". */
+  reason(): string | null {
+    const status = this.status();
+    if (status.reachable) return null;
+    return (
+      `${this.service} ${this.words.down} (for ${formatDuration(status.forMs)}, since ${status.since})` +
+      (status.error ? `: ${status.error}` : '')
+    );
   }
 
   status(): OutageStatus {
@@ -90,14 +106,6 @@ export class Outage {
       failures: this.failures,
     };
   }
-}
-
-/** For a health answer: "Temporal is not reachable (for 12.3 s, since …): <the last error>". */
-export function outageReason(service: string, status: OutageStatus): string {
-  return (
-    `${service} is not reachable (for ${formatDuration(status.forMs)}, since ${status.since})` +
-    (status.error ? `: ${status.error}` : '')
-  );
 }
 
 /** 850 ms, 12.3 s, 4 min 5 s, 2 h 3 min. */

@@ -21,7 +21,8 @@ export interface TemporalWatch {
   readonly outage: Outage;
   /** Checks now (one check at a time: a caller during one shares it); true when Temporal answered. */
   checkNow(): Promise<boolean>;
-  stop(): void;
+  /** Stops checking; resolves once a check under way has ended (its connection may then close). */
+  stop(): Promise<void>;
 }
 
 /** Watches the connection's server until stopped; the first check runs at once. */
@@ -80,9 +81,10 @@ export function watchTemporal(
   return {
     outage,
     checkNow,
-    stop() {
+    async stop() {
       stopped = true;
       clearTimeout(timer);
+      await running;
     },
   };
 }
