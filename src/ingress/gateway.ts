@@ -256,13 +256,22 @@ class HandledSyncStore extends MemoryStore {
 
 let ignoringAborts = false;
 
-/** From a stop on, a request aborted by that stop and left unawaited is not a crash; anything else still is. */
+/**
+ * From a stop on, a request aborted by that stop and left unawaited is not a crash, nor is the
+ * Temporal client's retry of a call (one held back while Temporal is away) that finds its
+ * connection closed by the stop; anything else still is.
+ */
 function ignoreAbortsFromNowOn(): void {
   if (ignoringAborts) return;
   ignoringAborts = true;
   process.on('unhandledRejection', (reason) => {
     if (reason instanceof Error && reason.name === 'AbortError') return;
     throw reason;
+  });
+  process.on('uncaughtException', (error) => {
+    if (error.message === 'Channel has been shut down') return;
+    console.error(error);
+    process.exit(1);
   });
 }
 

@@ -17,6 +17,7 @@ import { HELD_BACK_NOTICE } from '../../src/ingress/gateway.ts';
 import { jobWorkflowId } from '../../src/ingress/job-ids.ts';
 import { threadRelation } from '../../src/ingress/matrix-io.ts';
 import { statusQuery } from '../../src/temporal/job-contract.ts';
+import { JOB_STATUS } from '../../src/temporal/search-attributes.ts';
 import { GatewayProcess, gatewayTestConfig } from '../harness/gateway-process.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { CuttableRelay } from '../harness/relay.ts';
@@ -159,6 +160,17 @@ test('Temporal away: health says so with how long; a request and an approval are
   await waitFor('the plan of A', 60_000, async () =>
     (await botThread(jobA)).some((b) => /^Plan for job/.test(b)) ? true : undefined,
   );
+  // A waits for its approval with nothing in flight: an activity whose completion the cut lost
+  // would hold the job until its timeout, which is not what this test is about.
+  const handleA = stack.temporal.client.workflow.getHandle(jobWorkflowId(roomId, jobA));
+  await waitFor('A to wait for its approval, idle', 60_000, async () => {
+    const description = await handleA.describe();
+    const idle =
+      (description.raw.pendingActivities ?? []).length === 0 && !description.raw.pendingWorkflowTask;
+    return idle && description.typedSearchAttributes.get(JOB_STATUS) === 'awaiting_approval'
+      ? true
+      : undefined;
+  });
   assert.equal((await health(gateway.healthUrl)).status, 200);
   assert.equal((await health(worker.healthUrl)).status, 200);
   const gatewayFrom = gateway.lines.length;
@@ -222,9 +234,7 @@ test('Temporal away: health says so with how long; a request and an approval are
   await waitFor('the result of A', 90_000, async () =>
     (await botThread(jobA)).some((b) => /^Job j[a-z2-7]{9}: succeeded\./.test(b)) ? true : undefined,
   );
-  const viewA = await stack.temporal.client.workflow
-    .getHandle(jobWorkflowId(roomId, jobA))
-    .query(statusQuery);
+  const viewA = await handleA.query(statusQuery);
   assert.deepEqual(
     viewA.approvals.map((a) => [a.eventId, a.accepted]),
     [[approvalA, true]],
