@@ -11,16 +11,16 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { Direction } from 'matrix-js-sdk';
 import type { RegisteredUser } from '../../src/devstack/synapse.ts';
 import { HELD_BACK_NOTICE } from '../../src/ingress/gateway.ts';
 import { jobWorkflowId } from '../../src/ingress/job-ids.ts';
-import { threadRelation } from '../../src/ingress/matrix-io.ts';
 import { statusQuery } from '../../src/temporal/job-contract.ts';
 import { JOB_STATUS } from '../../src/temporal/search-attributes.ts';
 import { GatewayProcess, gatewayTestConfig } from '../harness/gateway-process.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
+import { metricValue, scrape } from '../harness/metrics.ts';
 import { CuttableRelay } from '../harness/relay.ts';
+import { RoomView, waitFor } from '../harness/room-view.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';
 import { startWorkerStack, type WorkerStack } from '../harness/stack.ts';
 import { startWorkerCli, type WorkerCli } from '../harness/worker-cli.ts';
@@ -62,6 +62,7 @@ before(async () => {
   ]);
   if (config.temporal) config.temporal.address = relay.address;
   gateway = await GatewayProcess.start(config, { dir });
+  room = new RoomView(approver, roomId, bot.userId);
   await approver.waitForJoin(roomId, bot.userId);
 });
 
@@ -73,34 +74,13 @@ after(async () => {
   await stack?.close();
 });
 
-interface RawEvent {
-  event_id: string;
-  type: string;
-  sender: string;
-  content: Record<string, any>;
-}
-
-async function serverEvents(): Promise<RawEvent[]> {
-  const res = await approver.client.createMessagesRequest(roomId, null, 500, Direction.Backward);
-  return (res.chunk as unknown as RawEvent[]).reverse();
-}
-
-/** The bot's messages in the thread of `root` (edits left out), oldest first. */
-async function botThread(root: string): Promise<string[]> {
-  return (await serverEvents())
-    .filter(
-      (e) =>
-        e.sender === bot.userId &&
-        e.type === 'm.room.message' &&
-        e.content['m.relates_to']?.rel_type === 'm.thread' &&
-        e.content['m.relates_to']?.event_id === root,
-    )
-    .map((e) => String(e.content['body']));
-}
+let room: RoomView;
+const botThread = (root: string) => room.botThread(root);
+const send = (user: MatrixTestUser, body: string, thread?: string) => room.send(user, body, thread);
 
 /** The bot's answers to `eventId` (its messages that reply to it, in a thread or not). */
 async function botAnswersTo(eventId: string): Promise<string[]> {
-  return (await serverEvents())
+  return (await room.events())
     .filter(
       (e) =>
         e.sender === bot.userId &&
@@ -109,27 +89,6 @@ async function botAnswersTo(eventId: string): Promise<string[]> {
         e.content['m.relates_to']?.rel_type !== 'm.replace',
     )
     .map((e) => String(e.content['body']));
-}
-
-async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const found = await probe();
-    if (found !== undefined) return found;
-    if (Date.now() > deadline) throw new Error(`waited ${timeoutMs} ms for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
-async function send(user: MatrixTestUser, body: string, thread?: string): Promise<string> {
-  const content: Record<string, unknown> = { msgtype: 'm.text', body };
-  if (thread) content['m.relates_to'] = threadRelation(thread);
-  const { event_id: eventId } = await user.client.sendEvent(
-    roomId,
-    'm.room.message' as never,
-    content as never,
-  );
-  return eventId;
 }
 
 interface Health {
@@ -196,6 +155,15 @@ test('Temporal away: health says so with how long; a request and an approval are
     assert.match(down.body.reasons.join('\n'), /Temporal is not reachable \(for [\d.]+ (ms|s), since /);
   }
 
+  /** The gauge's value; NaN when the part has no such gauge. */
+  const reachable = async (metricsUrl: string): Promise<number> => {
+    const { samples } = await scrape(metricsUrl);
+    const found = samples.some((m) => m.name === 'clawgate_temporal_reachable');
+    return found ? metricValue(samples, 'clawgate_temporal_reachable') : Number.NaN;
+  };
+  const gatewayMetrics = gateway.healthUrl.replace(/\/health$/, '/metrics');
+  assert.deepEqual([await reachable(gatewayMetrics), await reachable(worker.metricsUrl)], [0, 0]);
+
   // While it is away: A is approved, C is asked for, and someone just chats.
   const approvalA = await send(approver, '!approve', jobA);
   const jobC = await send(requester, '!claw summarise the readme (C)');
@@ -229,6 +197,8 @@ test('Temporal away: health says so with how long; a request and an approval are
     );
     console.log(`${part} /health 200 ${Date.now() - upAt} ms after Temporal came back`);
   }
+
+  assert.deepEqual([await reachable(gatewayMetrics), await reachable(worker.metricsUrl)], [1, 1]);
 
   // The approval sent meanwhile is acted on once, and A runs to its end.
   await waitFor('the result of A', 90_000, async () =>

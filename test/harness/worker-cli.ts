@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ClawgateConfigInput } from '../../src/config/config.ts';
 import { freeLoopbackPort } from '../../src/devstack/net.ts';
+import { readJsonLines } from './gateway-process.ts';
 import { testServers } from './servers.ts';
 import type { WorkerStack } from './stack.ts';
 
@@ -54,26 +55,14 @@ export async function startWorkerCli(
   );
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => process.stderr.write(`[worker] ${chunk}`));
   const lines: Array<Record<string, unknown>> = [];
-  let buffer = '';
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('the worker did not start within 120 s')), 120_000);
     child.once('exit', (code) => reject(new Error(`the worker exited with ${code} before it ran`)));
-    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-      buffer += chunk;
-      let nl: number;
-      while ((nl = buffer.indexOf('\n')) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        try {
-          lines.push(JSON.parse(line) as Record<string, unknown>);
-        } catch {
-          lines.push({ msg: line });
-        }
-        if (process.env['CLAWGATE_TEST_WORKER_LOG'] === '1') process.stderr.write(`[worker log] ${line}\n`);
-        if (lines.at(-1)?.['msg'] === 'worker running') {
-          clearTimeout(timer);
-          resolve();
-        }
+    readJsonLines(child, lines, (line) => {
+      if (process.env['CLAWGATE_TEST_WORKER_LOG'] === '1') process.stderr.write(`[worker log] ${line}\n`);
+      if (lines.at(-1)?.['msg'] === 'worker running') {
+        clearTimeout(timer);
+        resolve();
       }
     });
   });
