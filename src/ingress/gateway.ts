@@ -77,6 +77,7 @@ import {
 import { clip } from './displayed.ts';
 import { matrixTaskQueueOf, type AccountConfig, type GatewayConfig } from './config.ts';
 import { isJobWorkflowId, jobWorkflowIds, shortJobId, SHORT_JOB_ID } from './job-ids.ts';
+import { HeldBackNotices } from './held-back.ts';
 import { createMatrixActivities, threadRelation } from './matrix-io.ts';
 import { quietMatrixSdkLogging, routeRoutineSdkWarnings } from './sdk-logging.ts';
 import { GatewayMetrics, type GatewayApprovalRefusal } from '../metrics/gateway.ts';
@@ -170,10 +171,6 @@ interface JobTarget {
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
-
-/** The reply in a command's thread while Temporal cannot be reached (once per event). */
-export const HELD_BACK_NOTICE =
-  'received; clawgate cannot reach its job service (Temporal) right now; this is acted on when it is back.';
 
 /** A failure of a call to Temporal worth waiting out: it is down or busy, not the request wrong. */
 export function isTemporalUnavailable(error: unknown): boolean {
@@ -317,8 +314,8 @@ export class GatewayAccount {
     blocked: null as { since: number; reason: string; by: 'temporal' | 'homeserver' } | null,
     error: null as string | null,
   };
-  /** Events whose thread was told they wait for Temporal (the homeserver deduplicates across restarts). */
-  private readonly heldBackTold = new Set<string>();
+  /** What a command that arrives while Temporal cannot be reached is told. */
+  private readonly heldBack: HeldBackNotices;
 
   constructor(config: AccountConfig, gateway: Gateway) {
     this.config = config;
@@ -331,6 +328,14 @@ export class GatewayAccount {
       service: 'the homeserver',
       log: this.log,
       impact: 'events are handled once it answers again',
+    });
+    this.heldBack = new HeldBackNotices({
+      userId: config.userId,
+      rooms: this.rooms,
+      matrix: () => this.matrix,
+      words: () => this.commandWords(),
+      send: (command, body) => this.reply(command, body, 'held'),
+      log: this.log,
     });
   }
 
@@ -804,7 +809,7 @@ export class GatewayAccount {
         // Every other transient failure here is of a call to the homeserver.
         const by = isTemporalUnavailable(error) ? 'temporal' : 'homeserver';
         (by === 'temporal' ? this.gateway.temporalOutage : this.homeserver).failed(error);
-        if (by === 'temporal') this.lookAheadWhileHeld();
+        if (by === 'temporal') this.readAheadWhileHeld();
         if (!this.stats.blocked) {
           this.stats.blocked = { since: Date.now(), reason, by };
           this.log.debug({ err: error }, `${what} failed; retrying until it works`);
@@ -826,105 +831,24 @@ export class GatewayAccount {
   private async actingOn<T>(ctx: EventContext, act: () => Promise<T>): Promise<T> {
     // Known to be away: said at once, not only after the call's own retries have given up.
     if (this.gateway.temporalOutage.down) {
-      await this.tellHeldBack(ctx);
-      this.lookAheadWhileHeld();
+      await this.heldBack.tell(ctx);
+      this.readAheadWhileHeld();
     }
     try {
       return await act();
     } catch (error) {
-      if (isTemporalUnavailable(error) && !this.stopping) await this.tellHeldBack(ctx);
+      if (isTemporalUnavailable(error) && !this.stopping) await this.heldBack.tell(ctx);
       throw error;
     }
   }
 
-  private lookingAhead = false;
-
-  /**
-   * While an event holds the sync back for Temporal, the events after it are not synced yet; the
-   * commands among them are read ahead (with /messages from the last saved sync position, every
-   * 2 s) and told they wait too. They are acted on in order once Temporal is back, as synced.
-   */
-  private lookAheadWhileHeld(): void {
-    const from = this.lastToken;
-    if (this.lookingAhead || from === null) return;
-    this.lookingAhead = true;
-    const positions = new Map([...this.rooms].map((roomId) => [roomId, from]));
-    const held = (): boolean =>
-      !this.stopping && (this.stats.blocked?.by === 'temporal' || this.gateway.temporalOutage.down);
-    void (async () => {
-      while (held()) {
-        for (const [roomId, position] of positions) {
-          if (!held()) break;
-          try {
-            const page = await this.matrix.http.authedRequest<{ chunk?: IRoomEvent[]; end?: string }>(
-              Method.Get,
-              `/rooms/${encodeURIComponent(roomId)}/messages`,
-              { from: position, dir: 'f', limit: '100' },
-            );
-            for (const raw of page.chunk ?? []) {
-              const ctx = await this.commandNeedingTemporal(roomId, raw);
-              if (ctx && held()) await this.tellHeldBack(ctx);
-            }
-            if (page.end) positions.set(roomId, page.end);
-          } catch (error) {
-            this.log.debug({ err: error, roomId }, 'reading ahead of a held-back event failed');
-          }
-        }
-        await new Promise((r) => setTimeout(r, 2_000));
-      }
-    })().finally(() => {
-      this.lookingAhead = false;
-    });
-  }
-
-  /**
-   * What to answer a clear event read ahead of the sync with, when it is a command that needs
-   * Temporal (a request, a decision, a card's ✅ or ❌, a cancel or status); null otherwise.
-   */
-  private async commandNeedingTemporal(roomId: string, raw: IRoomEvent): Promise<EventContext | null> {
-    const { event_id: eventId, sender } = raw;
-    if (typeof eventId !== 'string' || typeof sender !== 'string' || sender === this.userId) return null;
-    if (isRecord(raw.unsigned) && raw.unsigned['redacted_because'] !== undefined) return null;
-    const base = {
-      roomId,
-      eventId,
-      sender,
-      originServerTs: Number(raw.origin_server_ts) || 0,
-      receivedAt: Date.now(),
-    };
-    if (raw.type === 'm.room.message') {
-      const reading = readCommand(raw.content, { userId: this.userId }, this.commandWords());
-      if (reading.kind !== 'command' || reading.command.kind === 'help') return null;
-      if (reading.command.kind === 'request' && reading.threadRoot) return null;
-      return { ...base, ...(reading.threadRoot ? { threadRoot: reading.threadRoot } : {}) };
-    }
-    const reaction = raw.type === 'm.reaction' ? readReaction(raw.content) : null;
-    if (!reaction) return null;
-    const card = (await this.matrix.fetchRoomEvent(roomId, reaction.target)) as IRoomEvent;
-    if (card.sender !== this.userId || card.type !== 'm.room.message' || !readCard(card.content)) return null;
-    const thread = threadRootOf(card.content);
-    return { ...base, replyTo: reaction.target, ...(thread ? { threadRoot: thread } : {}) };
-  }
-
-  private async tellHeldBack(ctx: EventContext): Promise<void> {
-    if (this.heldBackTold.has(ctx.eventId)) return;
-    try {
-      // In the command's thread; a request's is the one its job will answer in.
-      await this.reply(
-        { ...ctx, threadRoot: ctx.threadRoot ?? ctx.eventId },
-        `${ctx.sender}: ${HELD_BACK_NOTICE}`,
-        'held',
-      );
-      this.heldBackTold.add(ctx.eventId);
-      if (this.heldBackTold.size > 10_000) this.heldBackTold.clear();
-      this.log.info(
-        { roomId: ctx.roomId, eventId: ctx.eventId },
-        'told the thread its command waits for Temporal',
-      );
-    } catch (error) {
-      // The homeserver may be away too; the notice is tried again with the event.
-      this.log.debug({ err: error, eventId: ctx.eventId }, 'the held-back notice could not be sent');
-    }
+  /** While the sync is held back for Temporal, the commands after the held event are told too. */
+  private readAheadWhileHeld(): void {
+    if (this.lastToken === null) return;
+    this.heldBack.readAhead(
+      this.lastToken,
+      () => !this.stopping && (this.stats.blocked?.by === 'temporal' || this.gateway.temporalOutage.down),
+    );
   }
 
   /** Handles one event; returns whether it started a job or sent a signal. */
@@ -1519,7 +1443,11 @@ export class GatewayAccount {
    * names the answer in its transaction id: one answer of each kind per event, however often
    * the event comes.
    */
-  private async reply(ctx: EventContext, body: string, kind = 'reply'): Promise<void> {
+  private async reply(
+    ctx: Pick<EventContext, 'roomId' | 'eventId' | 'threadRoot' | 'replyTo'>,
+    body: string,
+    kind = 'reply',
+  ): Promise<void> {
     const replyTo = ctx.replyTo ?? ctx.eventId;
     const relation = ctx.threadRoot
       ? threadRelation(ctx.threadRoot, replyTo)

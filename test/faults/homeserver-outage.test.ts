@@ -123,6 +123,7 @@ test('the homeserver away for a minute: nothing crashes; what the job posted mea
   );
   await atModel;
 
+  const logFrom = gateway.lines.length;
   const cutAt = Date.now();
   relay.down();
   // While it is away: A finishes and has its result to post; B is approved; C is asked for.
@@ -174,6 +175,19 @@ test('the homeserver away for a minute: nothing crashes; what the job posted mea
     [[approvalB, true]],
   );
   assert.equal(gateway.child.exitCode, null);
+  // The log says the outage once when it began and once when it ended, not once per retry.
+  const said = gateway.lines
+    .slice(logFrom)
+    .filter((l) => /^the homeserver is (not )?reachable/.test(String(l['msg'])))
+    .map((l): [unknown, string] => [l['level'], String(l['msg'])]);
+  console.log(`the gateway's log of the outage: ${JSON.stringify(said)}`);
+  assert.equal(said.length, 2, JSON.stringify(said));
+  assert.deepEqual(said[0], [
+    40,
+    'the homeserver is not reachable; events are handled once it answers again',
+  ]);
+  assert.equal(said[1]?.[0], 30);
+  assert.match(said[1]?.[1] ?? '', /^the homeserver is reachable again after (\d+ min \d+ s|[\d.]+ s)$/);
   finishedDuringOutage = jobA;
 });
 

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { RegisteredUser } from '../../src/devstack/synapse.ts';
-import { HELD_BACK_NOTICE } from '../../src/ingress/gateway.ts';
+import { HELD_BACK_NOTICE } from '../../src/ingress/held-back.ts';
 import { jobWorkflowId } from '../../src/ingress/job-ids.ts';
 import { statusQuery } from '../../src/temporal/job-contract.ts';
 import { JOB_STATUS } from '../../src/temporal/search-attributes.ts';
