@@ -259,7 +259,7 @@ export function stripQuote(body: string): { text: string; quoted: string } {
 }
 
 /** The root of the thread a message was sent in, if its relation names one. */
-function threadOf(content: unknown): { threadRoot?: string } {
+export function threadOf(content: unknown): { threadRoot?: string } {
   const relates = isRecord(content) && isRecord(content['m.relates_to']) ? content['m.relates_to'] : {};
   return relates['rel_type'] === 'm.thread' && typeof relates['event_id'] === 'string'
     ? { threadRoot: relates['event_id'] }

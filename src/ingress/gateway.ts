@@ -77,11 +77,15 @@ import {
 import { clip } from './displayed.ts';
 import { matrixTaskQueueOf, type AccountConfig, type GatewayConfig } from './config.ts';
 import { isJobWorkflowId, jobWorkflowIds, shortJobId, SHORT_JOB_ID } from './job-ids.ts';
+import { HeldBackNotices } from './held-back.ts';
 import { createMatrixActivities, threadRelation } from './matrix-io.ts';
 import { quietMatrixSdkLogging, routeRoutineSdkWarnings, sdkLogger } from './sdk-logging.ts';
 import { GatewayMetrics, type GatewayApprovalRefusal } from '../metrics/gateway.ts';
-import { answerMetrics, METRICS_PATH } from '../metrics/prometheus.ts';
+import { answerMetrics, METRICS_PATH, registerTemporalReachable } from '../metrics/prometheus.ts';
 import type { ApprovalVerdict } from '../temporal/job-types.ts';
+import { TEMPORAL_CHANNEL_ARGS, watchTemporal, type TemporalWatch } from '../temporal/reachability.ts';
+import { formatDuration, Outage, type OutageStatus } from '../stack/outages.ts';
+import { routeTemporalConnectionWarnings } from '../stack/logging.ts';
 
 /**
  * Faults a test can inject through CLAWGATE_GATEWAY_FAULT, to crash at the exact point the
@@ -115,8 +119,10 @@ export interface AccountHealth {
   startedJobs: number;
   signals: number;
   refusedEvents: number;
-  /** A transient failure (Temporal or the homeserver unreachable) holding the sync back. */
-  blocked: { since: string; reason: string } | null;
+  /** A transient failure (Temporal or the homeserver unreachable) holding the sync back, and for how long (ms). */
+  blocked: { since: string; reason: string; forMs: number } | null;
+  /** Whether the account's homeserver answers its sync and calls, since when and for how long. */
+  homeserver: OutageStatus;
   error: string | null;
   /** Whether the account uses encryption, and whether its crypto module is working. */
   encryption: {
@@ -164,6 +170,11 @@ interface JobTarget {
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** A failure of a call to Temporal worth waiting out: it is down or busy, not the request wrong. */
+export function isTemporalUnavailable(error: unknown): boolean {
+  return (error instanceof ServiceError || isGrpcServiceError(error)) && isTransient(error);
 }
 
 /** Failures worth waiting out: the service is down or busy, not the request wrong. */
@@ -225,13 +236,22 @@ class HandledSyncStore extends MemoryStore {
 
 let ignoringAborts = false;
 
-/** From a stop on, a request aborted by that stop and left unawaited is not a crash; anything else still is. */
+/**
+ * From a stop on, a request aborted by that stop and left unawaited is not a crash, nor is the
+ * Temporal client's retry of a call (one held back while Temporal is away) that finds its
+ * connection closed by the stop; anything else still is.
+ */
 function ignoreAbortsFromNowOn(): void {
   if (ignoringAborts) return;
   ignoringAborts = true;
   process.on('unhandledRejection', (reason) => {
     if (reason instanceof Error && reason.name === 'AbortError') return;
     throw reason;
+  });
+  process.on('uncaughtException', (error) => {
+    if (error.message === 'Channel has been shut down') return;
+    console.error(error);
+    process.exit(1);
   });
 }
 
@@ -242,6 +262,8 @@ export class GatewayAccount {
   private readonly gateway: Gateway;
   private readonly log: Logger;
   private readonly state: AccountState;
+  /** Whether the homeserver answers: one warning when it stops, one line when it is back. */
+  readonly homeserver: Outage;
   private client: MatrixClient | null = null;
   /** The encrypted crypto store (with the sync position and room state), for accounts with encryption. */
   private cryptoFile: CryptoStateFile | null = null;
@@ -268,9 +290,11 @@ export class GatewayAccount {
     startedJobs: 0,
     signals: 0,
     refusedEvents: 0,
-    blocked: null as { since: string; reason: string } | null,
+    blocked: null as { since: number; reason: string; by: 'temporal' | 'homeserver' } | null,
     error: null as string | null,
   };
+  /** What a command that arrives while Temporal cannot be reached is told. */
+  private readonly heldBack: HeldBackNotices;
 
   constructor(config: AccountConfig, gateway: Gateway) {
     this.config = config;
@@ -279,6 +303,19 @@ export class GatewayAccount {
     this.matrixTaskQueue = matrixTaskQueueOf(config);
     this.log = gateway.log.child({ account: config.id });
     this.state = new AccountState(gateway.config.stateDir, config.id);
+    this.homeserver = new Outage({
+      service: 'the homeserver',
+      log: this.log,
+      impact: 'events are handled once it answers again',
+    });
+    this.heldBack = new HeldBackNotices({
+      userId: config.userId,
+      rooms: this.rooms,
+      matrix: () => this.matrix,
+      words: () => this.commandWords(),
+      send: (command, body) => this.reply(command, body, 'held'),
+      log: this.log,
+    });
   }
 
   get userId(): string {
@@ -341,10 +378,12 @@ export class GatewayAccount {
       });
       this.client = client;
       if (this.config.encryption) await this.startCrypto(client, restored);
-      client.on(ClientEvent.Sync, (syncState: SyncState) => {
+      client.on(ClientEvent.Sync, (syncState: SyncState, _previous: unknown, data?: { error?: Error }) => {
         this.stats.syncState = syncState;
         if (syncState === SyncState.Error || syncState === SyncState.Reconnecting) {
-          this.log.warn({ syncState }, 'sync failing; retrying');
+          this.homeserver.failed(data?.error ?? `sync ${syncState.toLowerCase()}`);
+        } else if (syncState === SyncState.Syncing || syncState === SyncState.Prepared) {
+          this.homeserver.answered();
         }
       });
       this.worker = await Worker.create({
@@ -616,7 +655,12 @@ export class GatewayAccount {
       startedJobs: this.stats.startedJobs,
       signals: this.stats.signals,
       refusedEvents: this.stats.refusedEvents,
-      blocked: this.stats.blocked,
+      blocked: this.stats.blocked && {
+        since: new Date(this.stats.blocked.since).toISOString(),
+        reason: this.stats.blocked.reason,
+        forMs: now - this.stats.blocked.since,
+      },
+      homeserver: this.homeserver.status(),
       error: this.stats.error,
       encryption: { ...this.encryption },
       startLatencyMs: { count: sorted.length, p50: percentile(sorted, 50), p99: percentile(sorted, 99) },
@@ -723,23 +767,67 @@ export class GatewayAccount {
     return found.reverse();
   }
 
-  /** Runs `fn` until it succeeds or fails for good; transient failures hold the sync back. */
+  /**
+   * Runs `fn` until it succeeds or fails for good; transient failures hold the sync back. One
+   * caused by Temporal or the homeserver not answering is part of that service's outage, which
+   * the log says once when it begins and once when it ends, however often this retries.
+   */
   private async retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       try {
         const result = await fn();
+        const held = this.stats.blocked;
         this.stats.blocked = null;
+        if (held?.by === 'temporal') this.gateway.temporalOutage.answered();
+        if (held?.by === 'homeserver') this.homeserver.answered();
+        if (held) this.log.debug({ what, heldMs: Date.now() - held.since }, 'held-back work done');
         return result;
       } catch (error) {
         if (this.stopping || !isTransient(error)) throw error;
         const reason = `${what}: ${(error as Error).message}`;
+        // Every other transient failure here is of a call to the homeserver.
+        const by = isTemporalUnavailable(error) ? 'temporal' : 'homeserver';
+        (by === 'temporal' ? this.gateway.temporalOutage : this.homeserver).failed(error);
+        if (by === 'temporal') this.readAheadWhileHeld();
         if (!this.stats.blocked) {
-          this.stats.blocked = { since: new Date().toISOString(), reason };
-          this.log.warn({ err: error }, `${what} failed; retrying until it works`);
-        } else this.stats.blocked.reason = reason;
+          this.stats.blocked = { since: Date.now(), reason, by };
+          this.log.debug({ err: error }, `${what} failed; retrying until it works`);
+        } else {
+          this.stats.blocked.reason = reason;
+          this.stats.blocked.by = by;
+        }
         await new Promise((r) => setTimeout(r, Math.min(30_000, 250 * 2 ** Math.min(attempt, 7))));
       }
     }
+  }
+
+  /**
+   * Runs the Temporal side of a command; while Temporal cannot be reached, the command's thread
+   * is told once that it is received and waits (the sync is held back and the event handled
+   * again once Temporal answers). The notice's transaction id comes from the event's id, so a
+   * restart during the outage does not post it twice.
+   */
+  private async actingOn<T>(ctx: EventContext, act: () => Promise<T>): Promise<T> {
+    // Known to be away: said at once, not only after the call's own retries have given up.
+    if (this.gateway.temporalOutage.down) {
+      await this.heldBack.tell(ctx);
+      this.readAheadWhileHeld();
+    }
+    try {
+      return await act();
+    } catch (error) {
+      if (isTemporalUnavailable(error) && !this.stopping) await this.heldBack.tell(ctx);
+      throw error;
+    }
+  }
+
+  /** While the sync is held back for Temporal, the commands after the held event are told too. */
+  private readAheadWhileHeld(): void {
+    if (this.lastToken === null) return;
+    this.heldBack.readAhead(
+      this.lastToken,
+      () => !this.stopping && (this.stats.blocked?.by === 'temporal' || this.gateway.temporalOutage.down),
+    );
   }
 
   /** Handles one event; returns whether it started a job or sent a signal. */
@@ -864,15 +952,19 @@ export class GatewayAccount {
       );
       // An approval or denial still reaches its job, which refuses it and keeps the refusal.
       if (command.kind === 'approve' || command.kind === 'deny') {
-        return await this.signalApproval(ctx, command, words, evidence, mismatch);
+        return await this.actingOn(ctx, () => this.signalApproval(ctx, command, words, evidence, mismatch));
       }
       if (command.kind === 'call-approve' || command.kind === 'call-deny') {
-        return await this.signalCallDecision(ctx, command, words, evidence, mismatch);
+        return await this.actingOn(ctx, () =>
+          this.signalCallDecision(ctx, command, words, evidence, mismatch),
+        );
       }
       await this.reply(ctx, `${sender}: not acted on. ${mismatch}.`);
       return false;
     }
-    return await this.dispatch(ctx, command, words, evidence);
+    // Help is answered from here; every other command needs Temporal.
+    if (command.kind === 'help') return await this.dispatch(ctx, command, words, evidence);
+    return await this.actingOn(ctx, () => this.dispatch(ctx, command, words, evidence));
   }
 
   /**
@@ -1192,7 +1284,9 @@ export class GatewayAccount {
       content: { sha256: contentSha256(content), shown: reaction.key },
     };
     const target = { workflowId: named.workflowId, jobId: shortJobId(named.workflowId), roomId };
-    return await this.signal(ctx, target, (handle) => handle.signal(callDecisionSignal, attempt), 'call');
+    return await this.actingOn(ctx, () =>
+      this.signal(ctx, target, (handle) => handle.signal(callDecisionSignal, attempt), 'call'),
+    );
   }
 
   /** An approval attempt the gateway refused before any job saw it, for the metric. */
@@ -1323,14 +1417,22 @@ export class GatewayAccount {
     await this.reply(ctx, line);
   }
 
-  /** Answers the sender: in the thread they wrote in, or as a reply to their message. */
-  private async reply(ctx: EventContext, body: string): Promise<void> {
+  /**
+   * Answers the sender: in the thread they wrote in, or as a reply to their message. `kind`
+   * names the answer in its transaction id: one answer of each kind per event, however often
+   * the event comes.
+   */
+  private async reply(
+    ctx: Pick<EventContext, 'roomId' | 'eventId' | 'threadRoot' | 'replyTo'>,
+    body: string,
+    kind = 'reply',
+  ): Promise<void> {
     const replyTo = ctx.replyTo ?? ctx.eventId;
     const relation = ctx.threadRoot
       ? threadRelation(ctx.threadRoot, replyTo)
       : { 'm.in_reply_to': { event_id: replyTo } };
     // Derived from the event answered, so a redelivered event is not answered twice.
-    const txnId = `reply.${Buffer.from(ctx.eventId).toString('base64url').slice(0, 180)}`;
+    const txnId = `${kind}.${Buffer.from(ctx.eventId).toString('base64url').slice(0, 180)}`;
     await this.matrix.sendEvent(
       ctx.roomId,
       'm.room.message' as never,
@@ -1342,6 +1444,10 @@ export class GatewayAccount {
 
 export interface GatewayHealth {
   ok: boolean;
+  /** Why it is not ok, one line each, for a person (empty when ok). */
+  reasons: string[];
+  /** Whether Temporal answers the gateway's checks and calls, since when and for how long. */
+  temporal: OutageStatus;
   accounts: AccountHealth[];
 }
 
@@ -1355,9 +1461,13 @@ export class Gateway {
   readonly accounts: GatewayAccount[] = [];
   /** GET /metrics: this gateway's registry, its accounts' counts read at each scrape. */
   readonly metrics: GatewayMetrics;
+  /** Whether Temporal answers: one warning when it stops, one line when it is back. */
+  readonly temporalOutage: Outage;
   private readonly connection: Connection;
   private readonly registry: FilePolicyRegistry;
   private server: Server | null = null;
+  private temporalWatch: TemporalWatch | null = null;
+  private unrouteWarnings: (() => void) | null = null;
   /** Recent starts by this process, to cover the moment before Temporal's visibility shows them. */
   private readonly recent: Array<{
     at: number;
@@ -1372,8 +1482,10 @@ export class Gateway {
     options: GatewayOptions,
     connection: Connection,
     workerConnection: NativeConnection,
+    temporalOutage: Outage,
   ) {
     this.config = config;
+    this.temporalOutage = temporalOutage;
     this.log = options.logger;
     this.fault = options.fault;
     this.connection = connection;
@@ -1386,6 +1498,7 @@ export class Gateway {
     });
     this.registry = new FilePolicyRegistry(config.policy.registryDir);
     this.metrics = new GatewayMetrics(() => this.accounts.map((a) => a.health()));
+    registerTemporalReachable(this.metrics.registry, () => !this.temporalOutage.down);
   }
 
   /** Connects to Temporal (waiting for it), starts every account and the health endpoint. */
@@ -1395,19 +1508,25 @@ export class Gateway {
     // Its routine warnings (one per thread message, say) go to this log at debug level.
     routeRoutineSdkWarnings((message) => options.logger.debug({ sdk: true }, message));
     const { address } = config.temporal;
+    const temporalOutage = new Outage({
+      service: 'Temporal',
+      log: options.logger.child({ address }),
+      impact: 'requests and approvals wait until it is back',
+    });
     let connection: Connection | undefined;
-    for (let attempt = 1; !connection; attempt++) {
+    while (!connection) {
       try {
-        connection = await Connection.connect({ address });
+        connection = await Connection.connect({ address, channelArgs: TEMPORAL_CHANNEL_ARGS });
       } catch (error) {
-        if (attempt === 1 || attempt % 10 === 0) {
-          options.logger.warn({ address, err: error }, 'Temporal is not reachable yet; waiting for it');
-        }
+        temporalOutage.failed(error);
         await new Promise((r) => setTimeout(r, 1000));
       }
     }
+    temporalOutage.answered();
     const workerConnection = await NativeConnection.connect({ address });
-    const gateway = new Gateway(config, options, connection, workerConnection);
+    const gateway = new Gateway(config, options, connection, workerConnection, temporalOutage);
+    gateway.temporalWatch = watchTemporal(connection, temporalOutage);
+    gateway.unrouteWarnings = routeTemporalConnectionWarnings(gateway.temporalWatch);
     try {
       for (const accountConfig of config.accounts) {
         const account = new GatewayAccount(accountConfig, gateway);
@@ -1446,7 +1565,21 @@ export class Gateway {
 
   health(): GatewayHealth {
     const accounts = this.accounts.map((a) => a.health());
-    return { ok: accounts.every((a) => a.state === 'syncing'), accounts };
+    const temporal = this.temporalOutage.status();
+    const reasons: string[] = [];
+    const away = this.temporalOutage.reason();
+    if (away) reasons.push(away);
+    for (const [i, a] of accounts.entries()) {
+      if (a.state === 'syncing') continue;
+      const why =
+        this.accounts[i]?.homeserver.reason() ??
+        a.error ??
+        (a.blocked ? `held back for ${formatDuration(a.blocked.forMs)}: ${a.blocked.reason}` : null) ??
+        a.syncState ??
+        'not syncing yet';
+      reasons.push(`account ${a.id} is ${a.state}: ${why}`);
+    }
+    return { ok: reasons.length === 0, reasons, temporal, accounts };
   }
 
   private async listen(): Promise<void> {
@@ -1473,6 +1606,8 @@ export class Gateway {
   }
 
   async stop(): Promise<void> {
+    await this.temporalWatch?.stop();
+    this.unrouteWarnings?.();
     await Promise.all(this.accounts.map((a) => a.stop()));
     if (this.server) {
       this.server.closeAllConnections();

@@ -4,7 +4,7 @@
 // the Prometheus text format. Labels are kept to values from fixed lists: a label that took job
 // ids, user ids or free text would grow a series for every value and sink the Prometheus server.
 import type { ServerResponse } from 'node:http';
-import { collectDefaultMetrics, Registry } from 'prom-client';
+import { collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 
 export const METRICS_PATH = '/metrics';
 
@@ -78,4 +78,19 @@ export class RecentKeys {
   has(key: string): boolean {
     return this.keys.has(key);
   }
+}
+
+/**
+ * clawgate_temporal_reachable: 1 while the part's checks and calls reach Temporal, 0 while they
+ * do not (src/temporal/reachability.ts), read at each scrape.
+ */
+export function registerTemporalReachable(registry: Registry, reachable: () => boolean): void {
+  new Gauge({
+    name: 'clawgate_temporal_reachable',
+    help: "1 while this part's checks and calls reach Temporal, 0 while they do not",
+    registers: [registry],
+    collect() {
+      this.set(reachable() ? 1 : 0);
+    },
+  });
 }

@@ -27,6 +27,8 @@ import {
 } from './receipts.ts';
 import { ProxyMetrics } from '../metrics/proxy.ts';
 import { answerMetrics, METRICS_PATH } from '../metrics/prometheus.ts';
+import { Outage } from '../stack/outages.ts';
+import { pino, type Logger } from 'pino';
 
 /** Stable reason codes of the proxy's own refusals (token and policy codes come from the verifier). */
 export const PROXY_ERRORS = {
@@ -129,6 +131,47 @@ export interface ProxyDeps {
   refusing?: () => string | null;
   /** Where the proxy counts calls, receipts and refusals (its GET /metrics); a registry of its own when absent. */
   metrics?: ProxyMetrics;
+  /** Where an upstream or the receipt log that starts or stops failing is said (once each way). */
+  logger?: Logger;
+}
+
+/**
+ * How the proxy's upstreams and its receipt log fare: each failing since its last call failed
+ * (no answer, a timeout, a 5xx; a receipt not written or not fsynced) until one succeeds.
+ */
+function proxyDependencies(config: ProxyConfig, log: Logger) {
+  const receiptLog = new Outage({
+    service: 'the receipt log',
+    log,
+    impact: 'model calls fail closed until a receipt can be written',
+    words: { down: 'cannot be written', up: 'is written again' },
+  });
+  const upstreams = new Map(
+    config.upstreams.map((u) => [
+      u,
+      new Outage({
+        service: `upstream ${u.name}`,
+        log,
+        impact: 'calls to its models fail',
+        words: { down: 'is failing', up: 'answers again' },
+      }),
+    ]),
+  );
+  return {
+    receiptLog,
+    upstreams,
+    /** What GET /healthz says of them: the reasons to answer 503, and each one's state. */
+    health() {
+      const reasons = [receiptLog, ...upstreams.values()]
+        .map((o) => o.reason())
+        .filter((r): r is string => r !== null);
+      return {
+        reasons,
+        receiptLog: receiptLog.status(),
+        upstreams: Object.fromEntries([...upstreams].map(([u, o]) => [u.name, o.status()])),
+      };
+    },
+  };
 }
 
 export interface RunningProxy {
@@ -395,6 +438,7 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
   const now = deps.now ?? (() => new Date());
   const metrics = deps.metrics ?? new ProxyMetrics();
   store.onFsync = metrics.fsynced;
+  const dependencies = proxyDependencies(config, deps.logger ?? pino({ level: 'silent' }));
   const upstreamByModel = new Map<string, UpstreamConfig>();
   for (const upstream of config.upstreams)
     for (const model of upstream.models) upstreamByModel.set(model, upstream);
@@ -445,9 +489,11 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
       await store.append(signed);
     } catch (error) {
       metrics.callReceipted(fields.status, false, (performance.now() - arrived) / 1000);
+      dependencies.receiptLog.failed(error);
       throw error;
     }
     metrics.callReceipted(fields.status, true, (performance.now() - arrived) / 1000);
+    dependencies.receiptLog.answered();
   }
 
   /** A token refused: counted by its code, then the same refusal as before. */
@@ -721,6 +767,11 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
         error: `upstream ${upstream.name} reported an error mid-stream: ${usageScanner.error}`,
       };
     }
+    const upstreamHealth = dependencies.upstreams.get(upstream);
+    if (result.status === 'timeout' || result.status === 'upstream_failed')
+      upstreamHealth?.failed(result.error);
+    else if (upstreamStatus >= 500) upstreamHealth?.failed(`it answered ${upstreamStatus}`);
+    else if (result.status !== 'aborted') upstreamHealth?.answered();
     let usage: Usage | null = usageScanner.usage;
     const json = streaming ? null : Buffer.concat(jsonChunks);
     if (!usage && json !== null && json.length > 0 && result.status === 'ok') {
@@ -1014,12 +1065,16 @@ export function startProxy(deps: ProxyDeps): Promise<RunningProxy> {
       handling = handleReceipts(req, res, url);
     else if (req.method === 'GET' && url.pathname === '/healthz') {
       const refusing = deps.refusing?.() ?? null;
-      res.writeHead(refusing ? 503 : 200, { 'content-type': 'application/json' });
+      const { reasons, ...states } = dependencies.health();
+      if (refusing) reasons.unshift(refusing);
+      res.writeHead(reasons.length > 0 ? 503 : 200, { 'content-type': 'application/json' });
       res.end(
         JSON.stringify({
-          ok: !refusing,
+          ok: reasons.length === 0,
           proxy_id: config.proxyId,
           ...(refusing ? { refusing } : {}),
+          reasons,
+          ...states,
           ...(deps.health?.() ?? {}),
         }),
       );

@@ -40,7 +40,10 @@ import { dataConverterFor, payloadCodecFor } from '../temporal/codec.ts';
 import { ensureCodecToken, startCodecServer, type RunningCodecServer } from '../temporal/codec-server.ts';
 import { cachedWorkflowBundle } from './workflow-bundle.ts';
 import { AWAITING_APPROVAL_QUERY, type WorkerMetrics } from '../metrics/worker.ts';
-import { answerMetrics, METRICS_PATH } from '../metrics/prometheus.ts';
+import { answerMetrics, METRICS_PATH, registerTemporalReachable } from '../metrics/prometheus.ts';
+import { TEMPORAL_CHANNEL_ARGS, watchTemporal, type TemporalWatch } from '../temporal/reachability.ts';
+import { routeTemporalConnectionWarnings } from './logging.ts';
+import { Outage } from './outages.ts';
 
 export const DEMO_MODEL = 'demo-echo';
 
@@ -74,7 +77,11 @@ export function temporalDataConverter(config: ClawgateConfig) {
 
 export async function connectTemporal(config: ClawgateConfig, address: string) {
   const tls = config.temporal.tls ? {} : undefined;
-  const connection = await Connection.connect({ address, ...(tls ? { tls } : {}) });
+  const connection = await Connection.connect({
+    address,
+    channelArgs: TEMPORAL_CHANNEL_ARGS,
+    ...(tls ? { tls } : {}),
+  });
   const client = new Client({
     connection,
     namespace: config.temporal.namespace,
@@ -93,13 +100,19 @@ export async function onceTemporalAnswers<T>(
   logger: Logger,
   connect: () => Promise<T>,
 ): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
+  // One warning when it does not answer, one line when it does: not one per attempt.
+  const outage = new Outage({
+    service: 'Temporal',
+    log: logger.child({ address }),
+    impact: 'waiting for it',
+  });
+  for (;;) {
     try {
-      return await connect();
+      const connected = await connect();
+      outage.answered();
+      return connected;
     } catch (error) {
-      if (attempt === 1 || attempt % 10 === 0) {
-        logger.warn({ address, err: error }, 'Temporal is not reachable yet; waiting for it');
-      }
+      outage.failed(error);
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
   }
@@ -180,6 +193,7 @@ export async function runProxy(
       bindingJwks: () => publicJwks(paths.keys, ['bundle']),
       ...(health ? { health } : {}),
       ...(stale ? { refusing: stale } : {}),
+      logger: logger.child({ component: 'proxy' }),
     }),
   );
   logger.info({ url: proxy.url, upstreams: upstreams.map((u) => u.name) }, 'proxy listening');
@@ -189,6 +203,8 @@ export async function runProxy(
 export interface RunningWorker {
   worker: Worker;
   run: Promise<void>;
+  /** Whether Temporal answers the worker's checks (its polls go to the same server). */
+  temporal: TemporalWatch;
   close(): Promise<void>;
 }
 
@@ -220,10 +236,19 @@ export async function serveWorkerHealth(
       return;
     }
     const state = opts.worker.worker.getState();
-    const ok = req.url === '/health' && state === 'RUNNING';
+    const { outage } = opts.worker.temporal;
+    const temporal = outage.status();
+    const reasons: string[] = [];
+    if (state !== 'RUNNING') reasons.push(`the worker is ${state.toLowerCase()}`);
+    // A worker whose polls fail is RUNNING to the SDK, yet takes no task.
+    const away = outage.reason();
+    if (away) reasons.push(`${away}; no task is taken`);
+    const ok = req.url === '/health' && reasons.length === 0;
     res.writeHead(req.url === '/health' ? (ok ? 200 : 503) : 404, { 'content-type': 'application/json' });
     const control = opts.mirror.health();
-    res.end(`${JSON.stringify({ ok, state, taskQueue: config.temporal.taskQueue, control })}\n`);
+    res.end(
+      `${JSON.stringify({ ok, state, reasons, temporal, taskQueue: config.temporal.taskQueue, control })}\n`,
+    );
   });
   await listen(
     server,
@@ -318,6 +343,17 @@ export async function runWorker(
     maxCachedWorkflows: config.worker.maxCachedWorkflows,
   });
   const run = worker.run();
+  // Polls that fail leave the worker RUNNING to the SDK: this says whether Temporal answers.
+  const temporal = watchTemporal(
+    connection,
+    new Outage({
+      service: 'Temporal',
+      log: opts.logger.child({ address: opts.address }),
+      impact: 'no job task is taken until it is back',
+    }),
+  );
+  const unroute = routeTemporalConnectionWarnings(temporal);
+  if (metrics) registerTemporalReachable(metrics.registry, () => !temporal.outage.down);
   // From Temporal's visibility, not from this worker's own jobs: a waiting job sleeps in no
   // worker (any of them may take its next task, and it may be out of every cache), so only the
   // server knows them all. Every worker reports the same number; alert on max(), not sum().
@@ -328,7 +364,10 @@ export async function runWorker(
   return {
     worker,
     run,
+    temporal,
     async close() {
+      await temporal.stop();
+      unroute();
       awaiting?.stop();
       if (worker.getState() === 'RUNNING') worker.shutdown();
       await run;

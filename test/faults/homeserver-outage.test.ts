@@ -8,70 +8,21 @@
 // on once, and their jobs go on.
 import assert from 'node:assert/strict';
 import { mkdtempSync } from 'node:fs';
-import { createServer, Socket, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { Direction } from 'matrix-js-sdk';
 import type { RegisteredUser } from '../../src/devstack/synapse.ts';
-import { threadRelation } from '../../src/ingress/matrix-io.ts';
 import { statusQuery } from '../../src/temporal/job-contract.ts';
 import { jobWorkflowId } from '../../src/ingress/job-ids.ts';
 import { GatewayProcess, gatewayTestConfig } from '../harness/gateway-process.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';
 import { startWorkerStack, type WorkerStack } from '../harness/stack.ts';
+import { CuttableRelay } from '../harness/relay.ts';
+import { RoomView, waitFor } from '../harness/room-view.ts';
 
 /** How long the homeserver is away. A minute, as the fault is stated; the test stays near two. */
 const OUTAGE_MS = 60_000;
-
-/** A TCP relay to the homeserver that the test can cut: while cut, every connection is reset. */
-class CuttableRelay {
-  private readonly server: Server;
-  private readonly sockets = new Set<Socket>();
-  private cut = false;
-  port = 0;
-
-  constructor(target: { host: string; port: number }) {
-    this.server = createServer((client) => {
-      if (this.cut) {
-        client.resetAndDestroy();
-        return;
-      }
-      const upstream = new Socket();
-      upstream.connect(target.port, target.host);
-      for (const s of [client, upstream]) {
-        this.sockets.add(s);
-        s.once('close', () => this.sockets.delete(s));
-        s.on('error', () => {
-          client.destroy();
-          upstream.destroy();
-        });
-      }
-      client.pipe(upstream).pipe(client);
-    });
-  }
-
-  async listen(): Promise<void> {
-    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
-    this.port = (this.server.address() as { port: number }).port;
-  }
-
-  /** The homeserver goes away: open connections are reset, new ones too. */
-  down(): void {
-    this.cut = true;
-    for (const s of this.sockets) s.resetAndDestroy();
-  }
-
-  up(): void {
-    this.cut = false;
-  }
-
-  async close(): Promise<void> {
-    this.down();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
-  }
-}
 
 let stack: WorkerStack;
 let relay: CuttableRelay;
@@ -124,6 +75,7 @@ before(async () => {
   const relayed = `http://127.0.0.1:${relay.port}`;
   for (const account of config.gateway?.accounts ?? []) account.homeserverUrl = relayed;
   gateway = await GatewayProcess.start(config, { dir });
+  room = new RoomView(approver, roomId, bot.userId);
   await approver.waitForJoin(roomId, bot.userId);
 });
 
@@ -134,58 +86,12 @@ after(async () => {
   await stack?.close();
 });
 
-interface RawEvent {
-  event_id: string;
-  type: string;
-  sender: string;
-  content: Record<string, any>;
-}
-
-/** The room's events as the homeserver has them, oldest first. */
-async function serverEvents(): Promise<RawEvent[]> {
-  const res = await approver.client.createMessagesRequest(roomId, null, 500, Direction.Backward);
-  return (res.chunk as unknown as RawEvent[]).reverse();
-}
-
-/** The bot's messages in the thread of `root` (edits left out), oldest first. */
-async function botThread(root: string): Promise<string[]> {
-  return (await serverEvents())
-    .filter(
-      (e) =>
-        e.sender === bot.userId &&
-        e.type === 'm.room.message' &&
-        e.content['m.relates_to']?.rel_type === 'm.thread' &&
-        e.content['m.relates_to']?.event_id === root,
-    )
-    .map((e) => String(e.content['body']));
-}
-
-async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const found = await probe();
-    if (found !== undefined) return found;
-    if (Date.now() > deadline) throw new Error(`waited ${timeoutMs} ms for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
-async function botSaysInThread(root: string, pattern: RegExp, timeoutMs: number): Promise<string> {
-  return await waitFor(`the bot saying ${pattern} in the thread of ${root}`, timeoutMs, async () =>
-    (await botThread(root)).find((body) => pattern.test(body)),
-  );
-}
-
-async function send(user: MatrixTestUser, body: string, thread?: string): Promise<string> {
-  const content: Record<string, unknown> = { msgtype: 'm.text', body };
-  if (thread) content['m.relates_to'] = threadRelation(thread);
-  const { event_id: eventId } = await user.client.sendEvent(
-    roomId,
-    'm.room.message' as never,
-    content as never,
-  );
-  return eventId;
-}
+let room: RoomView;
+const serverEvents = () => room.events();
+const botThread = (root: string) => room.botThread(root);
+const botSaysInThread = (root: string, pattern: RegExp, timeoutMs: number) =>
+  room.botSaysInThread(root, pattern, timeoutMs);
+const send = (user: MatrixTestUser, body: string, thread?: string) => room.send(user, body, thread);
 
 const reactions = async (eventId: string): Promise<string[]> =>
   (await serverEvents())
@@ -217,6 +123,7 @@ test('the homeserver away for a minute: nothing crashes; what the job posted mea
   );
   await atModel;
 
+  const logFrom = gateway.lines.length;
   const cutAt = Date.now();
   relay.down();
   // While it is away: A finishes and has its result to post; B is approved; C is asked for.
@@ -268,6 +175,19 @@ test('the homeserver away for a minute: nothing crashes; what the job posted mea
     [[approvalB, true]],
   );
   assert.equal(gateway.child.exitCode, null);
+  // The log says the outage once when it began and once when it ended, not once per retry.
+  const said = gateway.lines
+    .slice(logFrom)
+    .filter((l) => /^the homeserver is (not )?reachable/.test(String(l['msg'])))
+    .map((l): [unknown, string] => [l['level'], String(l['msg'])]);
+  console.log(`the gateway's log of the outage: ${JSON.stringify(said)}`);
+  assert.equal(said.length, 2, JSON.stringify(said));
+  assert.deepEqual(said[0], [
+    40,
+    'the homeserver is not reachable; events are handled once it answers again',
+  ]);
+  assert.equal(said[1]?.[0], 30);
+  assert.match(said[1]?.[1] ?? '', /^the homeserver is reachable again after (\d+ min \d+ s|[\d.]+ s)$/);
   finishedDuringOutage = jobA;
 });
 

@@ -94,9 +94,13 @@ test('a call whose receipt cannot be written fails closed; the proxy goes on ser
     'a full disk fails calls',
   );
 
-  // The proxy still serves, and the log as it is now reads back whole (a reader never repairs).
+  // The proxy still serves and says why calls fail; the log as it is now reads back whole (a
+  // reader never repairs).
   const health = await fetch(`${stack.proxy.url}/healthz`);
-  assert.equal(health.status, 200);
+  assert.equal(health.status, 503);
+  const said = (await health.json()) as { reasons: string[]; receiptLog: { reachable: boolean } };
+  assert.match(said.reasons.join('\n'), /^the receipt log cannot be written \(for .*(ENOSPC|no space left)/);
+  assert.equal(said.receiptLog.reachable, false);
   // (Calls made at once are in the log in the order their receipts were written.)
   assert.deepEqual(
     (await jobReceiptIds(job)).sort(),
@@ -107,6 +111,7 @@ test('a call whose receipt cannot be written fails closed; the proxy goes on ser
   disk.free();
   const back = await chat(stack.proxy.url, token, 'space is back');
   assert.equal(back.status, 200);
+  assert.equal((await fetch(`${stack.proxy.url}/healthz`)).status, 200, 'healthy once a receipt is written');
   durable.push(String(back.headers.get('x-clawgate-receipt-id')));
   const receipts = await stack.receiptsOf(job);
   assert.deepEqual(receipts.map((r) => r.receipt_id).sort(), [...durable].sort());

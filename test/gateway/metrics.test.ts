@@ -4,15 +4,11 @@
 // metrics forwarded), the real Temporal dev server, and the real proxy of the worker stack.
 // People ask, a non-approver and an approver answer, the job runs; each part's metrics moved.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import { Direction } from 'matrix-js-sdk';
-import type { ClawgateConfigInput } from '../../src/config/config.ts';
-import { freeLoopbackPort } from '../../src/devstack/net.ts';
 import type { RegisteredUser } from '../../src/devstack/synapse.ts';
 import { threadRelation } from '../../src/ingress/matrix-io.ts';
 import { GatewayProcess, gatewayStderr, gatewayTestConfig } from '../harness/gateway-process.ts';
@@ -20,8 +16,7 @@ import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { metricValue, scrape, type Sample } from '../harness/metrics.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';
 import { startWorkerStack, type WorkerStack } from '../harness/stack.ts';
-
-const root = fileURLToPath(new URL('../../', import.meta.url));
+import { startWorkerCli, type WorkerCli } from '../harness/worker-cli.ts';
 
 let stack: WorkerStack;
 let dir: string;
@@ -33,65 +28,8 @@ let approver: MatrixTestUser;
 let mallory: MatrixTestUser;
 let roomId: string;
 let gateway: GatewayProcess;
-let worker: ChildProcess;
+let worker: WorkerCli;
 let workerMetricsUrl: string;
-const workerLines: Array<Record<string, unknown>> = [];
-
-/** `clawgate worker` on the stack's state folder, task queue and proxy; resolves once it runs. */
-async function startWorkerProcess(): Promise<void> {
-  const { temporal } = testServers();
-  const port = await freeLoopbackPort();
-  const config: ClawgateConfigInput = {
-    stateDir: stack.state,
-    temporal: { address: temporal.address, namespace: temporal.namespace, taskQueue: stack.taskQueue },
-    policy: { registryDir: stack.registryDir, channel: 'matrix' },
-    worker: {
-      planningModel: 'demo-echo',
-      health: { host: '127.0.0.1', port },
-      sandbox: { bwrap: testServers().bwrap },
-    },
-  };
-  const configPath = join(dir, 'worker.json');
-  writeFileSync(configPath, JSON.stringify(config, null, 2));
-  worker = spawn(
-    join(root, 'scripts/node'),
-    [join(root, 'src/cli/main.ts'), 'worker', '--config', configPath, '--proxy-url', stack.proxyUrl],
-    { env: { ...process.env, CLAWGATE_LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  worker.stderr?.setEncoding('utf8').on('data', (chunk: string) => process.stderr.write(`[worker] ${chunk}`));
-  let buffer = '';
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the worker did not start within 120 s')), 120_000);
-    worker.once('exit', (code) => reject(new Error(`the worker exited with ${code} before it ran`)));
-    worker.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-      buffer += chunk;
-      let nl: number;
-      while ((nl = buffer.indexOf('\n')) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        try {
-          workerLines.push(JSON.parse(line) as Record<string, unknown>);
-        } catch {
-          workerLines.push({ msg: line });
-        }
-        if (workerLines.at(-1)?.['msg'] === 'worker running') {
-          clearTimeout(timer);
-          resolve();
-        }
-      }
-    });
-  });
-  workerMetricsUrl = `http://127.0.0.1:${port}/metrics`;
-  // The health server listens right after the worker runs.
-  for (let i = 0; ; i++) {
-    try {
-      if ((await fetch(workerMetricsUrl)).ok) return;
-    } catch {
-      if (i > 50) throw new Error(`no answer at ${workerMetricsUrl}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 before(async () => {
   stack = await startWorkerStack({ worker: false });
@@ -117,7 +55,8 @@ before(async () => {
     requesters: [requester.userId],
     approvers: [approver.userId],
   });
-  await startWorkerProcess();
+  worker = await startWorkerCli(stack, dir);
+  workerMetricsUrl = worker.metricsUrl;
   gateway = await GatewayProcess.start(
     gatewayTestConfig(dir, stack, [
       { id: 'metrics', userId: bot.userId, accessToken: bot.accessToken, rooms: [roomId] },
@@ -149,11 +88,7 @@ before(async () => {
 
 after(async () => {
   await gateway?.kill('SIGTERM');
-  if (worker && worker.exitCode === null && worker.signalCode === null) {
-    const exited = new Promise((resolve) => worker.once('exit', resolve));
-    worker.kill('SIGTERM');
-    await exited;
-  }
+  await worker?.stop();
   for (const user of [requester, approver, mallory]) user?.stop();
   await stack?.close();
 });

@@ -10,6 +10,29 @@ import { testServers } from './servers.ts';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
+/** Keeps each line a child writes on stdout in `lines`, parsed (JSON) or as `{ msg }`; `then` after each. */
+export function readJsonLines(
+  child: ChildProcess,
+  lines: Array<Record<string, unknown>>,
+  then: (line: string) => void,
+): void {
+  let buffer = '';
+  child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+    buffer += chunk;
+    let nl: number;
+    while ((nl = buffer.indexOf('\n')) >= 0) {
+      const line = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 1);
+      try {
+        lines.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        lines.push({ msg: line });
+      }
+      then(line);
+    }
+  });
+}
+
 /**
  * The configuration of a gateway under test: state in `dir`, the run's Temporal and the worker
  * stack's task queue and registry, health on a free port, these accounts on the run's Synapse.
@@ -45,21 +68,9 @@ export class GatewayProcess {
 
   private constructor(child: ChildProcess) {
     this.child = child;
-    let buffer = '';
-    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-      buffer += chunk;
-      let nl: number;
-      while ((nl = buffer.indexOf('\n')) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        try {
-          this.lines.push(JSON.parse(line) as Record<string, unknown>);
-        } catch {
-          this.lines.push({ msg: line });
-        }
-        if (process.env['CLAWGATE_TEST_GATEWAY_LOG'] === '1') process.stderr.write(`[gateway log] ${line}\n`);
-        for (const wake of this.waiters.splice(0)) wake();
-      }
+    readJsonLines(child, this.lines, (line) => {
+      if (process.env['CLAWGATE_TEST_GATEWAY_LOG'] === '1') process.stderr.write(`[gateway log] ${line}\n`);
+      for (const wake of this.waiters.splice(0)) wake();
     });
     child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
       gatewayStderr.push(chunk);

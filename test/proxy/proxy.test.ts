@@ -526,17 +526,83 @@ test('GET /healthz answers 503 with the reason while token checks refuse every c
   try {
     const stale = await fetch(`${guarded.proxy.url}/healthz`);
     assert.equal(stale.status, 503);
-    assert.deepEqual(await stale.json(), {
-      ok: false,
-      proxy_id: 'clawgate-proxy',
-      refusing: 'the shared control state was last read 40 s ago (limit 30 s)',
-    });
+    const staleBody = (await stale.json()) as Record<string, unknown>;
+    assert.deepEqual(
+      { ok: staleBody['ok'], proxy_id: staleBody['proxy_id'], refusing: staleBody['refusing'] },
+      {
+        ok: false,
+        proxy_id: 'clawgate-proxy',
+        refusing: 'the shared control state was last read 40 s ago (limit 30 s)',
+      },
+    );
+    assert.deepEqual(staleBody['reasons'], ['the shared control state was last read 40 s ago (limit 30 s)']);
     refusing = null;
     const fresh = await fetch(`${guarded.proxy.url}/healthz`);
     assert.equal(fresh.status, 200);
-    assert.deepEqual(await fresh.json(), { ok: true, proxy_id: 'clawgate-proxy' });
+    const freshBody = (await fresh.json()) as Record<string, any>;
+    assert.deepEqual(
+      [freshBody['ok'], freshBody['proxy_id'], freshBody['refusing'], freshBody['reasons']],
+      [true, 'clawgate-proxy', undefined, []],
+    );
+    assert.equal(freshBody['upstreams']['demo']['reachable'], true);
+    assert.equal(freshBody['receiptLog']['reachable'], true);
   } finally {
     await guarded.close();
+  }
+});
+
+test('GET /healthz answers 503 while an upstream does not answer or the receipt log cannot be written, saying since when; 200 once a call works again', async () => {
+  const under = await startProxyUnderTest({
+    verifyToken,
+    config: { limits: { upstreamTimeoutMs: 300 } },
+  });
+  const healthz = async () => {
+    const res = await fetch(`${under.proxy.url}/healthz`);
+    return { status: res.status, body: (await res.json()) as Record<string, any> };
+  };
+  try {
+    assert.equal((await healthz()).status, 200);
+    under.upstream.setFault('hang');
+    const before = Date.now();
+    assert.equal((await post(under, 'job-a', chatBody('demo-echo', 'anyone?'))).status, 504);
+    const hung = await healthz();
+    assert.equal(hung.status, 503);
+    assert.equal(hung.body['ok'], false);
+    assert.match(
+      hung.body['reasons'].join('\n'),
+      /^upstream demo is failing \(for \d+ ms, since \S+\): no answer from upstream demo within 300 ms$/,
+    );
+    const demo = hung.body['upstreams']['demo'];
+    assert.equal(demo['reachable'], false);
+    assert.ok(Date.parse(demo['since']) >= before - 5 && demo['forMs'] >= 0, JSON.stringify(demo));
+    under.upstream.setFault('error-500');
+    assert.equal((await post(under, 'job-a', chatBody('demo-echo', 'and now?'))).status, 500);
+    assert.match(
+      (await healthz()).body['reasons'].join('\n'),
+      /upstream demo is failing .*: it answered 500/,
+    );
+    under.upstream.setFault('none');
+    assert.equal((await post(under, 'job-a', chatBody('demo-echo', 'back?'))).status, 200);
+    const back = await healthz();
+    assert.equal(back.status, 200);
+    assert.equal(back.body['upstreams']['demo']['reachable'], true);
+
+    // A receipt that cannot be written (the disk full, an fsync failed) makes it 503 too.
+    const append = under.proxy.store.append.bind(under.proxy.store);
+    under.proxy.store.append = () => Promise.reject(new Error('ENOSPC: no space left on device'));
+    assert.equal((await post(under, 'job-a', chatBody('demo-echo', 'full'))).status, 500);
+    const full = await healthz();
+    assert.equal(full.status, 503);
+    assert.match(
+      full.body['reasons'].join('\n'),
+      /^the receipt log cannot be written \(for \d+ ms, since \S+\): ENOSPC: no space left on device$/,
+    );
+    assert.equal(full.body['receiptLog']['reachable'], false);
+    under.proxy.store.append = append;
+    assert.equal((await post(under, 'job-a', chatBody('demo-echo', 'space again'))).status, 200);
+    assert.equal((await healthz()).status, 200);
+  } finally {
+    await under.close();
   }
 });
 

@@ -235,6 +235,7 @@ describe('gateway metrics', () => {
     signals: 3,
     refusedEvents: 1,
     blocked: null,
+    homeserver: { reachable: true, since: new Date().toISOString(), forMs: 0, error: null, failures: 0 },
     error: null,
     encryption: { enabled: true, available: false, error: 'wasm', backup: null },
     startLatencyMs: { count: 0, p50: null, p99: null },

@@ -1,0 +1,135 @@
+// While Temporal cannot be reached, a command that arrives is told, once, in its thread, that it
+// is received and waits. The sync is held back meanwhile (the command is acted on once Temporal
+// answers, as synced), so the commands after the held one are not synced yet: they are read
+// ahead from the room's history and told too.
+import { Method, type IRoomEvent, type MatrixClient } from 'matrix-js-sdk';
+import type { Logger } from 'pino';
+import { readCard, readCommand, readReaction, threadOf, type CommandWords } from './commands.ts';
+
+/** The reply in a command's thread while Temporal cannot be reached (once per event). */
+export const HELD_BACK_NOTICE =
+  'received; clawgate cannot reach its job service (Temporal) right now; this is acted on when it is back.';
+
+/** How often the room is read ahead while the sync is held back. */
+const READ_AHEAD_EVERY_MS = 2_000;
+
+/** A command held back, as its notice answers it. */
+export interface HeldCommand {
+  roomId: string;
+  eventId: string;
+  sender: string;
+  /** The thread it was sent in (a card's, for a reaction). */
+  threadRoot?: string;
+  /** The message the notice replies to, when not the event itself (a reaction's card). */
+  replyTo?: string;
+}
+
+export interface HeldBackDeps {
+  userId: string;
+  rooms: ReadonlySet<string>;
+  matrix: () => MatrixClient;
+  words: () => CommandWords;
+  /** Sends the notice; its transaction id is derived from the event's, so a restart does not repeat it. */
+  send: (command: HeldCommand, body: string) => Promise<void>;
+  log: Logger;
+}
+
+export class HeldBackNotices {
+  private readonly deps: HeldBackDeps;
+  /** Events told in this process (the homeserver deduplicates the notice across restarts). */
+  private readonly told = new Set<string>();
+  private readingAhead = false;
+
+  constructor(deps: HeldBackDeps) {
+    this.deps = deps;
+  }
+
+  /** Tells the command's thread it waits, once; a notice that cannot be sent is tried again next time. */
+  async tell(command: HeldCommand): Promise<void> {
+    if (this.told.has(command.eventId)) return;
+    try {
+      // In the command's thread; a request's is the one its job will answer in.
+      await this.deps.send(
+        { ...command, threadRoot: command.threadRoot ?? command.eventId },
+        `${command.sender}: ${HELD_BACK_NOTICE}`,
+      );
+      this.told.add(command.eventId);
+      if (this.told.size > 10_000) this.told.clear();
+      this.deps.log.info(
+        { roomId: command.roomId, eventId: command.eventId },
+        'told the thread its command waits for Temporal',
+      );
+    } catch (error) {
+      // The homeserver may be away too.
+      this.deps.log.debug({ err: error, eventId: command.eventId }, 'the held-back notice could not be sent');
+    }
+  }
+
+  /**
+   * Reads the rooms ahead of the sync, from `from` (the last saved sync position) with
+   * /messages every 2 s while `held()`, and tells each command found there. One reader at a time.
+   */
+  readAhead(from: string, held: () => boolean): void {
+    if (this.readingAhead) return;
+    this.readingAhead = true;
+    const positions = new Map([...this.deps.rooms].map((roomId) => [roomId, from]));
+    void (async () => {
+      while (held()) {
+        for (const [roomId, position] of positions) {
+          if (!held()) break;
+          const next = await this.readRoomAhead(roomId, position, held);
+          if (next) positions.set(roomId, next);
+        }
+        await new Promise((r) => setTimeout(r, READ_AHEAD_EVERY_MS));
+      }
+    })().finally(() => {
+      this.readingAhead = false;
+    });
+  }
+
+  /** One page of a room from `position`: its commands told; the position after it, if read. */
+  private async readRoomAhead(roomId: string, position: string, held: () => boolean): Promise<string | null> {
+    let page: { chunk?: IRoomEvent[]; end?: string };
+    try {
+      page = await this.deps
+        .matrix()
+        .http.authedRequest(Method.Get, `/rooms/${encodeURIComponent(roomId)}/messages`, {
+          from: position,
+          dir: 'f',
+          limit: '100',
+        });
+    } catch (error) {
+      this.deps.log.debug({ err: error, roomId }, 'reading ahead of a held-back event failed');
+      return null;
+    }
+    for (const raw of page.chunk ?? []) {
+      const command = await this.commandNeedingTemporal(roomId, raw).catch(() => null);
+      if (command && held()) await this.tell(command);
+    }
+    return page.end ?? null;
+  }
+
+  /**
+   * A clear event that is a command needing Temporal (a request, a decision, a card's ✅ or ❌,
+   * a cancel or a status), or null. Encrypted events are left to the sync: the held event itself
+   * is told as it is handled.
+   */
+  private async commandNeedingTemporal(roomId: string, raw: IRoomEvent): Promise<HeldCommand | null> {
+    const { event_id: eventId, sender } = raw;
+    const { userId } = this.deps;
+    if (typeof eventId !== 'string' || typeof sender !== 'string' || sender === userId) return null;
+    const unsigned = raw.unsigned;
+    if (unsigned?.['redacted_because'] !== undefined) return null;
+    if (raw.type === 'm.room.message') {
+      const reading = readCommand(raw.content, { userId }, this.deps.words());
+      if (reading.kind !== 'command' || reading.command.kind === 'help') return null;
+      if (reading.command.kind === 'request' && reading.threadRoot) return null;
+      return { roomId, eventId, sender, ...(reading.threadRoot ? { threadRoot: reading.threadRoot } : {}) };
+    }
+    const reaction = raw.type === 'm.reaction' ? readReaction(raw.content) : null;
+    if (!reaction) return null;
+    const card = (await this.deps.matrix().fetchRoomEvent(roomId, reaction.target)) as IRoomEvent;
+    if (card.sender !== userId || card.type !== 'm.room.message' || !readCard(card.content)) return null;
+    return { roomId, eventId, sender, replyTo: reaction.target, ...threadOf(card.content) };
+  }
+}
