@@ -62,7 +62,13 @@ export async function ensureDemo(
   logger: Logger,
 ): Promise<DemoState> {
   const existing = readDemo(config);
-  if (existing) return { ...existing, homeserverUrl: synapse.baseUrl };
+  if (existing) {
+    if (existing.homeserverUrl === synapse.baseUrl) return existing;
+    // Synapse moved (matrix.port changed): the gateway and `clawgate say` read the address here.
+    const moved = { ...existing, homeserverUrl: synapse.baseUrl };
+    writeFileAtomic(statePaths(config).demo, `${JSON.stringify(moved, null, 2)}\n`);
+    return moved;
+  }
   logger.info('creating the demo users and room');
   const register = async (localpart: string) => {
     const password = randomBytes(12).toString('base64url');
