@@ -41,6 +41,16 @@ function exitSoon(): void {
   setTimeout(() => process.exit(), 1000).unref();
 }
 
+/** A --port option's value, or undefined when it was not given. */
+function portOption(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const port = Number(value);
+  if (!Number.isInteger(port) || port < 0 || port > 65_535) {
+    throw new ClawgateError(ERROR_CODES.usage, `--port ${value}: not a TCP port (0 to 65535)`);
+  }
+  return port;
+}
+
 async function load(configPath: string | undefined) {
   const { loadConfig } = await import('../config/config.ts');
   return loadConfig(configPath);
@@ -134,10 +144,7 @@ export function addStackCommands(program: Command): void {
     .description("the local demo model upstream alone (it echoes; it is not a model): clawgate start's part")
     .option('--port <port>', 'listen port on 127.0.0.1 (default: one the system picks)')
     .action(async (opts: { port?: string }) => {
-      const port = opts.port === undefined ? undefined : Number(opts.port);
-      if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65_535)) {
-        throw new ClawgateError(ERROR_CODES.usage, `--port ${opts.port}: not a TCP port (0 to 65535)`);
-      }
+      const port = portOption(opts.port);
       const { createLogger } = await import('../stack/logging.ts');
       const logger = createLogger('clawgate-demo-upstream', 'info');
       const { startDemoModelUpstream } = await import('../stack/components.ts');
@@ -284,10 +291,7 @@ export function addStackCommands(program: Command): void {
     .option('--ui-origin <origin>', 'the Web UI origin answered (default: codec.uiOrigin)')
     .action(async (opts: { config?: string; host?: string; port?: string; uiOrigin?: string }) => {
       const config = await load(opts.config);
-      const port = opts.port === undefined ? undefined : Number(opts.port);
-      if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65_535)) {
-        throw new ClawgateError(ERROR_CODES.usage, `--port ${opts.port}: not a TCP port (0 to 65535)`);
-      }
+      const port = portOption(opts.port);
       let uiOrigin: string | undefined;
       if (opts.uiOrigin !== undefined) {
         try {

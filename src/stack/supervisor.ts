@@ -51,6 +51,11 @@ export interface SupervisorTiming {
   startTimeoutMs: number;
   /** How often a starting part's health is asked. */
   healthPollMs: number;
+  /**
+   * A start that answers its health check, but not healthy, this long is up (its endpoint says
+   * why: an account that cannot log in, say): it is not killed, and `clawgate start` goes on.
+   */
+  unhealthyGraceMs: number;
 }
 
 export const DEFAULT_TIMING: SupervisorTiming = {
@@ -60,6 +65,7 @@ export const DEFAULT_TIMING: SupervisorTiming = {
   maxFailedStarts: 5,
   startTimeoutMs: 180_000,
   healthPollMs: 250,
+  unhealthyGraceMs: 15_000,
 };
 
 /** Why the supervisor gave up on a part: the stack stops with this. */
@@ -209,7 +215,7 @@ export class SupervisedPart {
   }
 
   /**
-   * One start: until healthy, or answering when the start timeout passes; a start that exits,
+   * One start: until healthy, or answering but not healthy for unhealthyGraceMs; a start that exits,
    * throws, or does not answer in time (it is killed then) is a failed start.
    */
   private async startOnce(): Promise<
@@ -230,16 +236,19 @@ export class SupervisedPart {
     void launched.exited.then((e) => {
       seen.exit = e;
     });
-    let answered = false;
+    let answeredAt: number | null = null;
     for (;;) {
       if (seen.exit !== null) return { kind: 'failed', reason: `it exited, ${describeExit(seen.exit)}` };
       if (this.owner.stopping) return { kind: 'failed', reason: 'stopping' };
       const health = await this.spec.check().catch((): Health => 'unreachable');
       // It may have answered and died at once: the exit is then seen by the caller.
       if (health === 'healthy') return { kind: 'healthy', exited: launched.exited };
-      answered ||= health === 'answering';
+      if (health === 'answering') answeredAt ??= Date.now();
+      if (answeredAt !== null && Date.now() - answeredAt >= timing.unhealthyGraceMs) {
+        return { kind: 'answering', exited: launched.exited };
+      }
       if (Date.now() > deadline) {
-        if (answered) return { kind: 'answering', exited: launched.exited };
+        if (answeredAt !== null) return { kind: 'answering', exited: launched.exited };
         launched.signal('SIGKILL');
         await launched.exited;
         return { kind: 'failed', reason: `no answer to its health check after ${seconds(timeoutMs)}` };

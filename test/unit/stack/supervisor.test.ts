@@ -86,6 +86,7 @@ const fast = {
   maxFailedStarts: 5,
   startTimeoutMs: 2_000,
   healthPollMs: 5,
+  unhealthyGraceMs: 50,
 };
 
 test('a part that exits unasked is started again after a pause that doubles up to the ceiling; one line when it exits, one when it is back', async () => {
@@ -186,15 +187,17 @@ test('a part that was up and then keeps failing its starts makes `failed` reject
   await supervisor.stop();
 });
 
-test('a part that answers but is not healthy is up (not a failed start); "is back" waits for healthy; one that never answers is killed at the start timeout', async () => {
+test('a part that answers but is not healthy for unhealthyGraceMs is up (not a failed start); "is back" waits for healthy; one that never answers is killed at the start timeout', async () => {
   const lines: string[] = [];
   const supervisor = new Supervisor({
     notify: (l) => lines.push(l),
-    timing: { ...fast, startTimeoutMs: 100 },
+    timing: fast,
   });
   const gateway = new FakePart('gateway');
   gateway.health = 'answering';
+  const t0 = Date.now();
   await supervisor.start(gateway.spec);
+  assert.ok(Date.now() - t0 < fast.startTimeoutMs, 'up after the grace, not the start timeout');
   assert.equal(gateway.launches.length, 1);
   assert.deepEqual(lines, ['gateway runs but is not healthy yet (see `clawgate status`)']);
   gateway.crash();
@@ -207,6 +210,7 @@ test('a part that answers but is not healthy is up (not a failed start); "is bac
 
   const silent = new FakePart('worker');
   silent.health = 'unreachable';
+  silent.spec.startTimeoutMs = 100;
   const started = supervisor.start(silent.spec);
   await until('the second start of the silent part', () => silent.launches.length === 2);
   assert.deepEqual(silent.signals, ['SIGKILL'], 'the start that never answered was killed');
