@@ -13,7 +13,7 @@ const configOption = '--config <file>';
 const configHelp = 'configuration file (default: $CLAWGATE_CONFIG, or ./clawgate.yaml if present)';
 
 /**
- * Resolves on SIGINT or SIGTERM; for a part `clawgate start` runs (CLAWGATE_SUPERVISOR_PID), also
+ * Resolves on SIGINT, SIGTERM or SIGHUP; for a part `clawgate start` runs (CLAWGATE_SUPERVISOR_PID), also
  * when that process is gone (killed), so that no part outlives it.
  */
 function untilStopped(logger?: Logger): Promise<void> {
@@ -24,6 +24,8 @@ function untilStopped(logger?: Logger): Promise<void> {
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
+    // The terminal closed: the same clean stop (its default would end this process at once).
+    process.once('SIGHUP', () => stop('SIGHUP'));
     const supervisor = Number(process.env['CLAWGATE_SUPERVISOR_PID'] ?? '');
     if (Number.isInteger(supervisor) && supervisor > 0) {
       const watch = setInterval(() => {

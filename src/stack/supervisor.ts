@@ -103,6 +103,8 @@ export class SupervisedPart {
   failedStarts = 0;
   restarts = 0;
   private current: Launched | null = null;
+  /** A launch under way: stop() waits for it, so that what it starts is stopped too. */
+  private launching: Promise<Launched> | null = null;
   private backoffMs: number;
   private healthySince: number | null = null;
   private wake: (() => void) | null = null;
@@ -226,7 +228,8 @@ export class SupervisedPart {
     const deadline = Date.now() + timeoutMs;
     let launched: Launched;
     try {
-      launched = await this.spec.launch();
+      this.launching = this.spec.launch();
+      launched = await this.launching;
     } catch (error) {
       return { kind: 'failed', reason: (error as Error).message.split('\n')[0] ?? 'launch failed' };
     }
@@ -279,6 +282,7 @@ export class SupervisedPart {
   /** SIGTERM, SIGKILL after the grace; resolves once the process has exited. */
   async stop(): Promise<void> {
     this.wake?.();
+    await this.launching?.catch(() => undefined);
     const running = this.current;
     if (!running) {
       this.state = 'stopped';
