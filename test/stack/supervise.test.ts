@@ -61,10 +61,13 @@ function stackProcesses(supervisorPid: number): string[] {
 const count = (output: string, pattern: RegExp): number =>
   output.split('\n').filter((l) => pattern.test(l)).length;
 
-test('each part killed under clawgate start comes back by itself, status shows it down then up, and the waiting job is approved after', async () => {
+let jobId = '';
+let supervisorPid = 0;
+
+test('clawgate start on a fresh state folder: every part up in clawgate status with its pid, and a job waiting for approval', async () => {
   await assignPorts(env);
   stack = await startClawgate(env);
-  const supervisorPid = stack.child.pid as number;
+  supervisorPid = stack.child.pid as number;
   const first = await clawgate('status');
   assert.equal(first.code, 0, `${first.stdout}${first.stderr}`);
   for (const part of ['temporal', 'synapse', 'demo-upstream', 'proxy', 'worker', 'gateway']) {
@@ -75,9 +78,12 @@ test('each part killed under clawgate start comes back by itself, status shows i
   const asked = await clawgate('say', '--as', 'requester', 'demo', '!claw summarise the readme');
   assert.equal(asked.code, 0, asked.stderr);
   const listed = await untilClawgate(env, ['jobs', 'list'], /awaiting_approval/);
-  const jobId = /^(j[a-z2-7]{9})\s+awaiting_approval/m.exec(listed)?.[1];
+  jobId = /^(j[a-z2-7]{9})\s+awaiting_approval/m.exec(listed)?.[1] ?? '';
   assert.ok(jobId, listed);
+});
 
+test('Temporal, Synapse, the proxy and the worker, each killed with SIGKILL, come back by themselves: one line when each exits, one when it is back, and clawgate status shows it down, then up', async () => {
+  assert.ok(stack && jobId, 'the stack of the first test runs');
   const downFor: Record<string, string> = {};
   for (const part of ['temporal', 'synapse', 'proxy', 'worker']) {
     const before = pidOf(part);
@@ -113,7 +119,10 @@ test('each part killed under clawgate start comes back by itself, status shows i
   assert.equal(count(output, /^==> .* is back /), 4, output);
   // What the outages cost, for the report.
   process.stdout.write(`# down for: ${JSON.stringify(downFor)}\n`);
+});
 
+test('after the kills the waiting job is approved and seals its bundle; Ctrl-C stops every part and leaves no process behind', async () => {
+  assert.ok(stack && jobId, 'the stack of the first test runs');
   // The job waited through it all: approved now, it finishes and seals its bundle.
   const approved = await clawgate('say', '--as', 'approver', 'demo', `!approve ${jobId}`);
   assert.equal(approved.code, 0, approved.stderr);
@@ -147,7 +156,7 @@ test('each part killed under clawgate start comes back by itself, status shows i
 
 test('a part that keeps failing its starts stops clawgate start, naming it and its log', async () => {
   stack = await startClawgate(env);
-  const supervisorPid = stack.child.pid as number;
+  supervisorPid = stack.child.pid as number;
   // The proxy's port taken by another program while the proxy is down: each start fails.
   const port = Number(env['CLAWGATE_PROXY_PORT']);
   const squatter = createServer();
