@@ -1,7 +1,7 @@
 // clawgate's processes, each started from the one configuration: the receipting proxy, the
 // worker (job and control workflows, the planning, token, tool and sealing activities) and the
-// gateway. `clawgate start` runs all three in one process next to the embedded servers;
-// `clawgate proxy|worker|gateway` run one each, as the docker-compose services do.
+// gateway. `clawgate proxy|worker|gateway` run one each, as the docker-compose services do and
+// as `clawgate start` runs them, each a process it supervises (src/stack/start.ts).
 import { existsSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { createServer as createNetServer, type Server } from 'node:net';
@@ -118,7 +118,7 @@ export async function modelUpstreams(config: ClawgateConfig): Promise<RunningUps
 }
 
 /** The proxy's upstream list for a demo upstream at `url`. */
-export function demoUpstreams(url: string): UpstreamConfig[] {
+function demoUpstreams(url: string): UpstreamConfig[] {
   return [{ name: 'demo', baseUrl: `${url}/v1`, models: [DEMO_MODEL] }];
 }
 
