@@ -20,14 +20,20 @@ export interface Probe {
   error?: string;
 }
 
-function errorText(error: unknown): string {
-  const e = error as Error & { cause?: { code?: string; message?: string } };
-  if (e.name === 'TimeoutError') return 'no answer in time';
-  return e.cause?.code ?? e.cause?.message ?? e.message;
+/** Why a check got no answer, in a few words: ECONNREFUSED, no answer in 5 s, a gRPC status. */
+function errorText(error: unknown, timeoutMs: number): string {
+  const e = error as Error & { cause?: { code?: unknown; message?: string; details?: string } };
+  if (e.name === 'TimeoutError') return `no answer in ${timeoutMs / 1000} s`;
+  const cause = e.cause;
+  if (typeof cause?.code === 'string') return cause.code;
+  return (cause?.details ?? cause?.message ?? e.message).split('\n')[0] ?? 'no answer';
 }
 
+/** How long a check waits for an answer (a loaded machine may take seconds). */
+const PROBE_TIMEOUT_MS = 5_000;
+
 /** GET `url`: 200 is healthy, another status is answering (the body says why), no answer is unreachable. */
-export async function probeHttp(url: string, timeoutMs = 2_000): Promise<Probe> {
+export async function probeHttp(url: string, timeoutMs = PROBE_TIMEOUT_MS): Promise<Probe> {
   try {
     const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
     const text = await res.text();
@@ -39,7 +45,7 @@ export async function probeHttp(url: string, timeoutMs = 2_000): Promise<Probe> 
     }
     return { state: res.status === 200 ? 'healthy' : 'answering', status: res.status, body };
   } catch (error) {
-    return { state: 'unreachable', error: errorText(error) };
+    return { state: 'unreachable', error: errorText(error, timeoutMs) };
   }
 }
 
@@ -50,16 +56,17 @@ export async function probeTemporal(
   opts: { tls?: boolean; timeoutMs?: number } = {},
 ): Promise<Probe> {
   let connection: Connection | undefined;
+  const timeoutMs = opts.timeoutMs ?? PROBE_TIMEOUT_MS;
   try {
     connection = await Connection.connect({
       address,
-      connectTimeout: opts.timeoutMs ?? 2_000,
+      connectTimeout: timeoutMs,
       ...(opts.tls ? { tls: {} } : {}),
     });
     await connection.workflowService.describeNamespace({ namespace });
     return { state: 'healthy' };
   } catch (error) {
-    return { state: 'unreachable', error: errorText(error) };
+    return { state: 'unreachable', error: errorText(error, timeoutMs) };
   } finally {
     await connection?.close().catch(() => undefined);
   }

@@ -155,6 +155,8 @@ test('after the kills the waiting job is approved and seals its bundle; Ctrl-C s
 });
 
 test('a part that keeps failing its starts stops clawgate start, naming it and its log', async () => {
+  // Left running only when a test before failed.
+  await stack?.terminate();
   stack = await startClawgate(env);
   supervisorPid = stack.child.pid as number;
   // The proxy's port taken by another program while the proxy is down: each start fails.
