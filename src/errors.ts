@@ -77,6 +77,9 @@ export const ERROR_CODES = {
   stateLocked: 'STATE_LOCKED',
   stateCorrupt: 'STATE_CORRUPT',
   auditFailed: 'AUDIT_FAILED',
+  // The stack `clawgate start` supervises
+  partFailed: 'PART_FAILED',
+  partDown: 'PART_DOWN',
   // Evidence
   receiptNotFound: 'RECEIPT_NOT_FOUND',
   bundleInvalid: 'BUNDLE_INVALID',

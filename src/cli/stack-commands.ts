@@ -12,7 +12,10 @@ const out = (text: string): void => void process.stdout.write(`${text}\n`);
 const configOption = '--config <file>';
 const configHelp = 'configuration file (default: $CLAWGATE_CONFIG, or ./clawgate.yaml if present)';
 
-/** Resolves on SIGINT or SIGTERM. */
+/**
+ * Resolves on SIGINT, SIGTERM or SIGHUP; for a part `clawgate start` runs (CLAWGATE_SUPERVISOR_PID), also
+ * when that process is gone (killed), so that no part outlives it.
+ */
 function untilStopped(logger?: Logger): Promise<void> {
   return new Promise((resolve) => {
     const stop = (signal: string): void => {
@@ -21,12 +24,33 @@ function untilStopped(logger?: Logger): Promise<void> {
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
+    // The terminal closed: the same clean stop (its default would end this process at once).
+    process.once('SIGHUP', () => stop('SIGHUP'));
+    const supervisor = Number(process.env['CLAWGATE_SUPERVISOR_PID'] ?? '');
+    if (Number.isInteger(supervisor) && supervisor > 0) {
+      const watch = setInterval(() => {
+        if (process.ppid === supervisor) return;
+        clearInterval(watch);
+        stop('clawgate start is gone');
+      }, 1000);
+      watch.unref();
+    }
   });
 }
 
 /** matrix-js-sdk can leave timers behind; they must not keep a stopped process alive. */
 function exitSoon(): void {
   setTimeout(() => process.exit(), 1000).unref();
+}
+
+/** A --port option's value, or undefined when it was not given. */
+function portOption(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const port = Number(value);
+  if (!Number.isInteger(port) || port < 0 || port > 65_535) {
+    throw new ClawgateError(ERROR_CODES.usage, `--port ${value}: not a TCP port (0 to 65535)`);
+  }
+  return port;
 }
 
 async function load(configPath: string | undefined) {
@@ -45,7 +69,7 @@ export function addStackCommands(program: Command): void {
   program
     .command('start')
     .description(
-      'run the whole stack: Temporal, Synapse with a demo room, proxy, worker, gateway (Ctrl-C stops)',
+      'run the whole stack, each part a supervised process: Temporal, Synapse with a demo room, proxy, worker, gateway (Ctrl-C stops)',
     )
     .option(configOption, configHelp)
     .action(async (opts: { config?: string }) => {
@@ -53,20 +77,29 @@ export function addStackCommands(program: Command): void {
       const logPath = join(config.stateDir, 'clawgate.log');
       mkdirSync(dirname(logPath), { recursive: true, mode: 0o700 });
       const { pino } = await import('pino');
-      const { createLogger, installTemporalLogging } = await import('../stack/logging.ts');
+      const { createLogger } = await import('../stack/logging.ts');
       const logger = createLogger(
         'clawgate',
         config.log.level,
         pino.destination({ dest: openSync(logPath, 'a', 0o600), sync: true }),
       );
-      // The worker runs in this process: its Temporal SDK metrics go to a buffer its GET /metrics
-      // drains, as for `clawgate worker` (the runtime takes the buffer once, before any connection).
-      const { MetricsBuffer } = await import('@temporalio/worker');
-      const metricsBuffer = new MetricsBuffer({ maxBufferSize: 100_000, useSecondsForDurations: true });
-      installTemporalLogging(logger, { metricsBuffer });
       const { startStack, tryItLines } = await import('../stack/start.ts');
       const started = Date.now();
-      const stack = await startStack(config, logger, (line) => out(`==> ${line}`), { metricsBuffer });
+      // A Ctrl-C while the parts start stops those started.
+      const abort = new AbortController();
+      const stopping = untilStopped(logger).then(() => abort.abort());
+      let stack: Awaited<ReturnType<typeof startStack>>;
+      try {
+        stack = await startStack(config, logger, (line) => out(`==> ${line}`), {
+          ...(opts.config ? { configPath: opts.config } : {}),
+          signal: abort.signal,
+        });
+      } catch (error) {
+        if (!abort.signal.aborted) throw error;
+        out('stopped before it was ready');
+        exitSoon();
+        return;
+      }
       out(
         [
           '',
@@ -79,10 +112,48 @@ export function addStackCommands(program: Command): void {
           'Ctrl-C stops everything; jobs, rooms and evidence are kept for the next start.',
         ].join('\n'),
       );
-      await untilStopped(logger);
+      // Until Ctrl-C, or a part that keeps failing (the error names it and its log).
+      const failure = await Promise.race([
+        stopping.then(() => null),
+        stack.failed.catch((e: unknown) => (e instanceof Error ? e : new Error(String(e)))),
+      ]);
       out('stopping...');
       await stack.stop();
+      if (failure) throw failure;
       out('stopped');
+      exitSoon();
+    });
+
+  program
+    .command('status')
+    .description(
+      "every part's state from its health endpoint (Temporal, Synapse, proxy, worker, gateway, codec, evidence); exit 1 when one is down",
+    )
+    .option(configOption, configHelp)
+    .action(async (opts: { config?: string }) => {
+      const config = await load(opts.config);
+      const { partStatuses, renderStatus } = await import('./status.ts');
+      const rows = await partStatuses(config);
+      out(renderStatus(rows));
+      const down = rows.filter((r) => !r.up).map((r) => r.part);
+      if (down.length > 0) {
+        throw new ClawgateError(ERROR_CODES.partDown, `down: ${down.join(', ')}`);
+      }
+    });
+
+  program
+    .command('demo-upstream', { hidden: true })
+    .description("the local demo model upstream alone (it echoes; it is not a model): clawgate start's part")
+    .option('--port <port>', 'listen port on 127.0.0.1 (default: one the system picks)')
+    .action(async (opts: { port?: string }) => {
+      const port = portOption(opts.port);
+      const { createLogger } = await import('../stack/logging.ts');
+      const logger = createLogger('clawgate-demo-upstream', 'info');
+      const { startDemoModelUpstream } = await import('../stack/components.ts');
+      const upstream = await startDemoModelUpstream(port === undefined ? {} : { port });
+      logger.info({ url: upstream.url }, 'demo upstream listening (it echoes; it is not a model)');
+      await untilStopped(logger);
+      await upstream.close();
       exitSoon();
     });
 
@@ -209,10 +280,7 @@ export function addStackCommands(program: Command): void {
     .option('--ui-origin <origin>', 'the Web UI origin answered (default: codec.uiOrigin)')
     .action(async (opts: { config?: string; host?: string; port?: string; uiOrigin?: string }) => {
       const config = await load(opts.config);
-      const port = opts.port === undefined ? undefined : Number(opts.port);
-      if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65_535)) {
-        throw new ClawgateError(ERROR_CODES.usage, `--port ${opts.port}: not a TCP port (0 to 65535)`);
-      }
+      const port = portOption(opts.port);
       let uiOrigin: string | undefined;
       if (opts.uiOrigin !== undefined) {
         try {

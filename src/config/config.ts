@@ -358,5 +358,10 @@ export function statePaths(config: ClawgateConfig) {
     /** The worker's bundled workflow code, kept for its restarts (src/stack/workflow-bundle.ts). */
     workflowBundles: resolve(s, 'cache'),
     synapse: resolve(s, 'synapse'),
+    /** `clawgate start`'s parts: their logs (<part>.log) and, while each runs, its pid (<part>.pid). */
+    logs: resolve(s, 'logs'),
+    run: resolve(s, 'run'),
+    /** The demo upstream's address while `clawgate start` runs it (for `clawgate status`). */
+    demoUpstreamUrl: resolve(s, 'run', 'demo-upstream.url'),
   };
 }

@@ -27,12 +27,18 @@ export function startServerProcess(opts: {
   logFile: string;
   cwd?: string;
   env?: NodeJS.ProcessEnv;
+  /**
+   * A process group of its own: a Ctrl-C at the terminal then reaches the process that started
+   * it only, which stops it in its turn (`clawgate start` stops its parts in order).
+   */
+  detached?: boolean;
 }): ServerProcess {
   const fd = openSync(opts.logFile, 'a', 0o600);
   const child = spawn(opts.command, opts.args, {
     cwd: opts.cwd,
     env: opts.env ?? process.env,
     stdio: ['ignore', fd, fd],
+    detached: opts.detached ?? false,
   });
   closeSync(fd);
   if (child.pid === undefined) {

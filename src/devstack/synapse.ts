@@ -18,6 +18,10 @@ export interface SynapseOptions {
   /** Lift Synapse's rate limits (tests send bursts no human would). */
   liftRateLimits?: boolean;
   startTimeoutMs?: number;
+  /** The server's output (default: synapse.log in `dir`). */
+  logFile?: string;
+  /** A process group of its own (see startServerProcess). */
+  detached?: boolean;
 }
 
 export interface RegisteredUser {
@@ -135,7 +139,8 @@ export async function startSynapse(opts: SynapseOptions): Promise<SynapseServer>
     command: opts.python,
     args: ['-m', 'synapse.app.homeserver', '--config-path', configPath],
     cwd: opts.dir,
-    logFile: join(opts.dir, 'synapse.log'),
+    logFile: opts.logFile ?? join(opts.dir, 'synapse.log'),
+    ...(opts.detached ? { detached: true } : {}),
   });
   let exitedEarly = false;
   void serverProcess.exited.then(() => {

@@ -22,6 +22,10 @@ export interface TemporalDevServerOptions {
   /** A remote codec server the Web UI decodes payloads with (clawgate's codec server). */
   uiCodecEndpoint?: string;
   startTimeoutMs?: number;
+  /** The server's output (default: temporal.log in `dir`). */
+  logFile?: string;
+  /** A process group of its own (see startServerProcess). */
+  detached?: boolean;
 }
 
 export interface TemporalDevServer {
@@ -60,7 +64,8 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
     command: opts.cliPath,
     args,
     cwd: opts.dir,
-    logFile: join(opts.dir, 'temporal.log'),
+    logFile: opts.logFile ?? join(opts.dir, 'temporal.log'),
+    ...(opts.detached ? { detached: true } : {}),
   });
   const address = `127.0.0.1:${port}`;
   let exitedEarly = false;

@@ -49,6 +49,8 @@ export interface DemoUpstreamOptions {
   afterAnswer?: (request: ReplyRequest) => void;
   /** Serve over TLS with this key and certificate (PEM), as a provider's endpoint is. */
   tls?: { key: string; cert: string };
+  /** The port on 127.0.0.1 (default: one the system picks). */
+  port?: number;
 }
 
 export interface DemoUpstream {
@@ -309,7 +311,7 @@ export async function startDemoUpstream(opts: DemoUpstreamOptions = {}): Promise
   };
   const server: Server = opts.tls ? createTlsServer(opts.tls, onRequest) : createServer(onRequest);
   server.keepAliveTimeout = 60_000;
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await new Promise<void>((resolve) => server.listen(opts.port ?? 0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
   return {
     url: `${opts.tls ? 'https' : 'http'}://127.0.0.1:${port}`,

@@ -1,7 +1,7 @@
 // clawgate's processes, each started from the one configuration: the receipting proxy, the
 // worker (job and control workflows, the planning, token, tool and sealing activities) and the
-// gateway. `clawgate start` runs all three in one process next to the embedded servers;
-// `clawgate proxy|worker|gateway` run one each, as the docker-compose services do.
+// gateway. `clawgate proxy|worker|gateway` run one each, as the docker-compose services do and
+// as `clawgate start` runs them, each a process it supervises (src/stack/start.ts).
 import { existsSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { createServer as createNetServer, type Server } from 'node:net';
@@ -126,10 +126,23 @@ export interface RunningUpstream {
 /** The configured upstreams, or the local demo upstream (it echoes, and answers plans with DEMO_PLAN). */
 export async function modelUpstreams(config: ClawgateConfig): Promise<RunningUpstream> {
   if (config.proxy.upstreams) return { upstreams: config.proxy.upstreams, demo: null };
+  const demo = await startDemoModelUpstream();
+  return { upstreams: demoUpstreams(demo.url), demo };
+}
+
+/** The proxy's upstream list for a demo upstream at `url`. */
+function demoUpstreams(url: string): UpstreamConfig[] {
+  return [{ name: 'demo', baseUrl: `${url}/v1`, models: [DEMO_MODEL] }];
+}
+
+/**
+ * The local demo upstream: the scripted demo model (src/proxy/demo-model.ts), which plans, calls
+ * tools, reads what they return and answers from it; a fixed-step policy's planner gets DEMO_PLAN.
+ */
+export function startDemoModelUpstream(opts: { port?: number } = {}): Promise<DemoUpstream> {
   const agent = scriptedModel(DEMO_SCRIPT);
-  const demo = await startDemoUpstream({
-    // The scripted demo model: it plans, calls tools, reads what they return and answers from
-    // it (src/proxy/demo-model.ts). A fixed-step policy's planner gets DEMO_PLAN.
+  return startDemoUpstream({
+    ...(opts.port !== undefined ? { port: opts.port } : {}),
     reply: (request) => {
       const { messages } = request;
       if (messages.some((m) => m.role === 'system' && m.content === PLANNER_PROMPT)) {
@@ -149,7 +162,6 @@ export async function modelUpstreams(config: ClawgateConfig): Promise<RunningUps
       };
     },
   });
-  return { upstreams: [{ name: 'demo', baseUrl: `${demo.url}/v1`, models: [DEMO_MODEL] }], demo };
 }
 
 export async function runProxy(

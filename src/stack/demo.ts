@@ -86,12 +86,12 @@ export async function ensureDemo(
 ): Promise<DemoState> {
   const existing = readDemo(config);
   if (existing) {
+    // Synapse may have moved (matrix.port changed): the gateway and `clawgate say` read the address here.
     const demo: DemoState = { ...existing, homeserverUrl: synapse.baseUrl };
     await encryptDemoRoom(demo, logger);
-    if (!demo.recoveryKey) {
-      demo.recoveryKey = newRecoveryKey();
-      writeDemo(config, demo);
-    }
+    const moved = existing.homeserverUrl !== synapse.baseUrl;
+    if (!demo.recoveryKey) demo.recoveryKey = newRecoveryKey();
+    if (moved || !existing.recoveryKey) writeDemo(config, demo);
     await ensureDemoDevices(config, demo, logger);
     return demo;
   }

@@ -186,6 +186,8 @@ export async function startCodecServer(opts: CodecServerOptions): Promise<Runnin
       );
     }
     const path = new URL(req.url ?? '/', 'http://codec.invalid').pathname;
+    // For `clawgate status` and load balancers: no payload, no token.
+    if (path === '/health' && req.method === 'GET') return send(res, 200, JSON.stringify({ ok: true }));
     const operation = path === '/encode' ? 'encode' : path === '/decode' ? 'decode' : null;
     if (!operation) return refuse(res, 404, `no ${path} here: POST /encode or POST /decode`, cors);
     if (req.method === 'OPTIONS') {

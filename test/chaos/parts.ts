@@ -10,16 +10,11 @@ import { join } from 'node:path';
 import { Connection } from '@temporalio/client';
 import { startSynapse, type SynapseServer } from '../../src/devstack/synapse.ts';
 import { startTemporalDevServer, type TemporalDevServer } from '../../src/devstack/temporal.ts';
+import { serverLaunched } from '../../src/stack/parts.ts';
+import type { Launched } from '../../src/stack/supervisor.ts';
 import type { KillBase, PartName } from './schedule.ts';
 
 const ROOT = new URL('../../', import.meta.url);
-
-/** One start of a part: its process, and how it ended. */
-interface Launched {
-  pid: number;
-  exited: Promise<{ code: number | null; signal: string | null }>;
-  signal(sig: 'SIGKILL' | 'SIGTERM'): void;
-}
 
 /** What a kill cost: when the part was down, started again, and healthy again. */
 export interface Recovery {
@@ -269,22 +264,6 @@ export class SynapsePart extends Part {
   async healthy(): Promise<boolean> {
     return (await fetch(`${this.baseUrl}/health`, { signal: AbortSignal.timeout(2_000) })).ok;
   }
-}
-
-function serverLaunched(proc: TemporalDevServer['process']): Launched {
-  return {
-    pid: proc.pid,
-    exited: proc.exited.then((how) =>
-      typeof how === 'number' ? { code: how, signal: null } : { code: null, signal: how },
-    ),
-    signal: (sig) => {
-      try {
-        process.kill(proc.pid, sig);
-      } catch {
-        // gone already
-      }
-    },
-  };
 }
 
 // --- clawgate's parts -------------------------------------------------------------------------

@@ -6,17 +6,24 @@
 // through the demo users' own devices, the stack restarted between the request and the
 // approval, and nothing of the request, the plan or the answer in the homeserver's database.
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { DatabaseSync } from 'node:sqlite';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, test } from 'node:test';
-import { freeLoopbackPort } from '../../src/devstack/net.ts';
 import { checkClawsigExport } from '../../src/evidence/clawsig-check.ts';
 import { toolPaths } from '../../src/devstack/tools.ts';
 import { DEMO_README } from '../../src/workspace/workspaces.ts';
+import {
+  assignPorts,
+  CLAWGATE_BIN,
+  freshStackEnv,
+  runClawgate,
+  startClawgate,
+  untilClawgate,
+  type StartedStack,
+} from '../harness/clawgate-start.ts';
 
 const toolsTemporal = (): string => toolPaths().temporal;
 
@@ -35,50 +42,22 @@ function payloadTexts(historyJson: string): string {
   return texts.join('\n');
 }
 
-const bin = fileURLToPath(new URL('../../bin/clawgate', import.meta.url));
-let state = join(mkdtempSync(join(tmpdir(), 'clawgate-start-')), 'state');
-const env: NodeJS.ProcessEnv = { ...process.env, CLAWGATE_STATE_DIR: state };
-delete env['CLAWGATE_CONFIG'];
-// The stack's own payload keyring (state/keys/payload), as on a fresh machine, not the run's.
-delete env['CLAWGATE_PAYLOAD_KEYS_DIR'];
-let stack: { child: ChildProcess; output: () => string; exited: Promise<number | null> } | undefined;
+let { state, env } = freshStackEnv('clawgate-start-');
+let stack: StartedStack | undefined;
+const clawgate = (...args: string[]) => runClawgate(env, ...args);
+const until = (args: string[], pattern: RegExp, timeoutMs?: number) =>
+  untilClawgate(env, args, pattern, timeoutMs);
 
-async function ports(): Promise<void> {
-  for (const name of [
-    'CLAWGATE_TEMPORAL_PORT',
-    'CLAWGATE_TEMPORAL_UI_PORT',
-    'CLAWGATE_SYNAPSE_PORT',
-    'CLAWGATE_PROXY_PORT',
-    'CLAWGATE_HEALTH_PORT',
-    'CLAWGATE_WORKER_HEALTH_PORT',
-    'CLAWGATE_EVIDENCE_PORT',
-    'CLAWGATE_CODEC_PORT',
-  ]) {
-    env[name] = String(await freeLoopbackPort());
-  }
-}
-
-function clawgate(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(bin, args, { env, cwd: tmpdir() }, (error, stdout, stderr) => {
-      resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr });
-    });
-  });
+/** Every log of a stack: the supervisor's, and each part's (state/logs/<part>.log). */
+function allLogs(): string {
+  const logs = join(state, 'logs');
+  return [join(state, 'clawgate.log'), ...readdirSync(logs).map((name) => join(logs, name))]
+    .map((file) => readFileSync(file, 'utf8'))
+    .join('\n');
 }
 
 async function start(): Promise<void> {
-  const child = spawn(bin, ['start'], { env, cwd: tmpdir(), stdio: ['ignore', 'pipe', 'pipe'] });
-  let text = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  stack = { child, output: () => text, exited };
-  const deadline = Date.now() + 180_000;
-  while (!text.includes('clawgate is ready')) {
-    if (child.exitCode !== null) throw new Error(`clawgate start exited ${child.exitCode}:\n${text}`);
-    if (Date.now() > deadline) throw new Error(`clawgate start was not ready after 180 s:\n${text}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
+  stack = await startClawgate(env);
 }
 
 async function stop(): Promise<void> {
@@ -90,28 +69,12 @@ async function stop(): Promise<void> {
   stack = undefined;
 }
 
-/** Runs a command until its output matches. */
-async function until(args: string[], pattern: RegExp, timeoutMs = 60_000): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await clawgate(...args);
-    const last = `${r.stdout}${r.stderr}`;
-    if (pattern.test(r.stdout)) return r.stdout;
-    if (Date.now() > deadline)
-      throw new Error(`clawgate ${args.join(' ')} never matched ${pattern}; last:\n${last}`);
-    await new Promise((r) => setTimeout(r, 500));
-  }
-}
-
 after(async () => {
-  if (stack) {
-    stack.child.kill('SIGKILL');
-    await stack.exited;
-  }
+  await stack?.terminate();
 });
 
 test('clawgate start on fresh state: a job from `clawgate say` to a sealed bundle; after a restart `clawgate jobs` still has it', async () => {
-  await ports();
+  await assignPorts(env);
   await start();
   const ready = stack?.output() ?? '';
   for (const part of [
@@ -240,9 +203,23 @@ test('clawgate start on fresh state: a job from `clawgate say` to a sealed bundl
     assert.equal(res.status, status, origin);
   }
 
-  // Secrets never reach the log: the demo users' tokens and passwords are nowhere in it.
-  const log = readFileSync(join(state, 'clawgate.log'), 'utf8');
-  assert.match(log, /"msg":"job started"/);
+  // Each part's output is in a log of its own (0600), the supervisor's in clawgate.log. Secrets
+  // never reach a log: the demo users' tokens and passwords are nowhere in them.
+  const logs = join(state, 'logs');
+  const partLogs = readdirSync(logs).sort();
+  assert.deepEqual(partLogs, [
+    'demo-upstream.log',
+    'gateway.log',
+    'proxy.log',
+    'synapse.log',
+    'temporal.log',
+    'worker.log',
+  ]);
+  for (const name of partLogs) assert.equal(statSync(join(logs, name)).mode & 0o777, 0o600, name);
+  assert.match(readFileSync(join(logs, 'gateway.log'), 'utf8'), /"msg":"job started"/);
+  const log = [join(state, 'clawgate.log'), ...partLogs.map((name) => join(logs, name))]
+    .map((file) => readFileSync(file, 'utf8'))
+    .join('\n');
   const demo = JSON.parse(readFileSync(join(state, 'demo.json'), 'utf8')) as {
     users: Record<string, { accessToken: string; password: string }>;
   };
@@ -263,7 +240,7 @@ test('clawgate start on fresh state: a job from `clawgate say` to a sealed bundl
 
 /** `clawgate say --follow` running: its output so far, and a wait for a pattern in it. */
 function follow(...args: string[]) {
-  const child = spawn(bin, ['say', ...args, '--follow'], {
+  const child = spawn(CLAWGATE_BIN, ['say', ...args, '--follow'], {
     env,
     cwd: tmpdir(),
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -313,14 +290,10 @@ function homeserverEvents(): { text: string; encrypted: number } {
 
 test('the demo, end-to-end encrypted: say --follow shows the plan and the answer decrypted, across a restart; the homeserver holds none of it in clear', async () => {
   // A stack an earlier test left running (it failed half-way) is not left behind.
-  if (stack) {
-    stack.child.kill('SIGKILL');
-    await stack.exited;
-    stack = undefined;
-  }
-  state = join(mkdtempSync(join(tmpdir(), 'clawgate-e2ee-demo-')), 'state');
-  env['CLAWGATE_STATE_DIR'] = state;
-  await ports();
+  await stack?.terminate();
+  stack = undefined;
+  ({ state, env } = freshStackEnv('clawgate-e2ee-demo-'));
+  await assignPorts(env);
   await start();
   const demo = JSON.parse(readFileSync(join(state, 'demo.json'), 'utf8')) as {
     homeserverUrl: string;
@@ -417,7 +390,7 @@ test('the demo, end-to-end encrypted: say --follow shows the plan and the answer
   await until(['jobs', 'list', '--status', 'awaiting_approval'], /^j[a-z2-7]{9}\s+awaiting_approval/m);
   await stop();
   // The recovery key of the bot's key backup is a secret: nowhere in the log.
-  assert.ok(!readFileSync(join(state, 'clawgate.log'), 'utf8').includes(demo.recoveryKey as string));
+  assert.ok(!allLogs().includes(demo.recoveryKey as string));
 
   // What the homeserver stored: encrypted events, and not a word of the request, plan or answer.
   const stored = homeserverEvents();
