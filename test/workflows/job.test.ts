@@ -734,6 +734,17 @@ test('cancel from the client, as the Web UI does: tokens revoked, notice posted,
 
 type RawHistory = Awaited<ReturnType<WorkflowHandle['fetchHistory']>>;
 
+/** Runs `use` with a client without the codec: it sees what Temporal stores. */
+async function withoutCodec(use: (plain: Client) => Promise<void>): Promise<void> {
+  const { address, namespace } = testServers().temporal;
+  const connection = await Connection.connect({ address });
+  try {
+    await use(new Client({ connection, namespace }));
+  } finally {
+    await connection.close();
+  }
+}
+
 /** `text` is neither in a history's raw bytes nor in its JSON form (as a client without the codec reads it). */
 function assertNowhereInClear(raw: RawHistory, text: string, what: string): void {
   const bytes = Buffer.from(proto.temporal.api.history.v1.History.encode(raw).finish());
@@ -748,11 +759,7 @@ test("a job's payloads are encrypted in Temporal: no request text in the raw his
   const { handle, eventId, workflowId } = await request(text);
   // The job has planned by then: its history holds the request, the plan and activity results.
   await waitForThreadNotice(eventId, /^Plan for job/);
-  const { address, namespace } = testServers().temporal;
-  const connection = await Connection.connect({ address });
-  try {
-    // A client without the codec sees what Temporal stores.
-    const plain = new Client({ connection, namespace });
+  await withoutCodec(async (plain) => {
     const raw = await plain.workflow.getHandle(workflowId).fetchHistory();
     assertNowhereInClear(raw, marker, 'the request text');
     const input = raw.events?.[0]?.workflowExecutionStartedEventAttributes?.input?.payloads?.[0];
@@ -771,9 +778,7 @@ test("a job's payloads are encrypted in Temporal: no request text in the raw his
     const decoded = await decodeHistory(raw, testPayloadCodec());
     const started = decoded.events?.[0]?.workflowExecutionStartedEventAttributes?.input?.payloads?.[0];
     assert.equal(defaultPayloadConverter.fromPayload<JobRequest>(started as Payload).text, text);
-  } finally {
-    await connection.close();
-  }
+  });
   assert.equal((await handle.query(statusQuery)).status, 'awaiting_approval');
   await handle.terminate('the encryption test is over');
 });
@@ -796,10 +801,7 @@ test("a failed job's failures are encrypted in Temporal: no message or stack tra
   assert.equal(cause.message, `no policy is active on channel ${channel}: nothing may run`);
   assert.match(cause.stack ?? '', /resolvePolicy/, "the activity's stack trace");
 
-  const { address, namespace } = testServers().temporal;
-  const connection = await Connection.connect({ address });
-  try {
-    const plain = new Client({ connection, namespace });
+  await withoutCodec(async (plain) => {
     const raw = await plain.workflow.getHandle(workflowId).fetchHistory();
     assertNowhereInClear(raw, channel, "the failure's message");
     const failures = (raw.events ?? []).flatMap((e) => {
@@ -830,8 +832,6 @@ test("a failed job's failures are encrypted in Temporal: no message or stack tra
     );
     assert.equal(attributes.message, cause.message);
     assert.match(attributes.stack_trace, /resolvePolicy/);
-  } finally {
-    await connection.close();
-  }
+  });
   await recordHistory(handle, 'failed-no-active-policy');
 });
