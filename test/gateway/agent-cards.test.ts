@@ -391,6 +391,22 @@ async function signalsOf(workflowId: string, eventId: string): Promise<number> {
   }).length;
 }
 
+/**
+ * Waits until the job's history shows it signalled `times` times the card answer of event
+ * `eventId`. Polled: a signal that arrives while a workflow task runs is written to the history
+ * only when that task completes.
+ */
+async function signalledTimes(workflowId: string, eventId: string, times: number, what: string) {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const count = await signalsOf(workflowId, eventId);
+    if (count === times) return;
+    if (count > times || Date.now() > deadline)
+      assert.fail(`${what}: signalled ${count} times, not ${times}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 /** The commit of a branch on the remote, or null when the remote has no such branch. */
 function remoteHas(branch: string): string | null {
   try {
@@ -647,14 +663,14 @@ test('a ✅ given while the gateway and the worker are both down is acted on onc
       'SIGKILL',
       'the gateway died before saving its sync position',
     );
-    assert.equal(await signalsOf(job.workflowId, tick), 1, 'the reaction was signalled before that');
+    await signalledTimes(job.workflowId, tick, 1, 'the reaction was signalled before that');
     gateway = await GatewayProcess.start(config, { dir });
     await gateway.waitForLog(
       (l) => l['eventId'] === tick && l['msg'] === 'signal sent',
       60_000,
       'the reaction signalled again',
     );
-    assert.equal(await signalsOf(job.workflowId, tick), 2, 'the job was told of the reaction twice');
+    await signalledTimes(job.workflowId, tick, 2, 'the job was told of the reaction twice');
     release();
 
     const { answer, bundle } = await finished(job);
