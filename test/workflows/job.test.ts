@@ -833,5 +833,12 @@ test("a failed job's failures are encrypted in Temporal: no message or stack tra
     assert.equal(attributes.message, cause.message);
     assert.match(attributes.stack_trace, /resolvePolicy/);
   });
+  // `clawgate replay` replays it against the current code (it has no bundle: it never sealed one).
+  const report = await replayJob(temporal.client, workflowId, {
+    bundleDir: join(state, 'bundles'),
+    jwks: jwksOf(),
+  });
+  assert.equal(report.replayError, null);
+  assert.equal(report.replayed, true);
   await recordHistory(handle, 'failed-no-active-policy');
 });
