@@ -5,7 +5,7 @@ import { WorkflowIdReusePolicy } from '@temporalio/client';
 import { jobWorkflowIds, shortJobId } from '../../src/ingress/job-ids.ts';
 import { canonicalHash } from '../../src/policy/canonical.ts';
 import { jobStaticSummary, MATRIX_TASK_QUEUE, type JobRequest } from '../../src/temporal/job-contract.ts';
-import { JOB_ID, JOB_REQUESTER, JOB_ROOM, JOB_STATUS } from '../../src/temporal/search-attributes.ts';
+import { startingSearchAttributes } from '../../src/temporal/search-attributes.ts';
 import type { WorkerStack } from './stack.ts';
 
 export interface LegacyJob {
@@ -42,12 +42,11 @@ export async function startLegacyJob(
     workflowId: legacy,
     args: [request],
     workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
-    typedSearchAttributes: [
-      { key: JOB_ID, value: jobId },
-      { key: JOB_ROOM, value: opts.roomId },
-      { key: JOB_REQUESTER, value: opts.requester },
-      { key: JOB_STATUS, value: 'planning' },
-    ],
+    typedSearchAttributes: startingSearchAttributes({
+      jobId,
+      roomId: opts.roomId,
+      requester: opts.requester,
+    }),
     ...jobStaticSummary(request),
   });
   return { legacy, workflowId, jobId };
