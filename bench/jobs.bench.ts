@@ -10,7 +10,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { dataConverterFor } from '../src/temporal/codec.ts';
+import { dataConverterFor, FAILURE_CONVERTER_PATH } from '../src/temporal/codec.ts';
 import { ensurePayloadKeyring } from '../src/keys/payload-keyring.ts';
 import { Client, Connection } from '@temporalio/client';
 import { bundleWorkflowCode, NativeConnection, Runtime, Worker } from '@temporalio/worker';
@@ -127,6 +127,7 @@ try {
   const workerConnection = await NativeConnection.connect({ address: temporalServer.address });
   const workflowBundle = await bundleWorkflowCode({
     workflowsPath: fileURLToPath(new URL('./bench-workflows.ts', import.meta.url)),
+    failureConverterPath: FAILURE_CONVERTER_PATH,
     logger: {
       log: () => {},
       trace: () => {},

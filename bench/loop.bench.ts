@@ -14,7 +14,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { dataConverterFor } from '../src/temporal/codec.ts';
+import { dataConverterFor, FAILURE_CONVERTER_PATH } from '../src/temporal/codec.ts';
 import { ensurePayloadKeyring } from '../src/keys/payload-keyring.ts';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import { bundleWorkflowCode, NativeConnection, Runtime, Worker } from '@temporalio/worker';
@@ -239,6 +239,7 @@ try {
   const workerConnection = await NativeConnection.connect({ address: temporalServer.address });
   const workflowBundle = await bundleWorkflowCode({
     workflowsPath: fileURLToPath(new URL('./bench-workflows.ts', import.meta.url)),
+    failureConverterPath: FAILURE_CONVERTER_PATH,
     logger: {
       log: () => {},
       trace: () => {},

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import type { Client } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import { canonicalHash } from '../policy/canonical.ts';
-import { decodeHistory } from '../temporal/codec.ts';
+import { decodeHistory, FAILURE_CONVERTER_PATH } from '../temporal/codec.ts';
 import { verifyBundle, type BundleProblem } from './bundle.ts';
 import type { Jwks } from './jws.ts';
 
@@ -59,7 +59,12 @@ export async function replayJob(
   };
   try {
     await Worker.runReplayHistory(
-      { workflowsPath: fileURLToPath(new URL('../workflows/index.ts', import.meta.url)) },
+      {
+        workflowsPath: fileURLToPath(new URL('../workflows/index.ts', import.meta.url)),
+        // The payloads are decrypted already; the workflow code's failures are encoded as the
+        // worker's are, and failures recorded in clear (before that) read as they are.
+        dataConverter: { failureConverterPath: FAILURE_CONVERTER_PATH },
+      },
       history,
       workflowId,
     );

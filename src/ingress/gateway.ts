@@ -50,7 +50,7 @@ import {
   type CallDecisionAttempt,
   type JobRequest,
 } from '../temporal/job-contract.ts';
-import { JOB_ID, JOB_REQUESTER, JOB_ROOM, JOB_STATUS } from '../temporal/search-attributes.ts';
+import { JOB_ROOM, JOB_STATUS, startingSearchAttributes } from '../temporal/search-attributes.ts';
 import { join } from 'node:path';
 import { AccountState, type Credentials } from './account-state.ts';
 import {
@@ -1078,12 +1078,7 @@ export class GatewayAccount {
         workflowId,
         args: [request],
         workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
-        typedSearchAttributes: [
-          { key: JOB_ID, value: jobId },
-          { key: JOB_ROOM, value: ctx.roomId },
-          { key: JOB_REQUESTER, value: ctx.sender },
-          { key: JOB_STATUS, value: 'planning' },
-        ],
+        typedSearchAttributes: startingSearchAttributes({ jobId, roomId: ctx.roomId, requester: ctx.sender }),
         ...jobStaticSummary(request),
       });
     } catch (error) {

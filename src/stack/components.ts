@@ -348,8 +348,8 @@ export async function runWorker(
     taskQueue: config.temporal.taskQueue,
     // Bundled in a process of its own (src/stack/workflow-bundle.ts): webpack's heap is not kept here.
     workflowBundle: { code: workflowCode },
-    // The codec runs in the worker's main thread, outside the workflow sandbox: the bundle is
-    // the same with or without it.
+    // The codec runs in the worker's main thread, outside the workflow sandbox; the bundle has
+    // the same failure converter as this data converter.
     dataConverter: temporalDataConverter(config),
     activities,
     maxCachedWorkflows: config.worker.maxCachedWorkflows,

@@ -13,6 +13,7 @@ import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, wri
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bundleWorkflowCode } from '@temporalio/worker';
+import { FAILURE_CONVERTER_PATH } from '../temporal/codec.ts';
 
 /** The module the worker's workflows come from. */
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
@@ -115,6 +116,8 @@ if (process.argv[1] === self && process.argv[2] === '--bundle') {
   const quiet = () => {};
   const { code } = await bundleWorkflowCode({
     workflowsPath: WORKFLOWS_PATH,
+    // Failures the workflow code raises are encoded in the workflow sandbox (src/temporal/codec.ts).
+    failureConverterPath: FAILURE_CONVERTER_PATH,
     logger: {
       log: quiet,
       trace: quiet,

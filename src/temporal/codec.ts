@@ -5,8 +5,11 @@
 // IV of its own; the encrypted payload says `encoding: binary/encrypted` and names the key id.
 // Search attributes are not payloads a codec sees: they stay readable, and searchable, in
 // Temporal's visibility. Payloads that are not encrypted pass through decoding unchanged, so
-// histories written before encryption was turned on still read and replay.
+// histories written before encryption was turned on still read and replay. A failure's message
+// and stack trace are in a payload too (src/temporal/failure-converter.ts), so the codec
+// encrypts them as well.
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
 import type { DataConverter, Payload, PayloadCodec } from '@temporalio/common';
 import proto from '@temporalio/proto';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
@@ -117,9 +120,20 @@ export function payloadCodecFor(keysDir: string): AesGcmPayloadCodec {
   return new AesGcmPayloadCodec(payloadKeySource(keysDir), keysDir);
 }
 
-/** What `new Client({ dataConverter })` and `Worker.create({ dataConverter })` take. */
+/**
+ * The module of clawgate's failure converter (src/temporal/failure-converter.ts): a data
+ * converter names it by path, and a workflow bundle is made with it
+ * (`bundleWorkflowCode({ failureConverterPath })`), so failures a workflow raises are encoded too.
+ */
+export const FAILURE_CONVERTER_PATH = fileURLToPath(new URL('./failure-converter.ts', import.meta.url));
+
+/**
+ * What `new Client({ dataConverter })` and `Worker.create({ dataConverter })` take: the payload
+ * codec, and the failure converter that puts a failure's message and stack trace in a payload
+ * for the codec to encrypt.
+ */
 export function dataConverterFor(keysDir: string): DataConverter {
-  return { payloadCodecs: [payloadCodecFor(keysDir)] };
+  return { payloadCodecs: [payloadCodecFor(keysDir)], failureConverterPath: FAILURE_CONVERTER_PATH };
 }
 
 function isPayload(value: unknown): value is Payload {

@@ -2,7 +2,7 @@
 // Web UI ("ClawgateStatus = 'awaiting_approval' AND ClawgateRoom = '!ops:example.com'").
 // The dev server started by the test harness and by `npm start` registers these; on a cluster
 // an operator registers them once (README: existing servers).
-import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+import { defineSearchAttributeKey, SearchAttributeType, type SearchAttributePair } from '@temporalio/common';
 
 export const JOB_STATUS = defineSearchAttributeKey('ClawgateStatus', SearchAttributeType.KEYWORD);
 export const JOB_ROOM = defineSearchAttributeKey('ClawgateRoom', SearchAttributeType.KEYWORD);
@@ -20,6 +20,23 @@ export const CLAWGATE_SEARCH_ATTRIBUTES = [
   JOB_POLICY_HASH,
   JOB_ID,
 ] as const;
+
+/**
+ * The search attributes a job starts with (the gateway's, a scheduled run's child): its job id,
+ * room and requester, and the status `planning`; the job sets the others as it goes.
+ */
+export function startingSearchAttributes(job: {
+  jobId: string;
+  roomId: string;
+  requester: string;
+}): SearchAttributePair[] {
+  return [
+    { key: JOB_ID, value: job.jobId },
+    { key: JOB_ROOM, value: job.roomId },
+    { key: JOB_REQUESTER, value: job.requester },
+    { key: JOB_STATUS, value: 'planning' },
+  ];
+}
 
 /** The Temporal CLI's name for each search attribute type (`--search-attribute Name=Type`). */
 const CLI_TYPE_NAMES: Record<SearchAttributeType, string> = {

@@ -15,7 +15,7 @@ import {
   type JobRequest,
   type ScheduledJobInput,
 } from '../temporal/job-contract.ts';
-import { JOB_ID, JOB_REQUESTER, JOB_ROOM, JOB_STATUS } from '../temporal/search-attributes.ts';
+import { startingSearchAttributes } from '../temporal/search-attributes.ts';
 import { jobWorkflow, type JobResult } from './job.ts';
 
 export async function scheduledJobWorkflow(input: ScheduledJobInput): Promise<JobResult> {
@@ -58,12 +58,11 @@ export async function scheduledJobWorkflow(input: ScheduledJobInput): Promise<Jo
     // schedule deleted with cancel-other, say), as a job started from a message would.
     parentClosePolicy: ParentClosePolicy.ABANDON,
     // What the gateway sets on a job it starts, so `clawgate jobs` lists this one alike.
-    typedSearchAttributes: [
-      { key: JOB_ID, value: ids.jobId },
-      { key: JOB_ROOM, value: input.roomId },
-      { key: JOB_REQUESTER, value: input.requester },
-      { key: JOB_STATUS, value: 'planning' },
-    ],
+    typedSearchAttributes: startingSearchAttributes({
+      jobId: ids.jobId,
+      roomId: input.roomId,
+      requester: input.requester,
+    }),
     staticSummary: `clawgate scheduled job ${input.schedule}: ${input.text.slice(0, 100)}`,
   });
 }

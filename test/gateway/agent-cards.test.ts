@@ -5,6 +5,8 @@
 // real Synapse and signalled to the job on the real Temporal dev server. The job worker runs in
 // a process of its own (so it can be killed), with each job's workspace made from a real git
 // repository and write_pr pushing to a bare remote; the sealed bundle is verified at the end.
+// The same holds in an encrypted room (a gateway account with its own crypto, people with
+// theirs) and for a job started under the old workflow id form, before short ids.
 import assert from 'node:assert/strict';
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -12,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
+import { WorkflowNotFoundError } from '@temporalio/client';
 import { Direction } from 'matrix-js-sdk';
 import type { RegisteredUser } from '../../src/devstack/synapse.ts';
 import type { ClawgateConfigInput } from '../../src/config/config.ts';
@@ -32,6 +35,7 @@ import { decodeHistory } from '../../src/temporal/codec.ts';
 import type { JobResult } from '../../src/workflows/job.ts';
 import { DEMO_FILES, ensureDemoRepository } from '../../src/workspace/workspaces.ts';
 import { GatewayProcess, gatewayTestConfig } from '../harness/gateway-process.ts';
+import { startLegacyJob } from '../harness/legacy-job.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser, testServers } from '../harness/servers.ts';
 import { startWorkerStack, type WorkerStack } from '../harness/stack.ts';
@@ -49,6 +53,12 @@ let worker: ChildProcess;
 let source: { repo: string; ref: string };
 let remote: string;
 let pushRepo: string;
+/** The encrypted room, its own gateway (an account with crypto) and people with crypto clients. */
+let secretRoom: string;
+let cryptoBot: RegisteredUser;
+let secretGateway: GatewayProcess;
+let secretRequester: MatrixTestUser;
+let secretApprover: MatrixTestUser;
 
 /** The doc as the source repository has it: the demo's, with a typo in it. */
 const ORIGINAL = DEMO_FILES['docs/operations.md'] as string;
@@ -167,17 +177,28 @@ before(async () => {
   worker = await startWorker();
 
   bot = await registerTestUser('agentbot');
-  [requester, approver] = (await Promise.all(
-    ['agentreq', 'agentappr'].map((n) => MatrixTestUser.create(n)),
-  )) as [MatrixTestUser, MatrixTestUser];
+  cryptoBot = await registerTestUser('agentcryptobot');
+  [requester, approver, secretRequester, secretApprover] = await Promise.all([
+    MatrixTestUser.create('agentreq'),
+    MatrixTestUser.create('agentappr'),
+    MatrixTestUser.create('agentsecreq', { encryption: true }),
+    MatrixTestUser.create('agentsecappr', { encryption: true }),
+  ]);
   roomId = await requester.createRoom({ name: 'agent cards', invite: [bot.userId, approver.userId] });
   await approver.waitForMembership(roomId, 'invite');
   await approver.joinRoom(roomId);
+  secretRoom = await secretRequester.createRoom({
+    name: 'agent cards, encrypted',
+    encrypted: true,
+    invite: [cryptoBot.userId, secretApprover.userId],
+  });
+  await secretApprover.waitForMembership(secretRoom, 'invite');
+  await secretApprover.joinRoom(secretRoom);
   await stack.activatePolicy({
     channel: 'matrix',
-    rooms: [roomId],
-    requesters: [requester.userId],
-    approvers: [approver.userId],
+    rooms: [roomId, secretRoom],
+    requesters: [requester.userId, secretRequester.userId],
+    approvers: [approver.userId, secretApprover.userId],
     mode: 'agent',
     agent: { model_turns: 8, tool_calls: 10 },
     tools: { allow: ['read', 'search', 'write_pr'] },
@@ -187,12 +208,29 @@ before(async () => {
     { id: 'agents', userId: bot.userId, accessToken: bot.accessToken, rooms: [roomId] },
   ]);
   gateway = await GatewayProcess.start(config, { dir });
+  // A gateway process of its own for the encrypted room: the restarts of the other one leave it be.
+  const secretDir = mkdtempSync(join(dir, 'encrypted-'));
+  secretGateway = await GatewayProcess.start(
+    gatewayTestConfig(secretDir, stack, [
+      {
+        id: 'secure',
+        userId: cryptoBot.userId,
+        accessToken: cryptoBot.accessToken,
+        rooms: [secretRoom],
+        encryption: true,
+      },
+    ]),
+    { dir: secretDir },
+  );
   await approver.waitForJoin(roomId, bot.userId);
+  await secretApprover.waitForJoin(secretRoom, cryptoBot.userId);
+  for (const user of [secretRequester, secretApprover]) await user.waitForDeviceOf(cryptoBot.userId);
 });
 
 after(async () => {
   await gateway?.kill('SIGTERM');
-  for (const user of [requester, approver]) user?.stop();
+  await secretGateway?.kill('SIGTERM');
+  for (const user of [requester, approver, secretRequester, secretApprover]) user?.stop();
   if (worker) await killWorker(worker);
   await stack?.close();
 });
@@ -213,21 +251,28 @@ const relOf = (e: RawEvent) =>
     'm.in_reply_to'?: { event_id?: string };
   };
 
-async function send(user: MatrixTestUser, body: string, opts: { thread?: string } = {}): Promise<string> {
+async function send(
+  user: MatrixTestUser,
+  body: string,
+  opts: { thread?: string; room?: string } = {},
+): Promise<string> {
   const content: Record<string, unknown> = { msgtype: 'm.text', body };
   if (opts.thread) content['m.relates_to'] = threadRelation(opts.thread);
   const { event_id: eventId } = await user.client.sendEvent(
-    roomId,
+    opts.room ?? roomId,
     'm.room.message' as never,
     content as never,
   );
   return eventId;
 }
 
-/** A real reaction (`m.reaction`, an annotation) on an event. */
-async function react(user: MatrixTestUser, target: string, key: string): Promise<string> {
+/**
+ * A real reaction (`m.reaction`, an annotation) on an event. In an encrypted room too it goes
+ * in clear: matrix-js-sdk (Element's SDK) does not encrypt reactions.
+ */
+async function react(user: MatrixTestUser, target: string, key: string, room = roomId): Promise<string> {
   const { event_id: eventId } = await user.client.sendEvent(
-    roomId,
+    room,
     'm.reaction' as never,
     { 'm.relates_to': { rel_type: 'm.annotation', event_id: target, key } } as never,
   );
@@ -346,6 +391,22 @@ async function signalsOf(workflowId: string, eventId: string): Promise<number> {
   }).length;
 }
 
+/**
+ * Waits until the job's history shows it signalled `times` times the card answer of event
+ * `eventId`. Polled: a signal that arrives while a workflow task runs is written to the history
+ * only when that task completes.
+ */
+async function signalledTimes(workflowId: string, eventId: string, times: number, what: string) {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const count = await signalsOf(workflowId, eventId);
+    if (count === times) return;
+    if (count > times || Date.now() > deadline)
+      assert.fail(`${what}: signalled ${count} times, not ${times}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 /** The commit of a branch on the remote, or null when the remote has no such branch. */
 function remoteHas(branch: string): string | null {
   try {
@@ -408,20 +469,36 @@ interface Bundle {
 const ofType = (bundle: Bundle, type: string) =>
   bundle.entries.filter((e) => e.type === type).map((e) => e.body);
 
-/** The job's result, its answer in the thread, and its sealed bundle, verified. */
-async function finished(job: Job): Promise<{ result: JobResult; answer: string; bundle: Bundle }> {
-  const result = (await handleOf(job.workflowId).result()) as JobResult;
+/** The job's result, once it has succeeded, and its sealed bundle, verified. */
+async function succeeded(workflowId: string): Promise<{ result: JobResult; bundle: Bundle }> {
+  const result = (await handleOf(workflowId).result()) as JobResult;
   assert.equal(result.status, 'succeeded', result.reason);
-  const answer = bodyOf(await botSays(job.eventId, /^Answer for job/));
-  await botSays(job.eventId, new RegExp(`bundle ${result.bundleDigest}`));
   const bundle = JSON.parse(
     readFileSync(join(stack.bundleDir, `${result.bundleDigest}.json`), 'utf8'),
   ) as Bundle;
   const check = await verifyBundle(bundle, publicJwks(stack.keysDir));
   assert.deepEqual(check.problems, []);
   assert.equal(check.ok, true);
+  return { result, bundle };
+}
+
+/** The job's result, its answer in the thread, and its sealed bundle, verified. */
+async function finished(job: Job): Promise<{ result: JobResult; answer: string; bundle: Bundle }> {
+  const { result, bundle } = await succeeded(job.workflowId);
+  const answer = bodyOf(await botSays(job.eventId, /^Answer for job/));
+  await botSays(job.eventId, new RegExp(`bundle ${result.bundleDigest}`));
   return { result, answer, bundle };
 }
+
+/** The bundle's call decisions: card, event, sender, how it came, whether it counted. */
+const callDecisionsOf = (bundle: Bundle) =>
+  ofType(bundle, 'call_decision').map((d) => [
+    d['card_id'],
+    d['event_id'],
+    d['sender'],
+    d['via'],
+    d['accepted'],
+  ]);
 
 /** What the bundle says of the write: one card, one approved outcome, one call token, one push. */
 function assertOneWrite(bundle: Bundle): void {
@@ -472,16 +549,7 @@ test('"Fix the typo in docs/operations.md and open a PR": the plan is approved, 
   assert.ok(head, 'the branch landed on the remote');
   assert.equal(remoteFile(head, 'docs/operations.md'), FIXED);
   assert.match(answer, new RegExp(`pushed ${branch} \\(${head}\\)`));
-  assert.deepEqual(
-    ofType(bundle, 'call_decision').map((d) => [
-      d['card_id'],
-      d['event_id'],
-      d['sender'],
-      d['via'],
-      d['accepted'],
-    ]),
-    [['c2.1', tick, approver.userId, 'reaction', true]],
-  );
+  assert.deepEqual(callDecisionsOf(bundle), [['c2.1', tick, approver.userId, 'reaction', true]]);
   assertOneWrite(bundle);
   assert.deepEqual(branchUpdates(branch), [head], 'pushed once');
 });
@@ -595,14 +663,14 @@ test('a ✅ given while the gateway and the worker are both down is acted on onc
       'SIGKILL',
       'the gateway died before saving its sync position',
     );
-    assert.equal(await signalsOf(job.workflowId, tick), 1, 'the reaction was signalled before that');
+    await signalledTimes(job.workflowId, tick, 1, 'the reaction was signalled before that');
     gateway = await GatewayProcess.start(config, { dir });
     await gateway.waitForLog(
       (l) => l['eventId'] === tick && l['msg'] === 'signal sent',
       60_000,
       'the reaction signalled again',
     );
-    assert.equal(await signalsOf(job.workflowId, tick), 2, 'the job was told of the reaction twice');
+    await signalledTimes(job.workflowId, tick, 2, 'the job was told of the reaction twice');
     release();
 
     const { answer, bundle } = await finished(job);
@@ -611,13 +679,7 @@ test('a ✅ given while the gateway and the worker are both down is acted on onc
     assert.equal(remoteFile(head, 'docs/operations.md'), FIXED);
     assert.match(answer, new RegExp(`pushed ${branch} \\(${head}\\)`));
     assert.deepEqual(
-      ofType(bundle, 'call_decision').map((d) => [
-        d['card_id'],
-        d['event_id'],
-        d['sender'],
-        d['via'],
-        d['accepted'],
-      ]),
+      callDecisionsOf(bundle),
       [['c2.1', tick, approver.userId, 'reaction', true]],
       'the reaction is decided once',
     );
@@ -628,4 +690,95 @@ test('a ✅ given while the gateway and the worker are both down is acted on onc
     release();
     holdsAfterWrite.delete(text);
   }
+});
+
+test('in an encrypted room, a job under its short workflow id: its plan and card go out encrypted, and a ✅ on the card lands the branch', async () => {
+  const branch = 'fix-typo-encrypted';
+  const text = 'Fix the typo in docs/operations.md and open a PR, asked in an encrypted room';
+  scripts.set(text, typoFixer(branch));
+  const eventId = await send(secretRequester, `!claw ${text}`, { room: secretRoom });
+  const workflowId = jobWorkflowId(secretRoom, eventId);
+  assert.match(workflowId, /^clawgate-j[a-z2-7]{9}$/);
+  const jobId = shortJobId(workflowId);
+  const plan = await secretApprover.waitForDecrypted(
+    secretRoom,
+    cryptoBot.userId,
+    new RegExp(`^Plan for job ${jobId}`),
+  );
+  assert.equal(plan.getWireType(), 'm.room.encrypted', 'the plan went out encrypted');
+  await send(secretApprover, '!approve', { thread: eventId, room: secretRoom });
+  const card = await secretApprover.waitForDecrypted(
+    secretRoom,
+    cryptoBot.userId,
+    new RegExp(`^Approval needed for job ${jobId}, card c2\\.1: write_pr`),
+  );
+  assert.equal(card.getWireType(), 'm.room.encrypted', 'the card went out encrypted');
+  // The card names the short id inside its encrypted content; its thread is in clear, and the
+  // gateway checks that the short id is the one of that thread's root in this room.
+  assert.deepEqual(card.getContent()[CALL_CARD_FIELD], { card_id: 'c2.1', workflow_id: workflowId });
+  assert.equal(card.getWireContent()['m.relates_to']?.event_id, eventId);
+  assert.equal(remoteHas(branch), null, 'nothing is pushed before the approval');
+
+  const tick = await react(secretApprover, card.getId() as string, '✅', secretRoom);
+  const decided = await callDecision(workflowId, tick);
+  assert.deepEqual(
+    [decided.sender, decided.cardId, decided.accepted],
+    [secretApprover.userId, 'c2.1', true],
+    decided.reason,
+  );
+  const { bundle } = await succeeded(workflowId);
+  const answer = await secretRequester.waitForDecrypted(secretRoom, cryptoBot.userId, /^Answer for job/);
+  assert.equal(answer.getWireType(), 'm.room.encrypted');
+  const head = remoteHas(branch);
+  assert.ok(head, 'the branch landed on the remote');
+  assert.equal(remoteFile(head, 'docs/operations.md'), FIXED);
+  assert.deepEqual(callDecisionsOf(bundle), [['c2.1', tick, secretApprover.userId, 'reaction', true]]);
+  assertOneWrite(bundle);
+});
+
+test('a job started under the old workflow id form: its card names the old id, and an !approve and a ✅ on it still reach the job', async () => {
+  const branch = 'fix-typo-old-id';
+  const text = 'Fix the typo in docs/operations.md and open a PR, a job of the old id form';
+  scripts.set(text, typoFixer(branch));
+  // The request as the gateway made it before short ids: plain chat here, so this gateway
+  // starts nothing for it, and the job is started under the old id as it was then.
+  const eventId = await send(requester, text);
+  const { legacy, workflowId, jobId } = await startLegacyJob(stack, {
+    roomId,
+    requester: requester.userId,
+    eventId,
+    text,
+    account: 'agents',
+  });
+  const job = { eventId, workflowId: legacy, jobId };
+  await botSays(eventId, new RegExp(`^Plan for job ${jobId}`));
+  // The plan's !approve in its thread, then the card (naming the old id): approvePlanUntilCard.
+  const card = await approvePlanUntilCard(job);
+
+  // A card command in the thread: no job has the short id, the old one does. The requester's
+  // reaches the job (which refuses it: not an approver).
+  const command = await send(requester, '!approve c2.1', { thread: eventId });
+  const onCommand = await callDecision(legacy, command);
+  assert.deepEqual(
+    [onCommand.sender, onCommand.cardId, onCommand.accepted],
+    [requester.userId, 'c2.1', false],
+  );
+  await botReacted(command, '❌');
+  // The approver's ✅ on the card: the card's old id names this room and thread.
+  const tick = await react(approver, card.event_id, '✅');
+  const decided = await callDecision(legacy, tick);
+  assert.deepEqual([decided.sender, decided.accepted], [approver.userId, true], decided.reason);
+  const { bundle } = await finished(job);
+  const head = remoteHas(branch);
+  assert.ok(head, 'the branch landed on the remote');
+  assert.deepEqual(callDecisionsOf(bundle), [
+    ['c2.1', command, requester.userId, 'command', false],
+    ['c2.1', tick, approver.userId, 'reaction', true],
+  ]);
+  assertOneWrite(bundle);
+  await assert.rejects(
+    handleOf(workflowId).describe(),
+    WorkflowNotFoundError,
+    'nothing ran under the short id',
+  );
 });

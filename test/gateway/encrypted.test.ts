@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
-import { Direction, type MatrixClient } from 'matrix-js-sdk';
+import { Direction } from 'matrix-js-sdk';
 import { encodeRecoveryKey } from 'matrix-js-sdk/lib/crypto-api/index.js';
 import type { ClawgateConfigInput } from '../../src/config/config.ts';
 import type { RegisteredUser } from '../../src/devstack/synapse.ts';
@@ -75,8 +75,8 @@ before(async () => {
   ]);
   gateway = await GatewayProcess.start(config, { dir });
   for (const roomId of [secretRoom, plainRoom]) await botJoined(roomId);
-  await botDeviceKnown(requester.client);
-  await botDeviceKnown(approver.client);
+  await requester.waitForDeviceOf(bot.userId);
+  await approver.waitForDeviceOf(bot.userId);
 });
 
 after(async () => {
@@ -96,17 +96,6 @@ async function botJoined(roomId: string, who = bot.userId): Promise<void> {
   });
 }
 
-/** The human's client knows the bot's device (so its messages are encrypted to it). */
-async function botDeviceKnown(client: MatrixClient, who = bot.userId): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    const devices = await client.getCrypto()?.getUserDeviceInfo([who], true);
-    if ((devices?.get(who)?.size ?? 0) > 0) return;
-    if (Date.now() > deadline) throw new Error('the bot never published its device keys');
-    await new Promise((r) => setTimeout(r, 300));
-  }
-}
-
 async function send(user: MatrixTestUser, roomId: string, body: string, thread?: string): Promise<string> {
   const content: Record<string, unknown> = { msgtype: 'm.text', body };
   if (thread) content['m.relates_to'] = threadRelation(thread);
@@ -118,10 +107,7 @@ async function send(user: MatrixTestUser, roomId: string, body: string, thread?:
   return eventId;
 }
 
-/**
- * A message from the bot, decrypted by the viewer's client, that matches; with its raw type.
- * Polled: an encrypted event is decrypted after it reaches the timeline.
- */
+/** A message from the bot, decrypted by the viewer's client, that matches; with its raw type. */
 async function botSays(
   viewer: MatrixTestUser,
   roomId: string,
@@ -129,33 +115,15 @@ async function botSays(
   timeoutMs = 60_000,
   who = bot.userId,
 ) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const events = viewer.client.getRoom(roomId)?.getLiveTimeline().getEvents() ?? [];
-    for (const event of events) {
-      if (event.getSender() !== who) continue;
-      if (event.isEncrypted()) await viewer.client.decryptEventIfNeeded(event);
-      const body = event.getContent()['body'];
-      if (typeof body === 'string' && pattern.test(body)) return { body, wireType: event.getWireType() };
-    }
-    if (Date.now() > deadline) {
-      const said = events
-        .filter((e) => e.getSender() === who)
-        .map(
-          (e) =>
-            `${e.getWireType()}/${e.getType()}: ${String(e.getContent()['body'] ?? e.decryptionFailureReason ?? '')}`,
-        );
-      throw new Error(`the bot never said ${pattern} in ${roomId}; it said:\n  ${said.join('\n  ')}`);
-    }
-    await new Promise((r) => setTimeout(r, 250));
-  }
+  const event = await viewer.waitForDecrypted(roomId, who, pattern, timeoutMs);
+  return { body: String(event.getContent()['body']), wireType: event.getWireType() };
 }
 
 /** Once the bot has joined and the people's clients know its device: a request, its plan, !approve, success. */
 async function wholeJobWith(roomId: string, botUserId: string): Promise<void> {
   await botJoined(roomId, botUserId);
-  await botDeviceKnown(requester.client, botUserId);
-  await botDeviceKnown(approver.client, botUserId);
+  await requester.waitForDeviceOf(botUserId);
+  await approver.waitForDeviceOf(botUserId);
   const request = await send(requester, roomId, '!claw summarise the readme');
   await botSays(requester, roomId, /^Plan for job/, 60_000, botUserId);
   await send(approver, roomId, '!approve', request);

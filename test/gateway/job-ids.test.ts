@@ -9,17 +9,15 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { WorkflowIdReusePolicy, WorkflowNotFoundError } from '@temporalio/client';
+import { WorkflowNotFoundError } from '@temporalio/client';
 import { Direction } from 'matrix-js-sdk';
 import type { RegisteredUser } from '../../src/devstack/synapse.ts';
 import type { ClawgateConfigInput } from '../../src/config/config.ts';
 import { GATEWAY_FAULTS } from '../../src/ingress/gateway.ts';
 import { jobWorkflowIds, shortJobId } from '../../src/ingress/job-ids.ts';
 import { threadRelation } from '../../src/ingress/matrix-io.ts';
-import { canonicalHash } from '../../src/policy/canonical.ts';
-import { jobStaticSummary, MATRIX_TASK_QUEUE, type JobRequest } from '../../src/temporal/job-contract.ts';
-import { JOB_ID, JOB_REQUESTER, JOB_ROOM, JOB_STATUS } from '../../src/temporal/search-attributes.ts';
 import { GatewayProcess, gatewayTestConfig } from '../harness/gateway-process.ts';
+import { startLegacyJob } from '../harness/legacy-job.ts';
 import { MatrixTestUser } from '../harness/matrix-user.ts';
 import { registerTestUser } from '../harness/servers.ts';
 import { startWorkerStack, type WorkerStack } from '../harness/stack.ts';
@@ -153,33 +151,13 @@ test('a job started under the old id form is approved in its thread and shown by
   // The request as the gateway made it before the short form: plain chat here, so this
   // gateway starts nothing for it, and the job is started under the old id as it was then.
   const text = 'summarise the readme';
-  const content = { msgtype: 'm.text', body: text };
   const eventId = await send(requester, text);
-  const { workflowId, legacy } = jobWorkflowIds(roomId, eventId);
-  const jobId = shortJobId(legacy);
-  const request: JobRequest = {
+  const { workflowId, legacy, jobId } = await startLegacyJob(stack, {
     roomId,
     requester: requester.userId,
     eventId,
     text,
-    channel: 'matrix',
-    // The account's own queue, as matrixTaskQueueOf names it for account `ids`.
-    matrixTaskQueue: `${MATRIX_TASK_QUEUE}-ids`,
-    jobId,
-    content: { sha256: canonicalHash(content), shown: text },
-  };
-  await stack.temporal.client.workflow.start('jobWorkflow', {
-    taskQueue: stack.taskQueue,
-    workflowId: legacy,
-    args: [request],
-    workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
-    typedSearchAttributes: [
-      { key: JOB_ID, value: jobId },
-      { key: JOB_ROOM, value: roomId },
-      { key: JOB_REQUESTER, value: requester.userId },
-      { key: JOB_STATUS, value: 'planning' },
-    ],
-    ...jobStaticSummary(request),
+    account: 'ids',
   });
   await botSays(eventId, new RegExp(`^Plan for job ${jobId}`));
 

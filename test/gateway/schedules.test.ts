@@ -1,5 +1,5 @@
-// Scheduled jobs end to end: a Temporal Schedule on the real dev server fires (by trigger), its
-// run posts the root message in the room as the bot, the job's plan goes in that thread, an
+// Scheduled jobs end to end: a Temporal Schedule on the real dev server fires (by trigger, or
+// by itself on a short interval), its run posts the root message in the room as the bot, the job's plan goes in that thread, an
 // approver's !approve there reaches the job through the gateway, and the bundle verifies. With
 // a policy that allows it, a pre-approved schedule runs without waiting and its bundle says who
 // pre-approved; without, `clawgate schedule create --pre-approved-by` is refused.
@@ -17,7 +17,7 @@ import { verifyBundle } from '../../src/evidence/bundle.ts';
 import { threadRelation } from '../../src/ingress/matrix-io.ts';
 import { publicJwks } from '../../src/keys/keyring.ts';
 import { FilePolicyRegistry } from '../../src/policy/registry.ts';
-import { SCHEDULED_ROOT_FIELD } from '../../src/temporal/job-contract.ts';
+import { SCHEDULED_ROOT_FIELD, scheduleWorkflowId, statusQuery } from '../../src/temporal/job-contract.ts';
 import { JOB_ID } from '../../src/temporal/search-attributes.ts';
 import { jobWorkflowId, shortJobId } from '../../src/ingress/job-ids.ts';
 import { GatewayProcess, gatewayTestConfig } from '../harness/gateway-process.ts';
@@ -189,6 +189,54 @@ test('a scheduled run posts its root and plan, waits, is approved in its thread,
   assert.equal(bundle.entries.filter((e) => e.type === 'pre_approval').length, 0);
   assert.equal(bundle.entries.filter((e) => e.type === 'approval_attempt' && e.body['accepted']).length, 1);
   await handle.delete();
+});
+
+test('an interval schedule fires by itself: its run posts a plan and waits; while it waits the next runs are buffered or skipped, as its overlap policy says', async () => {
+  const name = 'readme-every-3s';
+  // Options other than Temporal's defaults (SKIP, a year), so the description shows they arrived.
+  const checked = checkSchedule(
+    options(name, { every: '3s', overlap: 'buffer-one', catchupWindow: '90s' }),
+    new FilePolicyRegistry(stack.registryDir),
+    new Date(),
+  );
+  await createSchedule(stack.temporal.client, checked, stack.taskQueue);
+  const handle = stack.temporal.client.schedule.getHandle(name);
+  try {
+    const described = await handle.describe();
+    assert.deepEqual(
+      described.spec.intervals?.map((i) => i.every),
+      [3000],
+    );
+    assert.equal(described.policies.overlap, 'BUFFER_ONE');
+    assert.equal(described.policies.catchupWindow, 90_000);
+    assert.equal(described.state.paused, false);
+
+    // Nothing triggers it: the schedule's clock starts the run.
+    const root = await rootOf(name);
+    assert.equal(bodyOf(root), `Scheduled job ${name}: summarise the readme`);
+    const job = stack.temporal.client.workflow.getHandle(jobWorkflowId(room, root.event_id));
+    const plan = await botSays(root.event_id, /^Plan for job /);
+    assert.match(bodyOf(plan), /Status: waiting for approval/);
+    assert.equal((await job.query(statusQuery)).status, 'awaiting_approval');
+
+    // The run waits with its job; of the fires meanwhile one is buffered and the rest skipped.
+    let info = described.info;
+    for (const deadline = Date.now() + 20_000; info.numActionsSkippedOverlap === 0;) {
+      assert.ok(Date.now() < deadline, `no fire was skipped in 20 s: ${JSON.stringify(info)}`);
+      await new Promise((r) => setTimeout(r, 500));
+      info = (await handle.describe()).info;
+    }
+    assert.equal(info.numActionsTaken, 1, 'one run only');
+    assert.equal(info.runningActions.length, 1);
+    const run = info.runningActions[0]?.workflow.workflowId ?? '';
+    assert.ok(run.startsWith(`${scheduleWorkflowId(name)}-`), run);
+    assert.equal((await job.describe()).status.name, 'RUNNING', 'the job still waits for its approval');
+    await handle.delete();
+    await job.terminate('the interval schedule test is over');
+    await stack.temporal.client.workflow.getHandle(run).terminate('the interval schedule test is over');
+  } finally {
+    await handle.delete().catch(() => {});
+  }
 });
 
 test('a pre-approved schedule, allowed by policy, runs without waiting and its bundle says who pre-approved', async () => {

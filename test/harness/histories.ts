@@ -5,10 +5,29 @@ import { writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection } from '@temporalio/client';
+import { defaultPayloadConverter, type Payload } from '@temporalio/common';
 import { historyToJSON } from '@temporalio/common/lib/proto-utils.js';
 import { decodeHistory } from '../../src/temporal/codec.ts';
 import { testServers } from './servers.ts';
 import { testPayloadCodec } from './temporal.ts';
+
+/**
+ * Removes, in place, the stack trace of every failure of a decoded history, in clear
+ * (`stackTrace`) or encoded (`encodedAttributes`): it names the paths of the machine the job ran
+ * on, and plays no part in replay.
+ */
+function withoutStackTraces(node: unknown): void {
+  if (typeof node !== 'object' || node === null || node instanceof Uint8Array) return;
+  const failure = node as { stackTrace?: unknown; encodedAttributes?: Payload | null };
+  if (typeof failure.stackTrace === 'string') failure.stackTrace = '';
+  if (failure.encodedAttributes) {
+    const attributes = defaultPayloadConverter.fromPayload<Record<string, unknown>>(
+      failure.encodedAttributes,
+    );
+    failure.encodedAttributes = defaultPayloadConverter.toPayload({ ...attributes, stack_trace: '' });
+  }
+  for (const value of Object.values(node)) withoutStackTraces(value);
+}
 
 export async function recordHistory(handle: { workflowId: string }, name: string): Promise<void> {
   if (process.env['CLAWGATE_RECORD_HISTORIES'] !== '1') return;
@@ -24,6 +43,7 @@ export async function recordHistory(handle: { workflowId: string }, name: string
       await client.workflow.getHandle(handle.workflowId).fetchHistory(),
       testPayloadCodec(),
     );
+    withoutStackTraces(history);
     // Worker identities name the host they ran on; they play no part in replay.
     writeFileSync(
       join(dir, `${name}.json`),

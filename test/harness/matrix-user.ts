@@ -161,6 +161,49 @@ export class MatrixTestUser {
     });
   }
 
+  /**
+   * Resolves with the first message of `sender` in the room, decrypted by this user's client,
+   * whose body matches. Polled: an encrypted event is decrypted after it reaches the timeline.
+   */
+  async waitForDecrypted(
+    roomId: string,
+    sender: string,
+    pattern: RegExp,
+    timeoutMs = 60_000,
+  ): Promise<MatrixEvent> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const events = this.client.getRoom(roomId)?.getLiveTimeline().getEvents() ?? [];
+      for (const event of events) {
+        if (event.getSender() !== sender) continue;
+        if (event.isEncrypted()) await this.client.decryptEventIfNeeded(event);
+        const body = event.getContent()['body'];
+        if (typeof body === 'string' && pattern.test(body)) return event;
+      }
+      if (Date.now() > deadline) {
+        const said = events
+          .filter((e) => e.getSender() === sender)
+          .map(
+            (e) =>
+              `${e.getWireType()}/${e.getType()}: ${String(e.getContent()['body'] ?? e.decryptionFailureReason ?? '')}`,
+          );
+        throw new Error(`${sender} never said ${pattern} in ${roomId}; it said:\n  ${said.join('\n  ')}`);
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+
+  /** Waits until this user's client knows a device of `userId` (so its messages are encrypted to it). */
+  async waitForDeviceOf(userId: string, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const devices = await this.client.getCrypto()?.getUserDeviceInfo([userId], true);
+      if ((devices?.get(userId)?.size ?? 0) > 0) return;
+      if (Date.now() > deadline) throw new Error(`${userId} never published its device keys`);
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  }
+
   /** Waits until this user's client sees itself joined to the room (after an invite or a join). */
   async waitForMembership(roomId: string, membership: 'invite' | 'join', timeoutMs = 15_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;

@@ -10,7 +10,12 @@ import {
   Worker,
   type WorkerOptions,
 } from '@temporalio/worker';
-import { dataConverterFor, payloadCodecFor, type AesGcmPayloadCodec } from '../../src/temporal/codec.ts';
+import {
+  dataConverterFor,
+  FAILURE_CONVERTER_PATH,
+  payloadCodecFor,
+  type AesGcmPayloadCodec,
+} from '../../src/temporal/codec.ts';
 import { testServers, uniqueId } from './servers.ts';
 
 /** The data converter of the run's clients and workers: the payload codec of its keyring. */
@@ -84,9 +89,16 @@ export async function connectTemporal(): Promise<TemporalTestContext> {
   };
 }
 
-/** Bundles workflow code once (webpack takes seconds); pass the result as `workflowBundle`. */
+/**
+ * Bundles workflow code once (webpack takes seconds); pass the result as `workflowBundle`. The
+ * bundle encodes failures with clawgate's failure converter, as the worker's does.
+ */
 export async function bundleWorkflows(workflowsPath: string) {
-  return await bundleWorkflowCode({ workflowsPath, logger: quietBundlerLogger });
+  return await bundleWorkflowCode({
+    workflowsPath,
+    failureConverterPath: FAILURE_CONVERTER_PATH,
+    logger: quietBundlerLogger,
+  });
 }
 
 const quietBundlerLogger = {

@@ -14,9 +14,15 @@ import {
   Client,
   Connection,
   WorkflowExecutionAlreadyStartedError,
+  WorkflowFailedError,
   type WorkflowHandle,
 } from '@temporalio/client';
-import { defaultPayloadConverter, type Payload } from '@temporalio/common';
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  defaultPayloadConverter,
+  type Payload,
+} from '@temporalio/common';
 import { historyToJSON } from '@temporalio/common/lib/proto-utils.js';
 import proto from '@temporalio/proto';
 import type { Worker } from '@temporalio/worker';
@@ -238,8 +244,7 @@ after(async () => {
 });
 
 /** A request as the gateway would start it from a real room message. */
-async function request(text: string) {
-  const channel = 'matrix';
+async function request(text: string, channel = 'matrix') {
   const eventId = await requester.sendText(roomId, text);
   const input: JobRequest = {
     roomId,
@@ -727,22 +732,36 @@ test('cancel from the client, as the Web UI does: tokens revoked, notice posted,
   await recordHistory(handle, 'cancelled');
 });
 
+type RawHistory = Awaited<ReturnType<WorkflowHandle['fetchHistory']>>;
+
+/** Runs `use` with a client without the codec: it sees what Temporal stores. */
+async function withoutCodec(use: (plain: Client) => Promise<void>): Promise<void> {
+  const { address, namespace } = testServers().temporal;
+  const connection = await Connection.connect({ address });
+  try {
+    await use(new Client({ connection, namespace }));
+  } finally {
+    await connection.close();
+  }
+}
+
+/** `text` is neither in a history's raw bytes nor in its JSON form (as a client without the codec reads it). */
+function assertNowhereInClear(raw: RawHistory, text: string, what: string): void {
+  const bytes = Buffer.from(proto.temporal.api.history.v1.History.encode(raw).finish());
+  assert.ok(bytes.length > 1000, 'the history has content');
+  assert.equal(bytes.includes(Buffer.from(text)), false, `${what} is nowhere in the raw bytes`);
+  assert.equal(historyToJSON(raw).includes(text), false, `${what} is not in its JSON form either`);
+}
+
 test("a job's payloads are encrypted in Temporal: no request text in the raw history, search attributes searchable, read as before through the codec", async () => {
   const marker = uniqueId('recognizable-secret-request');
   const text = `!claw summarise the readme and mention ${marker}`;
   const { handle, eventId, workflowId } = await request(text);
   // The job has planned by then: its history holds the request, the plan and activity results.
   await waitForThreadNotice(eventId, /^Plan for job/);
-  const { address, namespace } = testServers().temporal;
-  const connection = await Connection.connect({ address });
-  try {
-    // A client without the codec sees what Temporal stores.
-    const plain = new Client({ connection, namespace });
+  await withoutCodec(async (plain) => {
     const raw = await plain.workflow.getHandle(workflowId).fetchHistory();
-    const bytes = Buffer.from(proto.temporal.api.history.v1.History.encode(raw).finish());
-    assert.ok(bytes.length > 1000, 'the history has content');
-    assert.equal(bytes.includes(Buffer.from(marker)), false, 'the request text is nowhere in the raw bytes');
-    assert.equal(historyToJSON(raw).includes(marker), false, 'nor in its JSON form');
+    assertNowhereInClear(raw, marker, 'the request text');
     const input = raw.events?.[0]?.workflowExecutionStartedEventAttributes?.input?.payloads?.[0];
     assert.equal(Buffer.from(input?.metadata?.['encoding'] ?? []).toString(), ENCRYPTED_ENCODING);
     // Without the keyring, the job's state cannot be read.
@@ -759,9 +778,67 @@ test("a job's payloads are encrypted in Temporal: no request text in the raw his
     const decoded = await decodeHistory(raw, testPayloadCodec());
     const started = decoded.events?.[0]?.workflowExecutionStartedEventAttributes?.input?.payloads?.[0];
     assert.equal(defaultPayloadConverter.fromPayload<JobRequest>(started as Payload).text, text);
-  } finally {
-    await connection.close();
-  }
+  });
   assert.equal((await handle.query(statusQuery)).status, 'awaiting_approval');
   await handle.terminate('the encryption test is over');
+});
+
+test("a failed job's failures are encrypted in Temporal: no message or stack trace in the raw history, read as before through the codec", async () => {
+  // No policy is active on this channel: the policy activity fails (ApplicationFailure
+  // NO_ACTIVE_POLICY, its message naming the channel) and so does the workflow.
+  const channel = uniqueId('recognizable-secret-channel');
+  const { handle, workflowId } = await request('!claw this job cannot start', channel);
+  const failed = await handle.result().then(
+    () => assert.fail('the job had no active policy, yet it did not fail'),
+    (error: unknown) => error,
+  );
+  // Through the codec the failure reads as before: its type, message and stack trace.
+  assert.ok(failed instanceof WorkflowFailedError, String(failed));
+  assert.ok(failed.cause instanceof ActivityFailure, String(failed.cause));
+  const cause = failed.cause.cause;
+  assert.ok(cause instanceof ApplicationFailure, String(cause));
+  assert.equal(cause.type, 'NO_ACTIVE_POLICY');
+  assert.equal(cause.message, `no policy is active on channel ${channel}: nothing may run`);
+  assert.match(cause.stack ?? '', /resolvePolicy/, "the activity's stack trace");
+
+  await withoutCodec(async (plain) => {
+    const raw = await plain.workflow.getHandle(workflowId).fetchHistory();
+    assertNowhereInClear(raw, channel, "the failure's message");
+    const failures = (raw.events ?? []).flatMap((e) => {
+      const failure =
+        e.activityTaskFailedEventAttributes?.failure ?? e.workflowExecutionFailedEventAttributes?.failure;
+      const chain = [];
+      for (let f = failure; f; f = f.cause) chain.push(f);
+      return chain;
+    });
+    // The activity's failure, and the workflow's (an activity failure, the activity's as its
+    // cause): the last two encoded by the workflow code's converter, in the workflow bundle.
+    assert.equal(failures.length, 3, JSON.stringify(failures));
+    for (const failure of failures) {
+      assert.equal(failure.message, 'Encoded failure');
+      assert.equal(failure.stackTrace, '', 'no stack trace in clear');
+      const encoding = failure.encodedAttributes?.metadata?.['encoding'];
+      assert.equal(Buffer.from(encoding ?? []).toString(), ENCRYPTED_ENCODING);
+    }
+    for (const frame of ['at nonRetryable', 'job-activities.ts', 'ApplicationFailure.create']) {
+      assert.equal(historyToJSON(raw).includes(frame), false, `no stack frame ${frame} in clear`);
+    }
+    // Decoded with the codec, the failures hold their message and stack trace again.
+    const decoded = await decodeHistory(raw, testPayloadCodec());
+    const activityFailed = decoded.events?.find((e) => e.activityTaskFailedEventAttributes)
+      ?.activityTaskFailedEventAttributes?.failure;
+    const attributes = defaultPayloadConverter.fromPayload<{ message: string; stack_trace: string }>(
+      activityFailed?.encodedAttributes as Payload,
+    );
+    assert.equal(attributes.message, cause.message);
+    assert.match(attributes.stack_trace, /resolvePolicy/);
+  });
+  // `clawgate replay` replays it against the current code (it has no bundle: it never sealed one).
+  const report = await replayJob(temporal.client, workflowId, {
+    bundleDir: join(state, 'bundles'),
+    jwks: jwksOf(),
+  });
+  assert.equal(report.replayError, null);
+  assert.equal(report.replayed, true);
+  await recordHistory(handle, 'failed-no-active-policy');
 });

@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
 import { historyFromJSON } from '@temporalio/common/lib/proto-utils.js';
 import { Worker } from '@temporalio/worker';
+import { FAILURE_CONVERTER_PATH } from '../../src/temporal/codec.ts';
 
 const dir = fileURLToPath(new URL('../fixtures/histories/', import.meta.url));
 const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
@@ -18,7 +19,12 @@ test('every recorded job history replays against the current workflow code', asy
     history: historyFromJSON(JSON.parse(readFileSync(`${dir}${f}`, 'utf8'))),
   }));
   const results = Worker.runReplayHistories(
-    { workflowsPath: fileURLToPath(new URL('../../src/workflows/index.ts', import.meta.url)) },
+    {
+      workflowsPath: fileURLToPath(new URL('../../src/workflows/index.ts', import.meta.url)),
+      // With the worker's failure converter: histories with failures in clear (recorded before
+      // failures were encoded) and with encoded ones both replay.
+      dataConverter: { failureConverterPath: FAILURE_CONVERTER_PATH },
+    },
     histories,
   );
   const failures: string[] = [];

@@ -1,4 +1,5 @@
-// The codec server over HTTP: Temporal's remote codec protocol (encode and decode round trip),
+// The codec server over HTTP: Temporal's remote codec protocol (encode and decode round trip,
+// a failure's encrypted message and stack trace),
 // CORS for the Web UI's origin only, another origin refused, a caller without the origin let in
 // by the state folder's bearer token only, and precise 400s for malformed bodies.
 import assert from 'node:assert/strict';
@@ -6,7 +7,7 @@ import { mkdtempSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { defaultPayloadConverter, type Payload } from '@temporalio/common';
+import { ApplicationFailure, defaultPayloadConverter, type Payload } from '@temporalio/common';
 import { ensurePayloadKeyring } from '../../../src/keys/payload-keyring.ts';
 import { ENCRYPTED_ENCODING, payloadCodecFor } from '../../../src/temporal/codec.ts';
 import {
@@ -14,6 +15,7 @@ import {
   startCodecServer,
   type RunningCodecServer,
 } from '../../../src/temporal/codec-server.ts';
+import { failureConverter } from '../../../src/temporal/failure-converter.ts';
 
 const UI = 'http://127.0.0.1:8233';
 const REQUEST = 'rotate the production database password';
@@ -88,6 +90,35 @@ test('decode over HTTP: what the workers encrypted reads as the original payload
   const again = await post('/decode', JSON.stringify(encodedBody));
   const roundTrip = fromJson((await again.json()) as Parameters<typeof fromJson>[0]);
   assert.deepEqual(defaultPayloadConverter.fromPayload(roundTrip[0] as Payload), { request: REQUEST });
+});
+
+test("a failure as clawgate's workers send it: its message and stack trace only in its encrypted attributes, which /decode reads for the Web UI", async () => {
+  const error = ApplicationFailure.nonRetryable(`cannot ${REQUEST}`, 'STEP_FAILED');
+  const failure = failureConverter.errorToFailure(error, defaultPayloadConverter);
+  assert.equal(failure.message, 'Encoded failure');
+  assert.equal(failure.stackTrace, '');
+  assert.equal(failure.applicationFailureInfo?.type, 'STEP_FAILED', 'its type stays readable');
+  // The SDK encodes the attributes with the data converter's codec, as any payload.
+  const encrypted = await payloadCodecFor(keysDir).encode([failure.encodedAttributes as Payload]);
+  assert.ok(
+    !Buffer.from(encrypted[0]?.data ?? [])
+      .toString('latin1')
+      .includes(REQUEST),
+  );
+  const res = await post('/decode', JSON.stringify(asJson(encrypted)));
+  assert.equal(res.status, 200);
+  const [attributes] = fromJson((await res.json()) as Parameters<typeof fromJson>[0]);
+  const { message, stack_trace } = defaultPayloadConverter.fromPayload<Record<string, string>>(
+    attributes as Payload,
+  );
+  assert.equal(message, `cannot ${REQUEST}`);
+  assert.match(stack_trace ?? '', /codec-server\.test\.ts/);
+  // And the failure, its attributes decoded, is the error again.
+  const back = failureConverter.failureToError(
+    { ...failure, encodedAttributes: attributes },
+    defaultPayloadConverter,
+  );
+  assert.equal(back.message, `cannot ${REQUEST}`);
 });
 
 test("CORS preflight: the Web UI's origin gets its methods and headers; another origin is refused", async () => {
