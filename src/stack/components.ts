@@ -324,8 +324,8 @@ export async function runWorker(
     // jobs on a busy machine, with the thread's heap held small (capWorkflowThreadHeap), the last
     // of them timed out before their turn some 500 times: the server gave them out again, the
     // worker's answers were refused, the runs were replayed, and a job went unplanned for over
-    // 5 minutes. Taking 10, the others wait on the server, where their timeout has not started;
-    // none timed out (`npm run bench -- waiting`).
+    // 5 minutes. Taking 10, the others wait on the server, where their timeout has not started:
+    // some 30 timed out in a like run (`npm run bench -- waiting`).
     maxConcurrentWorkflowTaskExecutions: WORKFLOW_TASK_SLOTS,
   });
   const run = worker.run();
