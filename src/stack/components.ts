@@ -278,6 +278,9 @@ export async function serveWorkerHealth(
   };
 }
 
+/** Workflow tasks the worker takes at once (see runWorker). */
+const WORKFLOW_TASK_SLOTS = 10;
+
 export async function runWorker(
   config: ClawgateConfig,
   opts: {
@@ -341,7 +344,7 @@ export async function runWorker(
       ...(config.temporal.tls ? { tls: {} } : {}),
     }),
   );
-  capWorkflowThreadYoungGeneration();
+  capWorkflowThreadHeap(config.worker.maxCachedWorkflows);
   const worker = await Worker.create({
     connection: workerConnection,
     namespace: config.temporal.namespace,
@@ -353,6 +356,14 @@ export async function runWorker(
     dataConverter: temporalDataConverter(config),
     activities,
     maxCachedWorkflows: config.worker.maxCachedWorkflows,
+    // One workflow thread runs the tasks one after another, and a task's 10 s timeout runs from
+    // when the worker takes it. Taking 40 at once (the SDK's default) through a burst of 1,000
+    // jobs on a busy machine, with the thread's heap held small (capWorkflowThreadHeap), the last
+    // of them timed out before their turn some 500 times: the server gave them out again, the
+    // worker's answers were refused, the runs were replayed, and a job went unplanned for over
+    // 5 minutes. Taking 10, the others wait on the server, where their timeout has not started:
+    // some 30 timed out in a like run (`npm run bench -- waiting`).
+    maxConcurrentWorkflowTaskExecutions: WORKFLOW_TASK_SLOTS,
   });
   const run = worker.run();
   // Polls that fail leave the worker RUNNING to the SDK: this says whether Temporal answers.
@@ -390,16 +401,26 @@ export async function runWorker(
 }
 
 /**
- * The workflow thread's young generation, at most 16 MiB (two 8 MiB semi-spaces). Under a stream
- * of jobs V8 grows it to 128 MiB and keeps that until the thread has been idle for minutes: about
- * 110 MiB of the worker's resident memory, for fewer of the scavenges that are cheap here anyway
- * (`npm run bench -- waiting`). V8 reads the flag when a thread's heap is made, so it takes effect
- * for the thread Worker.create starts next, not for the main thread (that one only takes it from
- * the command line, which bin/clawgate gives it). One given there or in NODE_OPTIONS is kept.
+ * The workflow thread's heap. Its young generation at most 16 MiB (two 8 MiB semi-spaces): under a
+ * stream of jobs V8 grows it to 128 MiB and keeps that until the thread has been idle for minutes:
+ * about 110 MiB of the worker's resident memory, for fewer of the scavenges that are cheap here
+ * anyway. Its old generation at most 256 MiB and 1 MiB per cached workflow (each holds some 0.2 to
+ * 0.4 MiB): with a limit of 2 GiB or more (by default a quarter of the machine's memory, at most
+ * 4 GiB) V8 lets a heap grow to up to four times what it holds live before a full collection, near
+ * 256 MiB to 1.3 times; through a burst of 1,000 jobs the thread's heap stayed at about 50 MiB
+ * instead of reaching 105 (`npm run bench -- waiting`). V8 reads these flags when a thread's heap
+ * is made, so they take effect for the thread Worker.create starts next, not for the main thread
+ * (that one only takes them from the command line, which bin/clawgate gives it). A semi-space size
+ * given there or in NODE_OPTIONS is kept, and an old-space size given in NODE_OPTIONS.
  */
-function capWorkflowThreadYoungGeneration(): void {
+function capWorkflowThreadHeap(maxCachedWorkflows: number): void {
   const given = [...process.execArgv, process.env['NODE_OPTIONS'] ?? ''].join(' ');
   if (!given.includes('--max-semi-space-size')) setFlagsFromString('--max-semi-space-size=8');
+  // bin/clawgate gives the worker's main thread its own (fixed) old-space size on the command
+  // line; the workflow thread's grows with its cache.
+  if (!(process.env['NODE_OPTIONS'] ?? '').includes('--max-old-space-size')) {
+    setFlagsFromString(`--max-old-space-size=${256 + maxCachedWorkflows}`);
+  }
 }
 
 function bwrapPath(): string {
