@@ -120,11 +120,13 @@ export function synapsePart(
   };
 }
 
-const MAIN = fileURLToPath(new URL('../cli/main.ts', import.meta.url));
+/** The clawgate command: each part gets the memory settings bin/clawgate gives it when run by hand. */
+const BIN = fileURLToPath(new URL('../../bin/clawgate', import.meta.url));
 
 /**
- * `clawgate <command> [args]` as a child process, on this process's Node.js and its flags, with
- * the environment given; healthy when `healthUrl` answers 200.
+ * `clawgate <command> [args]` as a child process (bin/clawgate, which execs the project's
+ * Node.js: the pid is the part's), with the environment given; healthy when `healthUrl`
+ * answers 200.
  */
 export function clawgateCommandPart(opts: {
   name: string;
@@ -144,8 +146,8 @@ export function clawgateCommandPart(opts: {
         serverLaunched(
           startServerProcess({
             name: opts.name,
-            command: process.execPath,
-            args: [...process.execArgv, MAIN, opts.command, ...(opts.args ?? [])],
+            command: BIN,
+            args: [opts.command, ...(opts.args ?? [])],
             logFile: opts.logFile,
             env: opts.env,
             detached: true,
