@@ -383,7 +383,8 @@ export function buildProgram(): Command {
         `the bundle does not verify (${result.problems.length} problem(s))`,
       );
     });
-  const temporalOptions = (command: Command): Command =>
+  // Where Temporal is, for the commands that talk to it.
+  const temporalAddress = (command: Command): Command =>
     command
       .option(
         '--address <host:port>',
@@ -394,7 +395,9 @@ export function buildProgram(): Command {
         '--namespace <name>',
         'Temporal namespace',
         process.env['CLAWGATE_TEMPORAL_NAMESPACE'] ?? 'default',
-      )
+      );
+  const temporalOptions = (command: Command): Command =>
+    temporalAddress(command)
       .option('--task-queue <name>', "the workers' job task queue (default: clawgate's job queue)")
       .option('--by <who>', 'who makes the change, for the audit trail', process.env['USER'] ?? 'operator')
       .requiredOption('--reason <text>', 'why, for the audit trail')
@@ -543,18 +546,7 @@ export function buildProgram(): Command {
     .command('schedule')
     .description('recurring jobs on Temporal Schedules: a fixed request, room and policy channel');
   const scheduleTemporal = (command: Command): Command =>
-    command
-      .option(
-        '--address <host:port>',
-        'Temporal frontend',
-        process.env['CLAWGATE_TEMPORAL_ADDRESS'] ?? '127.0.0.1:7233',
-      )
-      .option(
-        '--namespace <name>',
-        'Temporal namespace',
-        process.env['CLAWGATE_TEMPORAL_NAMESPACE'] ?? 'default',
-      )
-      .addOption(payloadKeysOption());
+    temporalAddress(command).addOption(payloadKeysOption());
   type ScheduleTemporalOpts = { address: string; namespace: string; payloadKeys: string };
   scheduleTemporal(
     schedule
