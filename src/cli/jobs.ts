@@ -6,7 +6,7 @@ import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { SHORT_JOB_ID } from '../ingress/job-ids.ts';
 import { threadRelation } from '../ingress/matrix-io.ts';
 import { quietMatrixSdkLogging } from '../ingress/sdk-logging.ts';
-import { connectTemporal } from '../stack/components.ts';
+import { connectTemporal, lazyTemporal } from '../stack/components.ts';
 import { readDemo } from '../stack/demo.ts';
 import { openDemoDevice } from '../stack/demo-device.ts';
 import { followThread, printable } from './thread-follow.ts';
@@ -296,16 +296,21 @@ export async function say(
     if (!opts.follow) return said;
     opts.follow.print(said);
     const follow = opts.follow;
-    return await withTemporal(config, async (temporal) =>
-      followThread({
+    // Lazy: the thread is followed while Temporal is away too (its notices are what one waits
+    // for then); whether the job has ended is asked again as it comes.
+    const temporal = lazyTemporal(config, address(config));
+    try {
+      return await followThread({
         client,
         temporal,
         roomId,
         root: opts.thread ?? eventId,
         print: follow.print,
         stopped: follow.stopped,
-      }),
-    );
+      });
+    } finally {
+      await temporal.connection.close();
+    }
   } finally {
     await device.close();
   }

@@ -169,7 +169,7 @@ export function addStackCommands(program: Command): void {
       await ensureKeys(config);
       // Revocations and policy changes made on other machines reach this proxy through Temporal.
       const mirror = config.temporal.address
-        ? await runControlMirror(config, config.temporal.address, logger)
+        ? runControlMirror(config, config.temporal.address, logger)
         : undefined;
       if (!mirror) {
         logger.warn(
@@ -207,28 +207,42 @@ export function addStackCommands(program: Command): void {
       const { DEMO_MODEL, ensureKeys, requireAddress, runControlMirror, runWorker, serveWorkerHealth } =
         await import('../stack/components.ts');
       const { WorkerMetrics } = await import('../metrics/worker.ts');
+      const { Outage } = await import('../stack/outages.ts');
       const { forwardTemporalMetrics } = await import('../metrics/temporal.ts');
       const metrics = new WorkerMetrics();
       const sdkMetrics = forwardTemporalMetrics(metricsBuffer, metrics.registry);
       await ensureKeys(config);
       const address = requireAddress(config, 'clawgate worker');
-      const mirror = await runControlMirror(config, address, logger);
-      const worker = await runWorker(config, {
+      const mirror = runControlMirror(config, address, logger);
+      // Health first: a worker started while Temporal is away says so (503) as it waits for it.
+      const waiting = new Outage({
+        service: 'Temporal',
+        log: logger.child({ address }),
+        impact: 'the worker starts once it answers',
+      });
+      let worker: Awaited<ReturnType<typeof runWorker>> | null = null;
+      let health: Awaited<ReturnType<typeof serveWorkerHealth>>;
+      try {
+        health = await serveWorkerHealth(config, {
+          worker: () => worker,
+          waiting,
+          mirror,
+          metrics,
+          drain: sdkMetrics.drain,
+        });
+      } catch (error) {
+        await mirror.close();
+        throw error;
+      }
+      worker = await runWorker(config, {
         address,
         proxyUrl: opts.proxyUrl ?? `http://${config.proxy.listen.host}:${config.proxy.listen.port}`,
         planningModel: config.worker.planningModel ?? config.proxy.upstreams?.[0]?.models[0] ?? DEMO_MODEL,
         logger,
         controlStale: mirror.stale,
         metrics,
+        waiting,
       });
-      let health: Awaited<ReturnType<typeof serveWorkerHealth>>;
-      try {
-        health = await serveWorkerHealth(config, { worker, mirror, metrics, drain: sdkMetrics.drain });
-      } catch (error) {
-        await worker.close();
-        await mirror.close();
-        throw error;
-      }
       await Promise.race([untilStopped(logger), worker.run]);
       await health.close();
       sdkMetrics.stop();

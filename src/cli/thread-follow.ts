@@ -23,6 +23,8 @@ export function printable(text: string): string {
 const KEY_WAIT_MS = 10_000;
 /** How often the job's state is asked for, and how long after its end late messages are awaited. */
 const POLL_MS = 1_000;
+/** How long one question about the job may take before it is asked again. */
+const ASK_TIMEOUT_MS = 5_000;
 const AFTER_END_MS = 2_500;
 
 type Temporal = Awaited<ReturnType<typeof connectTemporal>>;
@@ -156,8 +158,13 @@ export async function followThread(opts: {
     let endedAt = 0;
     while (!stop) {
       if (ended === null) {
-        // A stack restarting is not the end of the job: its state is asked again.
-        ended = await endedJob(opts.temporal, roomId, root).catch(() => null);
+        // A stack restarting is not the end of the job: its state is asked again. A Temporal
+        // that hangs holds neither the thread nor Ctrl-C: the question is asked again later.
+        ended = await Promise.race([
+          endedJob(opts.temporal, roomId, root).catch(() => null),
+          new Promise<null>((r) => setTimeout(() => r(null), ASK_TIMEOUT_MS).unref()),
+          opts.stopped.then(() => null),
+        ]);
         if (ended !== null) endedAt = Date.now();
       } else if (Date.now() - endedAt >= AFTER_END_MS) break;
       await Promise.race([new Promise((r) => setTimeout(r, POLL_MS)), opts.stopped]);

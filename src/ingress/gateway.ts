@@ -386,20 +386,9 @@ export class GatewayAccount {
           this.homeserver.answered();
         }
       });
-      this.worker = await Worker.create({
-        connection: this.gateway.workerConnection,
-        namespace: this.gateway.config.temporal.namespace,
-        taskQueue: this.matrixTaskQueue,
-        dataConverter: this.gateway.dataConverter,
-        activities: createMatrixActivities(client, {
-          onVerdict: (verdict) => this.gateway.metrics.jobVerdict(this.config.id, verdict),
-        }),
-      });
-      this.workerRun = this.worker.run().catch((error: unknown) => {
-        this.stats.state = 'failed';
-        this.stats.error = `Matrix I/O worker stopped: ${(error as Error).message}`;
-        this.log.error({ err: error }, 'the Matrix I/O worker stopped');
-      });
+      // The Matrix I/O worker starts once Temporal answers (it has nothing to do before); the
+      // sync does not wait for it.
+      this.workerRun = this.runMatrixWorker(client);
       const filter = new Filter(credentials.userId);
       filter.setDefinition({
         room: { timeline: { limit: TIMELINE_LIMIT }, state: { lazy_load_members: true } },
@@ -414,6 +403,34 @@ export class GatewayAccount {
       this.stats.error = (error as Error).message;
       await this.stop();
       throw error;
+    }
+  }
+
+  /** Hosts the Matrix I/O activities the job workflows call, once Temporal answers. */
+  private async runMatrixWorker(client: MatrixClient): Promise<void> {
+    try {
+      const connection = await this.gateway.workerConnection();
+      if (!connection || this.stopping) return;
+      const worker = await Worker.create({
+        connection,
+        namespace: this.gateway.config.temporal.namespace,
+        taskQueue: this.matrixTaskQueue,
+        dataConverter: this.gateway.dataConverter,
+        activities: createMatrixActivities(client, {
+          onVerdict: (verdict) => this.gateway.metrics.jobVerdict(this.config.id, verdict),
+        }),
+      });
+      this.worker = worker;
+      const run = worker.run();
+      // Stopped while it was being made: shut down at once (stop() found no worker to shut down).
+      if (this.stopping) worker.shutdown();
+      this.log.debug({ taskQueue: this.matrixTaskQueue }, 'the Matrix I/O worker runs');
+      await run;
+    } catch (error) {
+      if (this.stopping) return;
+      this.stats.state = 'failed';
+      this.stats.error = `Matrix I/O worker stopped: ${(error as Error).message}`;
+      this.log.error({ err: error }, 'the Matrix I/O worker stopped');
     }
   }
 
@@ -628,8 +645,11 @@ export class GatewayAccount {
     // with an unhandled rejection after a clean stop.
     ignoreAbortsFromNowOn();
     this.client?.stopClient();
-    if (this.worker && this.worker.getState() === 'RUNNING') this.worker.shutdown();
-    await this.workerRun;
+    // A worker not made yet (Temporal has not answered) sees the stop when it is.
+    if (this.worker) {
+      if (this.worker.getState() === 'RUNNING') this.worker.shutdown();
+      await this.workerRun;
+    }
     if (this.stats.state !== 'failed') this.stats.state = 'stopped';
     this.state.unlock();
   }
@@ -1451,7 +1471,6 @@ export class Gateway {
   readonly log: Logger;
   readonly fault: string | undefined;
   readonly temporal: Client;
-  readonly workerConnection: NativeConnection;
   readonly dataConverter: DataConverter;
   readonly accounts: GatewayAccount[] = [];
   /** GET /metrics: this gateway's registry, its accounts' counts read at each scrape. */
@@ -1463,6 +1482,9 @@ export class Gateway {
   private server: Server | null = null;
   private temporalWatch: TemporalWatch | null = null;
   private unrouteWarnings: (() => void) | null = null;
+  private nativeConnection: Promise<NativeConnection | null> | null = null;
+  private native: NativeConnection | null = null;
+  private stopping = false;
   /** Recent starts by this process, to cover the moment before Temporal's visibility shows them. */
   private readonly recent: Array<{
     at: number;
@@ -1476,7 +1498,6 @@ export class Gateway {
     config: GatewayConfig,
     options: GatewayOptions,
     connection: Connection,
-    workerConnection: NativeConnection,
     temporalOutage: Outage,
   ) {
     this.config = config;
@@ -1484,7 +1505,6 @@ export class Gateway {
     this.log = options.logger;
     this.fault = options.fault;
     this.connection = connection;
-    this.workerConnection = workerConnection;
     this.dataConverter = options.dataConverter;
     this.temporal = new Client({
       connection,
@@ -1496,7 +1516,11 @@ export class Gateway {
     registerTemporalReachable(this.metrics.registry, () => !this.temporalOutage.down);
   }
 
-  /** Connects to Temporal (waiting for it), starts every account and the health endpoint. */
+  /**
+   * Starts the health endpoint and every account, then leaves Temporal to be reached: a gateway
+   * started while Temporal is away (restarting, not up yet) syncs its rooms, answers 503 saying
+   * so, and tells each command that arrives that it waits; it is acted on once Temporal answers.
+   */
   static async start(config: GatewayConfig, options: GatewayOptions): Promise<Gateway> {
     // The gateway's clients log through pino; the SDK's global logger keeps warnings and errors.
     quietMatrixSdkLogging();
@@ -1508,21 +1532,14 @@ export class Gateway {
       log: options.logger.child({ address }),
       impact: 'requests and approvals wait until it is back',
     });
-    let connection: Connection | undefined;
-    while (!connection) {
-      try {
-        connection = await Connection.connect({ address, channelArgs: TEMPORAL_CHANNEL_ARGS });
-      } catch (error) {
-        temporalOutage.failed(error);
-        await new Promise((r) => setTimeout(r, 1000));
-      }
-    }
-    temporalOutage.answered();
-    const workerConnection = await NativeConnection.connect({ address });
-    const gateway = new Gateway(config, options, connection, workerConnection, temporalOutage);
+    // Lazy: nothing is asked of Temporal until a command needs it; a call made while it is away
+    // fails as unavailable, and the command is held back (see actingOn).
+    const connection = Connection.lazy({ address, channelArgs: TEMPORAL_CHANNEL_ARGS });
+    const gateway = new Gateway(config, options, connection, temporalOutage);
     gateway.temporalWatch = watchTemporal(connection, temporalOutage);
     gateway.unrouteWarnings = routeTemporalConnectionWarnings(gateway.temporalWatch);
     try {
+      await gateway.listen();
       for (const accountConfig of config.accounts) {
         const account = new GatewayAccount(accountConfig, gateway);
         gateway.accounts.push(account);
@@ -1539,12 +1556,37 @@ export class Gateway {
           );
         }
       }
-      await gateway.listen();
     } catch (error) {
       await gateway.stop();
       throw error;
     }
     return gateway;
+  }
+
+  /**
+   * The connection the accounts' Matrix I/O workers poll Temporal on, made once Temporal answers
+   * (tried every second until then); null when the gateway stops first.
+   */
+  workerConnection(): Promise<NativeConnection | null> {
+    this.nativeConnection ??= (async () => {
+      const { address } = this.config.temporal;
+      while (!this.stopping) {
+        try {
+          const made = await NativeConnection.connect({ address });
+          if (this.stopping) {
+            await made.close();
+            return null;
+          }
+          this.native = made;
+          return made;
+        } catch (error) {
+          this.temporalOutage.failed(error);
+          await new Promise((r) => setTimeout(r, 1000).unref());
+        }
+      }
+      return null;
+    })();
+    return this.nativeConnection;
   }
 
   get healthUrl(): string {
@@ -1601,6 +1643,7 @@ export class Gateway {
   }
 
   async stop(): Promise<void> {
+    this.stopping = true;
     await this.temporalWatch?.stop();
     this.unrouteWarnings?.();
     await Promise.all(this.accounts.map((a) => a.stop()));
@@ -1610,7 +1653,8 @@ export class Gateway {
       this.server = null;
     }
     await this.connection.close();
-    await this.workerConnection.close();
+    // One still being made is closed by its maker, which sees the stop.
+    await this.native?.close();
   }
 
   /** The active policy of a channel, or null when none is (or it cannot be read: fail closed). */

@@ -90,22 +90,37 @@ export async function connectTemporal(config: ClawgateConfig, address: string) {
   return { connection, client };
 }
 
+/** A client of Temporal that connects when first used (nothing is asked of Temporal here). */
+export function lazyTemporal(config: ClawgateConfig, address: string) {
+  const connection = Connection.lazy({
+    address,
+    channelArgs: TEMPORAL_CHANNEL_ARGS,
+    ...(config.temporal.tls ? { tls: {} } : {}),
+  });
+  const client = new Client({
+    connection,
+    namespace: config.temporal.namespace,
+    dataConverter: temporalDataConverter(config),
+  });
+  return { connection, client };
+}
+
 /**
- * A connection to Temporal for a long-running part, made once Temporal answers: a worker or a
- * proxy started while its Temporal is down (restarting, or not up yet) waits for it, as the
- * gateway does, instead of exiting with an error.
+ * A connection to Temporal for a long-running part, made once Temporal answers: a worker
+ * started while its Temporal is down (restarting, or not up yet) waits for it, instead of exiting
+ * with an error, and its health endpoint reads `outage` meanwhile.
  */
 export async function onceTemporalAnswers<T>(
   address: string,
   logger: Logger,
   connect: () => Promise<T>,
-): Promise<T> {
   // One warning when it does not answer, one line when it does: not one per attempt.
-  const outage = new Outage({
+  outage = new Outage({
     service: 'Temporal',
     log: logger.child({ address }),
     impact: 'waiting for it',
-  });
+  }),
+): Promise<T> {
   for (;;) {
     try {
       const connected = await connect();
@@ -236,7 +251,9 @@ export interface WorkerHealth {
 export async function serveWorkerHealth(
   config: ClawgateConfig,
   opts: {
-    worker: RunningWorker;
+    /** The worker, once made: until then it waits for Temporal (`waiting` says how long). */
+    worker: () => RunningWorker | null;
+    waiting: Outage;
     mirror: RunningControlMirror;
     metrics: WorkerMetrics;
     drain: () => void;
@@ -247,14 +264,16 @@ export async function serveWorkerHealth(
       answerMetrics(res, opts.metrics.registry, opts.drain);
       return;
     }
-    const state = opts.worker.worker.getState();
-    const { outage } = opts.worker.temporal;
+    const running = opts.worker();
+    const state = running ? running.worker.getState() : 'STARTING';
+    const outage = running ? running.temporal.outage : opts.waiting;
     const temporal = outage.status();
     const reasons: string[] = [];
     if (state !== 'RUNNING') reasons.push(`the worker is ${state.toLowerCase()}`);
     // A worker whose polls fail is RUNNING to the SDK, yet takes no task.
     const away = outage.reason();
     if (away) reasons.push(`${away}; no task is taken`);
+    else if (!running) reasons.push(`it connects to Temporal at ${config.temporal.address ?? '?'}`);
     const ok = req.url === '/health' && reasons.length === 0;
     res.writeHead(req.url === '/health' ? (ok ? 200 : 503) : 404, { 'content-type': 'application/json' });
     const control = opts.mirror.health();
@@ -294,6 +313,8 @@ export async function runWorker(
     evidenceBaseUrl?: string;
     /** Where the worker counts (its GET /metrics); nothing is counted without it. */
     metrics?: WorkerMetrics;
+    /** Whether Temporal has answered yet, as the worker waits for it to start (its health reads it). */
+    waiting?: Outage;
   },
 ): Promise<RunningWorker> {
   const paths = statePaths(config);
@@ -311,9 +332,7 @@ export async function runWorker(
       : bubblewrapSandbox(config.worker.sandbox.bwrap ?? bwrapPath());
   const { metrics } = opts;
   const sandbox = metrics ? metrics.countingSandbox(backend) : backend;
-  const { connection, client } = await onceTemporalAnswers(opts.address, opts.logger, () =>
-    connectTemporal(config, opts.address),
-  );
+  const { connection, client } = lazyTemporal(config, opts.address);
   const activities = createJobActivities({
     registry: new FilePolicyRegistry(paths.registry),
     keysDir: paths.keys,
@@ -338,11 +357,15 @@ export async function runWorker(
   });
   const { code: workflowCode, cached } = await cachedWorkflowBundle(paths.workflowBundles);
   opts.logger.info(cached ? 'workflow code: the bundle made before' : 'workflow code bundled');
-  const workerConnection = await onceTemporalAnswers(opts.address, opts.logger, () =>
-    NativeConnection.connect({
-      address: opts.address,
-      ...(config.temporal.tls ? { tls: {} } : {}),
-    }),
+  const workerConnection = await onceTemporalAnswers(
+    opts.address,
+    opts.logger,
+    () =>
+      NativeConnection.connect({
+        address: opts.address,
+        ...(config.temporal.tls ? { tls: {} } : {}),
+      }),
+    opts.waiting,
   );
   capWorkflowThreadHeap(config.worker.maxCachedWorkflows);
   const worker = await Worker.create({
@@ -548,15 +571,15 @@ export interface RunningControlMirror {
  * Mirrors the revocations and active policies shared through the control workflow into this
  * process's state folder (src/control/mirror.ts). One per process is enough.
  */
-export async function runControlMirror(
+export function runControlMirror(
   config: ClawgateConfig,
   address: string,
   logger: Logger,
-): Promise<RunningControlMirror> {
+): RunningControlMirror {
   const paths = statePaths(config);
-  const { connection, client } = await onceTemporalAnswers(address, logger, () =>
-    connectTemporal(config, address),
-  );
+  // Lazy: the mirror's reads fail while Temporal is away, and its staleness says so (the part
+  // runs meanwhile, and its health endpoint answers).
+  const { connection, client } = lazyTemporal(config, address);
   const mirror = startControlMirror({
     client,
     revocations: new FileRevocationStore(paths.revocations),

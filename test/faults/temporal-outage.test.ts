@@ -36,6 +36,8 @@ let bot: RegisteredUser;
 let approver: MatrixTestUser;
 let requester: MatrixTestUser;
 let roomId: string;
+let dir: string;
+let gatewayConfig: ReturnType<typeof gatewayTestConfig>;
 
 before(async () => {
   stack = await startWorkerStack({ worker: false });
@@ -55,13 +57,13 @@ before(async () => {
     requesters: [requester.userId],
     approvers: [approver.userId],
   });
-  const dir = mkdtempSync(join(tmpdir(), 'clawgate-temporal-outage-'));
+  dir = mkdtempSync(join(tmpdir(), 'clawgate-temporal-outage-'));
   worker = await startWorkerCli(stack, dir, { temporalAddress: relay.address });
-  const config = gatewayTestConfig(dir, stack, [
+  gatewayConfig = gatewayTestConfig(dir, stack, [
     { id: 'alpha', userId: bot.userId, accessToken: bot.accessToken, rooms: [roomId] },
   ]);
-  if (config.temporal) config.temporal.address = relay.address;
-  gateway = await GatewayProcess.start(config, { dir });
+  if (gatewayConfig.temporal) gatewayConfig.temporal.address = relay.address;
+  gateway = await GatewayProcess.start(gatewayConfig, { dir });
   room = new RoomView(approver, roomId, bot.userId);
   await approver.waitForJoin(roomId, bot.userId);
 });
@@ -247,5 +249,74 @@ test('Temporal away: health says so with how long; a request and an approval are
     console.log(
       `${part}: ${warnings.length} warning line(s) in the outage: ${warnings.map((w) => w['msg']).join(' | ')}`,
     );
+  }
+});
+
+test('started while Temporal is away: the gateway and the worker answer 503 at once, a request is told once (also across a restart) and starts its job once Temporal is back', async () => {
+  relay.down();
+  const cutAt = Date.now();
+  await waitFor('the gateway to say Temporal is away', 30_000, async () =>
+    (await health(gateway.healthUrl)).status === 503 ? true : undefined,
+  );
+  // D arrives while the gateway runs, and is told.
+  const jobD = await send(requester, '!claw summarise the readme (D)');
+  await waitFor('the notice to request D', 30_000, async () =>
+    (await botAnswersTo(jobD)).some(held) ? true : undefined,
+  );
+  // Both die, and start again while Temporal is still away.
+  await gateway.kill('SIGKILL');
+  worker.child.kill('SIGKILL');
+  const startedAt = Date.now();
+  worker = await startWorkerCli(stack, dir, { temporalAddress: relay.address, healthOnly: true });
+  gateway = await GatewayProcess.start(gatewayConfig, { dir });
+  console.log(`gateway and worker answer their health ${Date.now() - startedAt} ms after their start`);
+  for (const [part, url] of [
+    ['gateway', gateway.healthUrl],
+    ['worker', worker.healthUrl],
+  ] as const) {
+    const down = await waitFor(`the restarted ${part} to say Temporal is away`, 30_000, async () => {
+      const h = await health(url);
+      return h.status === 503 && h.body.temporal.reachable === false ? h : undefined;
+    });
+    console.log(`restarted ${part} /health 503: ${down.body.reasons.join('; ')}`);
+    assert.match(down.body.reasons.join('\n'), /Temporal is not reachable \(for [\d.]+ (ms|s), since /);
+  }
+  // The restarted gateway syncs its room: E, sent now, is told too.
+  const jobE = await send(requester, '!claw summarise the readme (E)');
+  await waitFor('the notice to request E', 60_000, async () =>
+    (await botAnswersTo(jobE)).some(held) ? true : undefined,
+  );
+  console.log(`request E told it waits ${Date.now() - startedAt} ms after the restart`);
+  // D was handled again by the new process: its notice, sent with the same transaction id, is
+  // still one.
+  await new Promise((r) => setTimeout(r, 3_000));
+  assert.equal((await botAnswersTo(jobD)).filter(held).length, 1, 'one notice to D across the restart');
+  relay.up();
+  console.log(`Temporal was away for ${Date.now() - cutAt} ms`);
+  for (const [part, url] of [
+    ['gateway', gateway.healthUrl],
+    ['worker', worker.healthUrl],
+  ] as const) {
+    await waitFor(`the ${part} to be healthy`, 90_000, async () =>
+      (await health(url)).status === 200 ? true : undefined,
+    );
+  }
+  for (const [name, root] of [
+    ['D', jobD],
+    ['E', jobE],
+  ] as const) {
+    await waitFor(`the plan of ${name}`, 90_000, async () =>
+      (await botThread(root)).some((b) => /^Plan for job/.test(b)) ? true : undefined,
+    );
+  }
+  await new Promise((r) => setTimeout(r, 3_000));
+  for (const root of [jobD, jobE]) {
+    const thread = await botThread(root);
+    assert.equal(thread.filter((b) => /^Plan for job/.test(b)).length, 1);
+    assert.equal((await botAnswersTo(root)).filter(held).length, 1);
+    const { count } = await stack.temporal.client.workflow.count(
+      `WorkflowId = '${jobWorkflowId(roomId, root)}'`,
+    );
+    assert.equal(count, 1);
   }
 });

@@ -28,7 +28,11 @@ export interface WorkerCli {
 export async function startWorkerCli(
   stack: WorkerStack,
   dir: string,
-  opts: { temporalAddress?: string } = {},
+  opts: {
+    temporalAddress?: string;
+    /** Resolve once its health endpoint answers, before the worker runs (Temporal may be away). */
+    healthOnly?: boolean;
+  } = {},
 ): Promise<WorkerCli> {
   const { temporal } = testServers();
   const port = await freeLoopbackPort();
@@ -55,7 +59,8 @@ export async function startWorkerCli(
   );
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => process.stderr.write(`[worker] ${chunk}`));
   const lines: Array<Record<string, unknown>> = [];
-  await new Promise<void>((resolve, reject) => {
+  const base = `http://127.0.0.1:${port}`;
+  const running = new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('the worker did not start within 120 s')), 120_000);
     child.once('exit', (code) => reject(new Error(`the worker exited with ${code} before it ran`)));
     readJsonLines(child, lines, (line) => {
@@ -66,13 +71,14 @@ export async function startWorkerCli(
       }
     });
   });
-  const base = `http://127.0.0.1:${port}`;
-  // The health server listens right after the worker runs.
+  running.catch(() => undefined);
+  if (!opts.healthOnly) await running;
+  // The health server listens before the worker connects to Temporal.
   for (let i = 0; ; i++) {
     try {
       if ((await fetch(`${base}/metrics`)).ok) break;
     } catch {
-      if (i > 50) throw new Error(`no answer at ${base}/metrics`);
+      if (i > 600) throw new Error(`no answer at ${base}/metrics`);
     }
     await new Promise((r) => setTimeout(r, 100));
   }
