@@ -42,9 +42,12 @@ export function healthDetail(part: string, probe: Probe): string {
   }
   const o = body as Record<string, unknown>;
   const facts: string[] = [];
+  // The gateway's and the worker's list of why they are not healthy says it all, accounts too.
+  const reasons = Array.isArray(o['reasons']) ? o['reasons'].filter((r) => typeof r === 'string') : [];
   const reason = text(o['reason']) ?? text(o['refusing']) ?? text(o['error']);
-  if (reason) facts.push(reason);
-  if (part === 'gateway' && Array.isArray(o['accounts'])) {
+  if (reasons.length > 0) facts.push(...reasons);
+  else if (reason) facts.push(reason);
+  if (reasons.length === 0 && part === 'gateway' && Array.isArray(o['accounts'])) {
     for (const a of o['accounts'] as Array<Record<string, unknown>>) {
       const why = text(a['lastError']) ?? text(a['error']);
       facts.push(
@@ -52,7 +55,9 @@ export function healthDetail(part: string, probe: Probe): string {
       );
     }
   }
-  if (part === 'worker' && typeof o['state'] === 'string') facts.push(`worker ${o['state']}`);
+  if (reasons.length === 0 && part === 'worker' && typeof o['state'] === 'string') {
+    facts.push(`worker ${o['state']}`);
+  }
   const control = o['control'];
   if (typeof control === 'object' && control !== null) {
     const c = control as Record<string, unknown>;

@@ -258,7 +258,9 @@ export function applyEnv(input: unknown, env: NodeJS.ProcessEnv): Record<string,
         'CLAWGATE_MODEL_BASE_URL is set but CLAWGATE_MODEL is not: name the model to use',
       );
     }
-    const upstream: Record<string, unknown> = { name: 'env', baseUrl, models: [model] };
+    // Its name in receipts and health: CLAWGATE_MODEL_UPSTREAM (`clawgate start`'s demo upstream is `demo`).
+    const name = env['CLAWGATE_MODEL_UPSTREAM'] || 'env';
+    const upstream: Record<string, unknown> = { name, baseUrl, models: [model] };
     if (env['CLAWGATE_MODEL_API_KEY']) upstream['apiKey'] = env['CLAWGATE_MODEL_API_KEY'];
     setPath(out, ['proxy', 'upstreams'], [upstream]);
   }

@@ -249,6 +249,7 @@ export async function startStack(
       writeFileSync(paths.demoUpstreamUrl, `${url}\n`, { mode: 0o600 });
       env['CLAWGATE_MODEL_BASE_URL'] = `${url}/v1`;
       env['CLAWGATE_MODEL'] = DEMO_MODEL;
+      env['CLAWGATE_MODEL_UPSTREAM'] = 'demo';
       lines.push(
         `Model upstream   ${url} (the local DEMO upstream: it echoes, it is not a model; configure proxy.upstreams for a real one)`,
       );

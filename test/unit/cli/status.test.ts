@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, test } from 'node:test';
+import { healthDetail } from '../../../src/cli/status.ts';
 import { freeLoopbackPort } from '../../../src/devstack/net.ts';
 
 const root = resolve(import.meta.dirname, '../../..');
@@ -83,4 +84,43 @@ test('clawgate status: one line a part from its health endpoint, the reason when
   );
   assert.match(line('worker'), /worker RUNNING$/);
   assert.equal(result.stderr, 'clawgate: down: temporal, synapse, gateway\n');
+});
+
+test("a part's list of reasons is what its status line says", () => {
+  const gateway = healthDetail('gateway', {
+    state: 'answering',
+    status: 503,
+    body: {
+      ok: false,
+      reasons: [
+        'Temporal is not reachable (for 12 s, since 2026-12-01T00:00:00.000Z): no answer to a health check within 2000 ms',
+        'account demo is catching-up: held back for 10 s: event $e: 14 UNAVAILABLE',
+      ],
+      accounts: [{ id: 'demo', state: 'catching-up' }],
+    },
+  });
+  assert.equal(
+    gateway,
+    'Temporal is not reachable (for 12 s, since 2026-12-01T00:00:00.000Z): no answer to a health check within 2000 ms; account demo is catching-up: held back for 10 s: event $e: 14 UNAVAILABLE',
+  );
+  const worker = healthDetail('worker', {
+    state: 'answering',
+    status: 503,
+    body: {
+      ok: false,
+      state: 'STARTING',
+      reasons: ['the worker is starting'],
+      control: { refusing: 'stale' },
+    },
+  });
+  assert.equal(worker, 'the worker is starting; control state: stale');
+  // Healthy, with no reasons: the facts as before.
+  assert.equal(
+    healthDetail('worker', {
+      state: 'healthy',
+      status: 200,
+      body: { ok: true, reasons: [], state: 'RUNNING' },
+    }),
+    'worker RUNNING',
+  );
 });

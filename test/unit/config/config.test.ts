@@ -94,6 +94,16 @@ test('environment overrides, and secrets by name', () => {
   assert.deepEqual((model['proxy'] as { upstreams: unknown }).upstreams, [
     { name: 'env', baseUrl: 'http://127.0.0.1:11434/v1', models: ['llama3'] },
   ]);
+  // Named, as receipts name it.
+  const named = applyEnv(
+    {},
+    {
+      CLAWGATE_MODEL_BASE_URL: 'http://127.0.0.1:11434/v1',
+      CLAWGATE_MODEL: 'llama3',
+      CLAWGATE_MODEL_UPSTREAM: 'ollama',
+    },
+  );
+  assert.equal((named['proxy'] as { upstreams: Array<{ name: string }> }).upstreams[0]?.name, 'ollama');
 });
 
 test('errors name the variable or the path', () => {
