@@ -77,7 +77,7 @@ import {
 import { clip } from './displayed.ts';
 import { matrixTaskQueueOf, type AccountConfig, type GatewayConfig } from './config.ts';
 import { isJobWorkflowId, jobWorkflowIds, shortJobId, SHORT_JOB_ID } from './job-ids.ts';
-import { HeldBackNotices } from './held-back.ts';
+import { decryptAhead, HeldBackNotices } from './held-back.ts';
 import { createMatrixActivities, threadRelation } from './matrix-io.ts';
 import { quietMatrixSdkLogging, routeRoutineSdkWarnings, sdkLogger } from './sdk-logging.ts';
 import { GatewayMetrics, type GatewayApprovalRefusal } from '../metrics/gateway.ts';
@@ -313,6 +313,9 @@ export class GatewayAccount {
       rooms: this.rooms,
       matrix: () => this.matrix,
       words: () => this.commandWords(),
+      // Without crypto nothing encrypted is read ahead (the sync says why, once).
+      decrypt: async (_roomId, raw) =>
+        this.encryption.available ? await decryptAhead(this.matrix, raw) : null,
       send: (command, body) => this.reply(command, body, 'held'),
       log: this.log,
     });

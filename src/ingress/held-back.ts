@@ -2,9 +2,16 @@
 // is received and waits. The sync is held back meanwhile (the command is acted on once Temporal
 // answers, as synced), so the commands after the held one are not synced yet: they are read
 // ahead from the room's history and told too.
-import { Method, type IRoomEvent, type MatrixClient } from 'matrix-js-sdk';
+import { MatrixEvent, Method, type IRoomEvent, type MatrixClient } from 'matrix-js-sdk';
 import type { Logger } from 'pino';
-import { readCard, readCommand, readReaction, threadOf, type CommandWords } from './commands.ts';
+import {
+  annotationOf,
+  readCard,
+  readCommand,
+  readReaction,
+  threadOf,
+  type CommandWords,
+} from './commands.ts';
 
 /** The reply in a command's thread while Temporal cannot be reached (once per event). */
 export const HELD_BACK_NOTICE =
@@ -12,6 +19,24 @@ export const HELD_BACK_NOTICE =
 
 /** How often the room is read ahead while the sync is held back. */
 const READ_AHEAD_EVERY_MS = 2_000;
+
+/** An encrypted event's clear type and content. */
+export interface ClearEvent {
+  type: string;
+  content: unknown;
+}
+
+/**
+ * Decrypts an event read ahead of the sync with the account's client: its clear type and
+ * content, or null when it cannot be decrypted (no crypto, no room key yet, a broken event).
+ */
+export async function decryptAhead(client: MatrixClient, raw: IRoomEvent): Promise<ClearEvent | null> {
+  // A new event, not the room's: an event read ahead is not in the room's timeline yet.
+  const event = new MatrixEvent(raw);
+  await client.decryptEventIfNeeded(event);
+  if (event.isDecryptionFailure() || event.getType() === 'm.room.encrypted') return null;
+  return { type: event.getType(), content: event.getContent() };
+}
 
 /** A command held back, as its notice answers it. */
 export interface HeldCommand {
@@ -29,9 +54,16 @@ export interface HeldBackDeps {
   rooms: ReadonlySet<string>;
   matrix: () => MatrixClient;
   words: () => CommandWords;
+  /**
+   * The clear type and content of an encrypted event read ahead, or null when it cannot be
+   * decrypted now (then it is not told; the sync acts on it, or refuses it, later).
+   */
+  decrypt: (roomId: string, raw: IRoomEvent) => Promise<ClearEvent | null>;
   /** Sends the notice; its transaction id is derived from the event's, so a restart does not repeat it. */
   send: (command: HeldCommand, body: string) => Promise<void>;
   log: Logger;
+  /** How often the rooms are read ahead while held (2 s; tests make it shorter). */
+  readAheadEveryMs?: number;
 }
 
 export class HeldBackNotices {
@@ -80,7 +112,7 @@ export class HeldBackNotices {
           const next = await this.readRoomAhead(roomId, position, held);
           if (next) positions.set(roomId, next);
         }
-        await new Promise((r) => setTimeout(r, READ_AHEAD_EVERY_MS));
+        await new Promise((r) => setTimeout(r, this.deps.readAheadEveryMs ?? READ_AHEAD_EVERY_MS));
       }
     })().finally(() => {
       this.readingAhead = false;
@@ -110,26 +142,58 @@ export class HeldBackNotices {
   }
 
   /**
-   * A clear event that is a command needing Temporal (a request, a decision, a card's ✅ or ❌,
-   * a cancel or a status), or null. Encrypted events are left to the sync: the held event itself
-   * is told as it is handled.
+   * An event that is a command needing Temporal (a request, a decision, a card's ✅ or ❌, a
+   * cancel or a status), or null. An encrypted one is decrypted and read as its clear type and
+   * content, as the sync reads it. The room keys of messages sent after the held sync batch
+   * may not have come yet (they come as to-device messages, in the sync that is held): such a
+   * message cannot be decrypted here and is not told; it is acted on once the sync goes on,
+   * only without this early notice.
    */
   private async commandNeedingTemporal(roomId: string, raw: IRoomEvent): Promise<HeldCommand | null> {
     const { event_id: eventId, sender } = raw;
     const { userId } = this.deps;
     if (typeof eventId !== 'string' || typeof sender !== 'string' || sender === userId) return null;
+    if (this.told.has(eventId)) return null; // not decrypted, nor its card fetched, again
     const unsigned = raw.unsigned;
     if (unsigned?.['redacted_because'] !== undefined) return null;
-    if (raw.type === 'm.room.message') {
-      const reading = readCommand(raw.content, { userId }, this.deps.words());
+    const clear = await this.clearOf(roomId, raw);
+    if (!clear) return null;
+    if (clear.type === 'm.room.message') {
+      const reading = readCommand(clear.content, { userId }, this.deps.words());
       if (reading.kind !== 'command' || reading.command.kind === 'help') return null;
       if (reading.command.kind === 'request' && reading.threadRoot) return null;
       return { roomId, eventId, sender, ...(reading.threadRoot ? { threadRoot: reading.threadRoot } : {}) };
     }
-    const reaction = raw.type === 'm.reaction' ? readReaction(raw.content) : null;
+    const reaction = clear.type === 'm.reaction' ? readReaction(clear.content) : null;
     if (!reaction) return null;
+    if (raw.type === 'm.room.encrypted') {
+      // The sync refuses an encrypted reaction whose clear relation says otherwise than the
+      // one clients show: not told either.
+      const wire = annotationOf(raw.content);
+      if (wire?.target !== reaction.target || wire.key !== reaction.key) return null;
+    }
     const card = (await this.deps.matrix().fetchRoomEvent(roomId, reaction.target)) as IRoomEvent;
-    if (card.sender !== userId || card.type !== 'm.room.message' || !readCard(card.content)) return null;
-    return { roomId, eventId, sender, replyTo: reaction.target, ...threadOf(card.content) };
+    if (card.sender !== userId) return null;
+    const clearCard = await this.clearOf(roomId, card);
+    if (clearCard?.type !== 'm.room.message' || !readCard(clearCard.content)) return null;
+    // An encrypted card keeps its thread relation in clear.
+    const thread = threadOf(card.content).threadRoot ?? threadOf(clearCard.content).threadRoot;
+    return { roomId, eventId, sender, replyTo: reaction.target, ...(thread ? { threadRoot: thread } : {}) };
+  }
+
+  /** The event's clear type and content: as it is, or decrypted; null when it cannot be read. */
+  private async clearOf(roomId: string, raw: IRoomEvent): Promise<ClearEvent | null> {
+    if (raw.type !== 'm.room.encrypted') return { type: raw.type, content: raw.content };
+    const clear = await this.deps.decrypt(roomId, raw).catch((error: unknown) => {
+      this.deps.log.debug({ err: error, roomId, eventId: raw.event_id }, 'decrypting ahead failed');
+      return null;
+    });
+    if (!clear) {
+      this.deps.log.debug(
+        { roomId, eventId: raw.event_id },
+        'an encrypted event read ahead cannot be decrypted yet: left to the sync',
+      );
+    }
+    return clear;
   }
 }
