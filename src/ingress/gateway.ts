@@ -102,6 +102,8 @@ export const GATEWAY_FAULTS = {
 const TIMELINE_LIMIT = 50;
 /** Pages of 100 events read back over one gap at most. */
 const GAP_PAGES = 20;
+/** Sync batches that may wait, received, while one is held back for Temporal (see GatewayAccount.onBatch). */
+const MAX_BATCHES_AHEAD = 100;
 const LATENCY_SAMPLES = 1000;
 
 export interface AccountHealth {
@@ -295,6 +297,11 @@ export class GatewayAccount {
   };
   /** What a command that arrives while Temporal cannot be reached is told. */
   private readonly heldBack: HeldBackNotices;
+  /** The sync batches, handled one after another (see onBatch). */
+  private batches: Promise<void> = Promise.resolve();
+  private batchesWaiting = 0;
+  /** The SDK's waits for a batch, ended when its handling is held back for Temporal. */
+  private readonly releaseOnHold = new Set<() => void>();
 
   constructor(config: AccountConfig, gateway: Gateway) {
     this.config = config;
@@ -695,8 +702,44 @@ export class GatewayAccount {
     return this.latencies;
   }
 
-  /** Handles one sync batch; its token is saved only when every event before it is handled. */
+  /**
+   * A sync batch, from the SDK: handled in order after the batches before it. The SDK waits for
+   * it (its next /sync is not sent before) unless the handling is held back for Temporal: then
+   * the SDK goes on syncing, so that the room keys of the messages after the held one arrive
+   * (to-device messages come only with /sync) and the read-ahead can decrypt and tell them. The
+   * crypto store is written first: the next /sync acknowledges this batch's to-device messages,
+   * and the homeserver deletes them then. The saved sync position stays at the last batch handled,
+   * so a crash loses nothing; at most MAX_BATCHES_AHEAD batches wait, then the SDK waits again.
+   */
   async onBatch(data: ISyncResponse): Promise<void> {
+    const handled = this.batches.then(() => this.handleBatch(data));
+    this.batches = handled.catch((error: unknown) => {
+      this.log.error({ err: error }, 'a sync batch could not be handled');
+    });
+    this.batchesWaiting += 1;
+    void this.batches.finally(() => {
+      this.batchesWaiting -= 1;
+    });
+    let release: (() => void) | undefined;
+    const held = new Promise<'held'>((resolve) => {
+      release = () => resolve('held');
+      if (this.stats.blocked?.by === 'temporal') release();
+      else this.releaseOnHold.add(release);
+    });
+    try {
+      const outcome = await Promise.race([handled.then(() => 'handled' as const), held]);
+      if (outcome === 'handled' || this.batchesWaiting > MAX_BATCHES_AHEAD) {
+        await handled;
+        return;
+      }
+      await this.persistCrypto(this.lastToken);
+    } finally {
+      if (release) this.releaseOnHold.delete(release);
+    }
+  }
+
+  /** Handles one sync batch; its token is saved only when every event before it is handled. */
+  private async handleBatch(data: ISyncResponse): Promise<void> {
     const since = this.lastToken;
     const receivedAt = Date.now();
     let acted = false;
@@ -811,7 +854,11 @@ export class GatewayAccount {
         // Every other transient failure here is of a call to the homeserver.
         const by = isTemporalUnavailable(error) ? 'temporal' : 'homeserver';
         (by === 'temporal' ? this.gateway.temporalOutage : this.homeserver).failed(error);
-        if (by === 'temporal') this.readAheadWhileHeld();
+        if (by === 'temporal') {
+          this.readAheadWhileHeld();
+          // The SDK need not wait for this batch any more (see onBatch).
+          for (const release of [...this.releaseOnHold]) release();
+        }
         if (!this.stats.blocked) {
           this.stats.blocked = { since: Date.now(), reason, by };
           this.log.debug({ err: error }, `${what} failed; retrying until it works`);

@@ -17,6 +17,9 @@ import {
 export const HELD_BACK_NOTICE =
   'received; clawgate cannot reach its job service (Temporal) right now; this is acted on when it is back.';
 
+/** Encrypted events kept to be decrypted again, at most. */
+const MAX_UNDECRYPTED = 1_000;
+
 /** How often the room is read ahead while the sync is held back. */
 const READ_AHEAD_EVERY_MS = 2_000;
 
@@ -71,6 +74,11 @@ export class HeldBackNotices {
   /** Events told in this process (the homeserver deduplicates the notice across restarts). */
   private readonly told = new Set<string>();
   private readingAhead = false;
+  /**
+   * Encrypted events read ahead before their room key came: tried again at each pass (the
+   * gateway's sync goes on while a batch is held back for Temporal, so the key does come).
+   */
+  private readonly undecrypted = new Map<string, { roomId: string; raw: IRoomEvent }>();
 
   constructor(deps: HeldBackDeps) {
     this.deps = deps;
@@ -107,6 +115,11 @@ export class HeldBackNotices {
     const positions = new Map([...this.deps.rooms].map((roomId) => [roomId, from]));
     void (async () => {
       while (held()) {
+        for (const { roomId, raw } of [...this.undecrypted.values()]) {
+          if (!held()) break;
+          const command = await this.commandNeedingTemporal(roomId, raw).catch(() => null);
+          if (command && held()) await this.tell(command);
+        }
         for (const [roomId, position] of positions) {
           if (!held()) break;
           const next = await this.readRoomAhead(roomId, position, held);
@@ -116,6 +129,7 @@ export class HeldBackNotices {
       }
     })().finally(() => {
       this.readingAhead = false;
+      this.undecrypted.clear();
     });
   }
 
@@ -144,10 +158,10 @@ export class HeldBackNotices {
   /**
    * An event that is a command needing Temporal (a request, a decision, a card's ✅ or ❌, a
    * cancel or a status), or null. An encrypted one is decrypted and read as its clear type and
-   * content, as the sync reads it. The room keys of messages sent after the held sync batch
-   * may not have come yet (they come as to-device messages, in the sync that is held): such a
-   * message cannot be decrypted here and is not told; it is acted on once the sync goes on,
-   * only without this early notice.
+   * content, as the sync reads it. The room key of a message sent after the held sync batch
+   * may not have come yet (it comes as a to-device message, with a later sync): such a message
+   * is tried again at the next passes, and told once it can be read. One whose key never
+   * comes is acted on once the sync goes on, only without this early notice.
    */
   private async commandNeedingTemporal(roomId: string, raw: IRoomEvent): Promise<HeldCommand | null> {
     const { event_id: eventId, sender } = raw;
@@ -157,7 +171,11 @@ export class HeldBackNotices {
     const unsigned = raw.unsigned;
     if (unsigned?.['redacted_because'] !== undefined) return null;
     const clear = await this.clearOf(roomId, raw);
-    if (!clear) return null;
+    if (!clear) {
+      if (this.undecrypted.size < MAX_UNDECRYPTED) this.undecrypted.set(eventId, { roomId, raw });
+      return null;
+    }
+    this.undecrypted.delete(eventId);
     if (clear.type === 'm.room.message') {
       const reading = readCommand(clear.content, { userId }, this.deps.words());
       if (reading.kind !== 'command' || reading.command.kind === 'help') return null;

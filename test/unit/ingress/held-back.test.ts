@@ -40,7 +40,12 @@ interface Fake {
 /** A HeldBackNotices over a room whose history is `chunk` (the same page at every read). */
 function fake(
   chunk: IRoomEvent[],
-  opts: { clear?: Record<string, ClearEvent | null | Error>; events?: Record<string, IRoomEvent> } = {},
+  opts: {
+    clear?: Record<string, ClearEvent | null | Error>;
+    events?: Record<string, IRoomEvent>;
+    /** The page is given once; later reads (from after it) find nothing new. */
+    once?: boolean;
+  } = {},
 ): Fake {
   const state: Omit<Fake, 'notices'> = { sent: [], pages: 0, decrypted: [] };
   const matrix = {
@@ -50,6 +55,7 @@ function fake(
         assert.equal(path, `/rooms/${encodeURIComponent(ROOM)}/messages`);
         assert.equal(query['dir'], 'f');
         state.pages += 1;
+        if (opts.once && query['from'] === 'after') return { chunk: [], end: 'after' };
         return { chunk, end: 'after' };
       },
     },
@@ -136,6 +142,36 @@ test('an encrypted event that cannot be decrypted (no room key yet, or an error)
   await readAhead(f, 2);
   assert.ok(f.decrypted.includes('$nokey') && f.decrypted.includes('$broken'));
   assert.deepEqual(f.sent, []);
+});
+
+test('an encrypted request whose room key comes later is told once it comes, though the reading has moved past it', async () => {
+  const clear: Record<string, ClearEvent | null> = { $late: null };
+  const f = fake([encrypted('$late')], { clear, once: true });
+  let held = true;
+  f.notices.readAhead('s0', () => held);
+  const until = async (what: string, ok: () => boolean): Promise<void> => {
+    for (let i = 0; !ok(); i++) {
+      assert.ok(i < 2_000, what);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  };
+  try {
+    await until('two pages read', () => f.pages >= 2);
+    assert.deepEqual(f.sent, []);
+    // The key comes (with a later sync): the next pass decrypts the event it read before.
+    clear['$late'] = { type: 'm.room.message', content: { msgtype: 'm.text', body: '!claw do the thing' } };
+    await until('the late request told', () => f.sent.length > 0);
+    const pages = f.pages;
+    await until('two more passes', () => f.pages >= pages + 2);
+  } finally {
+    held = false;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.deepEqual(
+    f.sent.map((x) => [x.command.eventId, x.command.threadRoot, x.body]),
+    [['$late', '$late', noticeBody]],
+  );
+  assert.equal(f.decrypted.filter((id) => id === '$late').length >= 3, true, 'tried at each pass until told');
 });
 
 test('a ✅ on a card is told in the card’s thread, as a reply to the card; encrypted, or in clear', async () => {
