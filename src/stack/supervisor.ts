@@ -227,7 +227,7 @@ export class SupervisedPart {
    * A started part until it exits: once healthy (at once, or later for one that came up
    * answering but not healthy), and after a restart, the "is back" line. Its health is asked
    * all along, one check at a time (every healthPollMs until healthy, every liveCheckMs then);
-   * one unreachable for hungAfterMs without a break (an answer of any kind, a 503 waiting for
+   * one unreachable for hungAfterMs without a break (two checks at least) (an answer of any kind, a 503 waiting for
    * Temporal say, is no hang) is killed with SIGKILL: `hung` says since when it did not answer.
    */
   private async whileRunning(
@@ -257,8 +257,15 @@ export class SupervisedPart {
     // A check that outlives checkTimeoutMs counts as unreachable; the next one waits for it to end.
     let inFlight: Promise<Health> | null = null;
     let unansweredSince: number | null = null;
+    // Unanswered checks in a row: a hang takes two at least, so that one check that failed only
+    // because this process was held meanwhile (a SIGSTOP, a laptop's sleep: its timeout fires
+    // first when it runs again, with the whole pause on the clock) kills nothing.
+    let unanswered = 0;
     while (!over()) {
-      await waitOrEnd(healthy ? timing.liveCheckMs : timing.healthPollMs, exited);
+      // Once a check went unanswered, the next comes no later than the threshold.
+      const every = healthy ? timing.liveCheckMs : timing.healthPollMs;
+      const left = unansweredSince === null ? every : unansweredSince + timing.hungAfterMs - Date.now();
+      await waitOrEnd(Math.max(0, Math.min(every, left)), exited);
       if (over()) break;
       const askedAt = Date.now();
       const asking = (inFlight ??= this.spec
@@ -271,6 +278,7 @@ export class SupervisedPart {
       if (over()) break;
       if (health !== 'unreachable') {
         unansweredSince = null;
+        unanswered = 0;
         if (health === 'healthy' && !healthy) {
           healthy = true;
           becameHealthy();
@@ -278,8 +286,9 @@ export class SupervisedPart {
         continue;
       }
       unansweredSince ??= askedAt;
+      unanswered += 1;
       const forMs = Date.now() - unansweredSince;
-      if (forMs >= timing.hungAfterMs) {
+      if (unanswered >= 2 && forMs >= timing.hungAfterMs) {
         started.launched.signal('SIGKILL');
         return { exit: await exited, hung: { since: unansweredSince, forMs } };
       }

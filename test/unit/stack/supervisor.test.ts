@@ -301,6 +301,27 @@ test('a part that does not answer for a while but answers again before hungAfter
   await supervisor.stop();
 });
 
+test('one check that failed after longer than hungAfterMs (the supervisor itself was held meanwhile) kills nothing: a hang takes two unanswered checks', async () => {
+  const lines: string[] = [];
+  const supervisor = new Supervisor({ notify: (l) => lines.push(l), timing: hung });
+  const worker = new FakePart('worker');
+  const answer = worker.spec.check.bind(worker.spec);
+  let held = false;
+  worker.spec.check = async () => {
+    if (!held) return answer();
+    held = false;
+    await sleep(hung.hungAfterMs * 2);
+    return 'unreachable';
+  };
+  await supervisor.start(worker.spec);
+  held = true;
+  await sleep(hung.hungAfterMs * 4);
+  assert.equal(held, false, 'the slow check was asked');
+  assert.deepEqual(worker.signals, []);
+  assert.deepEqual(lines, []);
+  await supervisor.stop();
+});
+
 test('a check that never returns counts as unreachable after checkTimeoutMs, and no second check starts while it hangs', async () => {
   const lines: string[] = [];
   const supervisor = new Supervisor({
