@@ -226,9 +226,10 @@ export class SupervisedPart {
   /**
    * A started part until it exits: once healthy (at once, or later for one that came up
    * answering but not healthy), and after a restart, the "is back" line. Its health is asked
-   * all along, one check at a time (every healthPollMs until healthy, every liveCheckMs then);
-   * one unreachable for hungAfterMs without a break (two checks at least) (an answer of any kind, a 503 waiting for
-   * Temporal say, is no hang) is killed with SIGKILL: `hung` says since when it did not answer.
+   * all along, one check at a time (every healthPollMs until healthy, every liveCheckMs then).
+   * One that does not answer at all for hungAfterMs without a break, over two checks at least,
+   * is hung and killed with SIGKILL (`hung` says since when it did not answer); an answer of any
+   * kind, a 503 while it waits for Temporal say, is no hang.
    */
   private async whileRunning(
     started: { kind: 'healthy' | 'answering'; launched: Launched },
