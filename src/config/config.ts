@@ -157,6 +157,17 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    supervisor: z
+      .object({
+        /**
+         * `clawgate start`: a part that runs but has not answered its health check at all (no
+         * answer, not an answer saying it is unhealthy) for this long is hung; it is killed and
+         * restarted.
+         */
+        hungAfterSeconds: z.number().int().min(5).max(3_600).default(60),
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

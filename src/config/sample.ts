@@ -89,6 +89,11 @@ codec:
   # uiOrigin: https://temporal-ui.example.org  # default: the embedded Web UI's origin
   # keysDir: state/keys                     # default; its payload/ keyring is shared by every process
 
+supervisor:
+  # clawgate start: a part that runs but gives no answer at all to its health check this long
+  # (hung) is killed and restarted; an answer saying why it is not healthy is no hang.
+  hungAfterSeconds: 60                      # 5 to 3600
+
 log:
   level: info
 `;

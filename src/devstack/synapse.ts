@@ -22,6 +22,8 @@ export interface SynapseOptions {
   logFile?: string;
   /** A process group of its own (see startServerProcess). */
   detached?: boolean;
+  /** SIGTERM to it when this process is gone, kill -9 included (see startServerProcess). */
+  dieWithParent?: boolean;
 }
 
 export interface RegisteredUser {
@@ -141,6 +143,7 @@ export async function startSynapse(opts: SynapseOptions): Promise<SynapseServer>
     cwd: opts.dir,
     logFile: opts.logFile ?? join(opts.dir, 'synapse.log'),
     ...(opts.detached ? { detached: true } : {}),
+    ...(opts.dieWithParent ? { dieWithParent: true } : {}),
   });
   let exitedEarly = false;
   void serverProcess.exited.then(() => {

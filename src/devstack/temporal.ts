@@ -26,6 +26,8 @@ export interface TemporalDevServerOptions {
   logFile?: string;
   /** A process group of its own (see startServerProcess). */
   detached?: boolean;
+  /** SIGTERM to it when this process is gone, kill -9 included (see startServerProcess). */
+  dieWithParent?: boolean;
 }
 
 export interface TemporalDevServer {
@@ -66,6 +68,7 @@ export async function startTemporalDevServer(opts: TemporalDevServerOptions): Pr
     cwd: opts.dir,
     logFile: opts.logFile ?? join(opts.dir, 'temporal.log'),
     ...(opts.detached ? { detached: true } : {}),
+    ...(opts.dieWithParent ? { dieWithParent: true } : {}),
   });
   const address = `127.0.0.1:${port}`;
   let exitedEarly = false;

@@ -58,12 +58,16 @@ export async function probeTemporal(
   let connection: Connection | undefined;
   const timeoutMs = opts.timeoutMs ?? PROBE_TIMEOUT_MS;
   try {
-    connection = await Connection.connect({
+    const open = await Connection.connect({
       address,
       connectTimeout: timeoutMs,
       ...(opts.tls ? { tls: {} } : {}),
     });
-    await connection.workflowService.describeNamespace({ namespace });
+    connection = open;
+    // With a deadline: a server that took the connection but hangs must not hold the check.
+    await open.withDeadline(Date.now() + timeoutMs, () =>
+      open.workflowService.describeNamespace({ namespace }),
+    );
     return { state: 'healthy' };
   } catch (error) {
     return { state: 'unreachable', error: errorText(error, timeoutMs) };
@@ -89,13 +93,20 @@ export function serverLaunched(proc: ServerProcess): Launched {
   };
 }
 
-/** The Temporal dev server, on the same port and database file at every start. */
+/**
+ * The Temporal dev server, on the same port and database file at every start; like Synapse, it
+ * gets SIGTERM when `clawgate start` is gone, even killed with kill -9 (clawgate's own parts see
+ * that by themselves: src/cli/stack-commands.ts).
+ */
 export function temporalPart(opts: TemporalDevServerOptions & { port: number; logFile: string }): PartSpec {
   const address = `127.0.0.1:${opts.port}`;
   return {
     name: 'temporal',
     logFile: opts.logFile,
-    launch: async () => serverLaunched((await startTemporalDevServer({ ...opts, detached: true })).process),
+    launch: async () =>
+      serverLaunched(
+        (await startTemporalDevServer({ ...opts, detached: true, dieWithParent: true })).process,
+      ),
     check: async () => (await probeTemporal(address, opts.namespace ?? 'default')).state,
   };
 }
@@ -109,7 +120,7 @@ export function synapsePart(
     name: 'synapse',
     logFile: opts.logFile,
     launch: async () => {
-      latest = await startSynapse({ ...opts, detached: true });
+      latest = await startSynapse({ ...opts, detached: true, dieWithParent: true });
       return serverLaunched(latest.process);
     },
     check: async () => (await probeHttp(`http://127.0.0.1:${opts.port}/health`)).state,

@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import type { ClawgateConfig } from '../config/config.ts';
 import { statePaths } from '../config/config.ts';
 import { freeLoopbackPort } from '../devstack/net.ts';
+import { setpriv } from '../devstack/process.ts';
 import { toolPaths } from '../devstack/tools.ts';
 import { ClawgateError, ERROR_CODES } from '../errors.ts';
 import { evidenceBaseUrl, type RunningEvidenceServer } from '../evidence/server.ts';
@@ -136,7 +137,7 @@ export async function startStack(
       (opts.notify ?? progress)(line);
     },
     pidDir: paths.run,
-    ...(opts.timing ? { timing: opts.timing } : {}),
+    timing: { hungAfterMs: config.supervisor.hungAfterSeconds * 1000, ...opts.timing },
   });
   opts.signal?.addEventListener('abort', () => supervisor.abandon(), { once: true });
   let evidence: RunningEvidenceServer | undefined;
@@ -156,6 +157,14 @@ export async function startStack(
     const made = await ensureKeys(config);
     if (made.length > 0) logger.info({ purposes: made }, 'generated keys');
     codec = await runCodecServer(config, logger.child({ component: 'codec' }));
+
+    // Temporal and Synapse are told to die with this process (setpriv): clawgate's own parts see
+    // that it is gone by themselves, these servers cannot.
+    if ((!config.temporal.address || !config.matrix.homeserverUrl) && !setpriv()) {
+      logger.warn(
+        'no setpriv on PATH (util-linux): the embedded Temporal and Synapse would outlive a clawgate start killed with kill -9',
+      );
+    }
 
     // Temporal and Synapse at the same time: neither needs the other.
     const temporalUp = (async (): Promise<string> => {

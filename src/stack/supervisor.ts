@@ -1,8 +1,10 @@
 // What `clawgate start` does with the parts it runs as processes: each is started and watched; one
 // that exits unasked is started again after a pause that doubles from one start to the next (1 s,
 // 2 s, ... 30 s, back to 1 s once it has stayed healthy a while); once it answers its health check
-// again the terminal is told in one line, with how long it was down; one that fails its starts
-// again and again (it never becomes healthy) stops the whole stack, naming it and its log. The
+// again the terminal is told in one line, with how long it was down; one that stays alive but no
+// longer answers its health check at all (hung: stopped, deadlocked) for hungAfterMs is killed
+// with SIGKILL and started again the same way; one that fails its starts again and again (it
+// never becomes healthy) stops the whole stack, naming it and its log. The
 // parts themselves (how one is started, what "healthy" means) are given: src/stack/parts.ts has
 // clawgate's, the unit tests fake ones.
 import { rmSync, writeFileSync } from 'node:fs';
@@ -56,6 +58,15 @@ export interface SupervisorTiming {
    * why: an account that cannot log in, say): it is not killed, and `clawgate start` goes on.
    */
   unhealthyGraceMs: number;
+  /** How often a started part's health is asked, to see that it still answers (one check at a time). */
+  liveCheckMs: number;
+  /** A check that has not answered in this long counts as unreachable (the probes give up after 5 s). */
+  checkTimeoutMs: number;
+  /**
+   * A started part whose check is unreachable (no answer at all, not an answer that says it is
+   * not healthy) this long without a break is hung: it is killed with SIGKILL and restarted.
+   */
+  hungAfterMs: number;
 }
 
 export const DEFAULT_TIMING: SupervisorTiming = {
@@ -66,6 +77,9 @@ export const DEFAULT_TIMING: SupervisorTiming = {
   startTimeoutMs: 180_000,
   healthPollMs: 250,
   unhealthyGraceMs: 15_000,
+  liveCheckMs: 5_000,
+  checkTimeoutMs: 10_000,
+  hungAfterMs: 60_000,
 };
 
 /** Why the supervisor gave up on a part: the stack stops with this. */
@@ -87,6 +101,24 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 function describeExit(exit: Exit): string {
   return exit.signal ? `signal ${exit.signal}` : `code ${exit.code ?? '?'}`;
+}
+
+/** A pause of `ms` that ends early when the process exits (its timer cleared either way). */
+async function waitOrEnd(ms: number, exited: Promise<unknown>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([new Promise<void>((r) => (timer = setTimeout(r, ms))), exited]);
+  clearTimeout(timer);
+}
+
+/** What a check says, or `unreachable` when it has not answered in `timeoutMs` or the process exited meanwhile. */
+async function firstOf(check: Promise<Health>, exited: Promise<unknown>, timeoutMs: number): Promise<Health> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<Health>((r) => (timer = setTimeout(() => r('unreachable'), timeoutMs)));
+  try {
+    return await Promise.race([check, late, exited.then((): Health => 'unreachable')]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** 1 s, 2.5 s, 42 s. */
@@ -146,17 +178,23 @@ export class SupervisedPart {
         this.failedStarts = 0;
         if (first) firstUp();
         first = false;
-        const exit = await this.whileRunning(outcome, downSince);
+        const ended = await this.whileRunning(outcome, downSince);
         if (this.owner.stopping) break;
         this.current = null;
-        downSince = Date.now();
-        if (this.healthySince !== null && Date.now() - this.healthySince >= timing.resetAfterMs) {
+        // A hung part was down from its first unanswered check on (the outage its users saw),
+        // not from the kill: its "is back" line counts from then.
+        downSince = ended.hung?.since ?? Date.now();
+        if (this.healthySince !== null && downSince - this.healthySince >= timing.resetAfterMs) {
           this.backoffMs = timing.initialBackoffMs;
         }
         this.healthySince = null;
         this.state = 'restarting';
+        // A hung part's one line says why it was killed; its exit (the SIGKILL) goes without saying.
         this.owner.notify(
-          `${this.name} exited (${describeExit(exit)}); restarting in ${seconds(this.backoffMs)}`,
+          ended.hung
+            ? `${this.name} has not answered its health check for ${seconds(ended.hung.forMs)}; ` +
+                `killed it (SIGKILL), restarting in ${seconds(this.backoffMs)}`
+            : `${this.name} exited (${describeExit(ended.exit)}); restarting in ${seconds(this.backoffMs)}`,
         );
       } else {
         this.current = null;
@@ -187,33 +225,76 @@ export class SupervisedPart {
 
   /**
    * A started part until it exits: once healthy (at once, or later for one that came up
-   * answering but not healthy), and after a restart, the "is back" line.
+   * answering but not healthy), and after a restart, the "is back" line. Its health is asked
+   * all along, one check at a time (every healthPollMs until healthy, every liveCheckMs then).
+   * One that does not answer at all for hungAfterMs without a break, over two checks at least,
+   * is hung and killed with SIGKILL (`hung` says since when it did not answer); an answer of any
+   * kind, a 503 while it waits for Temporal say, is no hang.
    */
   private async whileRunning(
-    started: { kind: 'healthy' | 'answering'; exited: Promise<Exit> },
+    started: { kind: 'healthy' | 'answering'; launched: Launched },
     downSince: number | null,
-  ): Promise<Exit> {
+  ): Promise<{ exit: Exit; hung: { since: number; forMs: number } | null }> {
+    const { timing } = this.owner;
     const seen: { exit: Exit | null } = { exit: null };
-    void started.exited.then((e) => {
+    const exited = started.launched.exited.then((e) => {
       seen.exit = e;
+      return e;
     });
+    const over = (): boolean => seen.exit !== null || this.owner.stopping;
     let healthy = started.kind === 'healthy';
-    if (!healthy) {
-      this.state = 'starting';
-      this.owner.notify(`${this.name} runs but is not healthy yet (see \`clawgate status\`)`);
-    }
-    while (!healthy && seen.exit === null && !this.owner.stopping) {
-      await sleep(this.owner.timing.healthPollMs);
-      healthy = (await this.spec.check().catch(() => 'unreachable')) === 'healthy';
-    }
-    if (healthy && seen.exit === null && !this.owner.stopping) {
+    const becameHealthy = (): void => {
       this.state = 'up';
       this.healthySince = Date.now();
       if (downSince !== null) {
         this.owner.notify(`${this.name} is back (down ${seconds(Date.now() - downSince)})`);
       }
+    };
+    if (healthy) becameHealthy();
+    else {
+      this.state = 'starting';
+      this.owner.notify(`${this.name} runs but is not healthy yet (see \`clawgate status\`)`);
     }
-    return started.exited;
+    // A check that outlives checkTimeoutMs counts as unreachable; the next one waits for it to end.
+    let inFlight: Promise<Health> | null = null;
+    let unansweredSince: number | null = null;
+    // Unanswered checks in a row: a hang takes two at least, so that one check that failed only
+    // because this process was held meanwhile (a SIGSTOP, a laptop's sleep: its timeout fires
+    // first when it runs again, with the whole pause on the clock) kills nothing.
+    let unanswered = 0;
+    while (!over()) {
+      // Once a check went unanswered, the next comes no later than the threshold.
+      const every = healthy ? timing.liveCheckMs : timing.healthPollMs;
+      const left = unansweredSince === null ? every : unansweredSince + timing.hungAfterMs - Date.now();
+      await waitOrEnd(Math.max(0, Math.min(every, left)), exited);
+      if (over()) break;
+      const askedAt = Date.now();
+      const asking = (inFlight ??= this.spec
+        .check()
+        .catch((): Health => 'unreachable')
+        .finally(() => {
+          inFlight = null;
+        }));
+      const health = await firstOf(asking, exited, timing.checkTimeoutMs);
+      if (over()) break;
+      if (health !== 'unreachable') {
+        unansweredSince = null;
+        unanswered = 0;
+        if (health === 'healthy' && !healthy) {
+          healthy = true;
+          becameHealthy();
+        }
+        continue;
+      }
+      unansweredSince ??= askedAt;
+      unanswered += 1;
+      const forMs = Date.now() - unansweredSince;
+      if (unanswered >= 2 && forMs >= timing.hungAfterMs) {
+        started.launched.signal('SIGKILL');
+        return { exit: await exited, hung: { since: unansweredSince, forMs } };
+      }
+    }
+    return { exit: await exited, hung: null };
   }
 
   /**
@@ -221,7 +302,7 @@ export class SupervisedPart {
    * throws, or does not answer in time (it is killed then) is a failed start.
    */
   private async startOnce(): Promise<
-    { kind: 'healthy' | 'answering'; exited: Promise<Exit> } | { kind: 'failed'; reason: string }
+    { kind: 'healthy' | 'answering'; launched: Launched } | { kind: 'failed'; reason: string }
   > {
     const { timing } = this.owner;
     const timeoutMs = this.spec.startTimeoutMs ?? timing.startTimeoutMs;
@@ -245,13 +326,13 @@ export class SupervisedPart {
       if (this.owner.stopping) return { kind: 'failed', reason: 'stopping' };
       const health = await this.spec.check().catch((): Health => 'unreachable');
       // It may have answered and died at once: the exit is then seen by the caller.
-      if (health === 'healthy') return { kind: 'healthy', exited: launched.exited };
+      if (health === 'healthy') return { kind: 'healthy', launched };
       if (health === 'answering') answeredAt ??= Date.now();
       if (answeredAt !== null && Date.now() - answeredAt >= timing.unhealthyGraceMs) {
-        return { kind: 'answering', exited: launched.exited };
+        return { kind: 'answering', launched };
       }
       if (Date.now() > deadline) {
-        if (answeredAt !== null) return { kind: 'answering', exited: launched.exited };
+        if (answeredAt !== null) return { kind: 'answering', launched };
         launched.signal('SIGKILL');
         await launched.exited;
         return { kind: 'failed', reason: `no answer to its health check after ${seconds(timeoutMs)}` };

@@ -4,12 +4,15 @@
 // one "is back" line per kill, and `clawgate status` shows the part down, then up. (The supervisor
 // is held with SIGSTOP from the kill until `clawgate status` has seen the part down: without that
 // the part may be back before the command has asked.) After the kills the job is approved and
-// seals its bundle; Ctrl-C stops everything and leaves no process behind. Then a part that keeps
-// failing (the proxy, its port taken) stops the stack with a message naming it and its log.
+// seals its bundle. The proxy, stopped with SIGSTOP (alive but not answering), is killed and
+// restarted once supervisor.hungAfterSeconds (8 here) has passed. Ctrl-C stops everything and
+// leaves no process behind; so does a kill -9 of `clawgate start` (Temporal and Synapse die with
+// it through setpriv), and the next start finds its ports free. Then a part that keeps failing
+// (the proxy, its port taken) stops the stack with a message naming it and its log.
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, test } from 'node:test';
 import {
   assignPorts,
@@ -21,6 +24,10 @@ import {
 } from '../harness/clawgate-start.ts';
 
 const { state, env } = freshStackEnv('clawgate-supervise-');
+// A hung part is killed after 8 s without an answer (the default is a minute).
+const configPath = join(dirname(state), 'clawgate.yaml');
+writeFileSync(configPath, 'supervisor:\n  hungAfterSeconds: 8\n');
+env['CLAWGATE_CONFIG'] = configPath;
 let stack: StartedStack | undefined;
 const clawgate = (...args: string[]) => runClawgate(env, ...args);
 
@@ -37,6 +44,24 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** Alive and not a zombie (an orphan nobody has reaped yet is no process left running). */
+function running(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+/** Whether nothing listens on a loopback port. */
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
 }
 
 /** Every process that belongs to this stack: named with its state folder, or started by its supervisor. */
@@ -121,6 +146,49 @@ test('Temporal, Synapse, the proxy and the worker, each killed with SIGKILL, com
   process.stdout.write(`# down for: ${JSON.stringify(downFor)}\n`);
 });
 
+test('the proxy stopped with SIGSTOP (alive, but not answering) is killed and restarted after supervisor.hungAfterSeconds: one line, then "is back", and clawgate status shows it up again', async () => {
+  assert.ok(stack && jobId, 'the stack of the first test runs');
+  const from = stack.output().length;
+  const since = (): string => stack?.output().slice(from) ?? '';
+  const before = pidOf('proxy');
+  const stoppedAt = Date.now();
+  process.kill(before, 'SIGSTOP');
+  try {
+    const deadline = Date.now() + 60_000;
+    while (!/^==> proxy is back /m.test(since())) {
+      assert.ok(Date.now() < deadline, `the proxy was not restarted:\n${since()}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  } finally {
+    // Left over only when it was not killed.
+    if (running(before)) process.kill(before, 'SIGCONT');
+  }
+  const restartedAfter = (Date.now() - stoppedAt) / 1000;
+  const output = since();
+  assert.equal(
+    count(
+      output,
+      /^==> proxy has not answered its health check for [\d.]+ s; killed it \(SIGKILL\), restarting in \d+ s$/,
+    ),
+    1,
+    output,
+  );
+  const silent = Number(/has not answered its health check for ([\d.]+) s/.exec(output)?.[1]);
+  assert.ok(silent >= 8, `killed after ${silent} s without an answer, before hungAfterSeconds:\n${output}`);
+  assert.equal(count(output, /^==> proxy exited /), 0, `the hung line is the only one:\n${output}`);
+  assert.equal(count(output, /^==> proxy is back \(down [\d.]+ s\)$/), 1, output);
+  assert.equal(count(output, /^==> (?!proxy )/), 0, `no other part was touched:\n${output}`);
+  assert.ok(!running(before), 'the stopped process was killed');
+  const up = await untilClawgate(env, ['status'], /^proxy\s+up\s/m, 60_000);
+  const after = pidOf('proxy');
+  assert.notEqual(after, before);
+  assert.match(up, new RegExp(`^proxy\\s+up\\s+pid ${after}\\s`, 'm'));
+  const lines = output.split('\n').filter((l) => l.startsWith('==> proxy'));
+  process.stdout.write(
+    `# proxy back ${restartedAfter.toFixed(1)} s after its SIGSTOP: ${JSON.stringify(lines)}\n`,
+  );
+});
+
 test('after the kills the waiting job is approved and seals its bundle; Ctrl-C stops every part and leaves no process behind', async () => {
   assert.ok(stack && jobId, 'the stack of the first test runs');
   // The job waited through it all: approved now, it finishes and seals its bundle.
@@ -154,11 +222,57 @@ test('after the kills the waiting job is approved and seals its bundle; Ctrl-C s
   stack = undefined;
 });
 
-test('a part that keeps failing its starts stops clawgate start, naming it and its log', async () => {
+test('clawgate start killed with kill -9: every part stops by itself, Temporal and Synapse included, and the next start finds its ports free', async () => {
   // Left running only when a test before failed.
   await stack?.terminate();
   stack = await startClawgate(env);
+  const killed = stack;
+  supervisorPid = killed.child.pid as number;
+  const pids = readdirSync(join(state, 'run'))
+    .filter((f) => f.endsWith('.pid'))
+    .map((f) => pidOf(f.replace(/\.pid$/, '')));
+  assert.equal(pids.length, 6);
+  const killedAt = Date.now();
+  killed.child.kill('SIGKILL');
+  await killed.exited;
+  stack = undefined;
+  const deadline = Date.now() + 20_000;
+  let left = stackProcesses(supervisorPid);
+  while (left.length > 0 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 200));
+    left = stackProcesses(supervisorPid);
+  }
+  const goneAfter = (Date.now() - killedAt) / 1000;
+  assert.deepEqual(left, [], 'no process of the stack outlives a kill -9 of clawgate start');
+  assert.deepEqual(
+    pids.filter((pid) => running(pid)),
+    [],
+  );
+  process.stdout.write(`# every part gone ${goneAfter.toFixed(1)} s after the kill -9\n`);
+  for (const name of [
+    'CLAWGATE_TEMPORAL_PORT',
+    'CLAWGATE_TEMPORAL_UI_PORT',
+    'CLAWGATE_SYNAPSE_PORT',
+    'CLAWGATE_PROXY_PORT',
+    'CLAWGATE_HEALTH_PORT',
+    'CLAWGATE_WORKER_HEALTH_PORT',
+  ]) {
+    assert.ok(await portFree(Number(env[name])), `${name} ${env[name]} is free`);
+  }
+  // The next start on the same state folder: ready, every part up.
+  stack = await startClawgate(env);
   supervisorPid = stack.child.pid as number;
+  const status = await clawgate('status');
+  assert.equal(status.code, 0, `${status.stdout}${status.stderr}`);
+});
+
+test('a part that keeps failing its starts stops clawgate start, naming it and its log', async () => {
+  // The start of the test before, or a new one when it failed.
+  if (!stack || stack.child.exitCode !== null) {
+    await stack?.terminate();
+    stack = await startClawgate(env);
+    supervisorPid = stack.child.pid as number;
+  }
   // The proxy's port taken by another program while the proxy is down: each start fails.
   const port = Number(env['CLAWGATE_PROXY_PORT']);
   const squatter = createServer();

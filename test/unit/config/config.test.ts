@@ -60,6 +60,22 @@ test('the staleness limit of the shared control state: seconds, or null to keep 
   }
 });
 
+test("the supervisor's hang threshold: whole seconds, 5 to 3600, 60 by default; a bad value is named", () => {
+  assert.equal(parseConfig({}).supervisor.hungAfterSeconds, 60);
+  assert.equal(parseConfig({ supervisor: { hungAfterSeconds: 8 } }).supervisor.hungAfterSeconds, 8);
+  for (const bad of [0, 4, 2.5, '60', 3_601, null]) {
+    assert.throws(
+      () => parseConfig({ supervisor: { hungAfterSeconds: bad } }),
+      /: invalid configuration:\n {2}supervisor\.hungAfterSeconds: /,
+      `refused: ${JSON.stringify(bad)}`,
+    );
+  }
+  assert.throws(
+    () => parseConfig({ supervisor: { hungAfter: 60 } }),
+    /supervisor: Unrecognized key: "hungAfter"/,
+  );
+});
+
 test('the sample printed by `clawgate config sample` is valid and spells the defaults', () => {
   const sample = parseConfig(parse(SAMPLE_CONFIG), { baseDir: '/srv' });
   assert.deepEqual(sample, parseConfig({}, { baseDir: '/srv' }));

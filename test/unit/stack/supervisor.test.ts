@@ -2,7 +2,9 @@
 // started again after a pause that doubles up to a ceiling and is back to the first once the
 // part has stayed healthy a while; the terminal gets one line when it exits and one when it is
 // back; a part that keeps failing its starts stops the stack, naming it and its log; a part that
-// answers but is not healthy is not a failed start; stop() stops the parts in order and starts
+// answers but is not healthy is not a failed start; a part that runs but does not answer its
+// check at all for hungAfterMs is killed and restarted (one line), while one that answers
+// unhealthy, or answers again in time, is left alone; stop() stops the parts in order and starts
 // nothing again.
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
@@ -87,7 +89,12 @@ const fast = {
   startTimeoutMs: 2_000,
   healthPollMs: 5,
   unhealthyGraceMs: 50,
+  liveCheckMs: 10,
+  checkTimeoutMs: 1_000,
+  hungAfterMs: 60_000,
 };
+
+const hung = { ...fast, hungAfterMs: 100 };
 
 test('a part that exits unasked is started again after a pause that doubles up to the ceiling; one line when it exits, one when it is back', async () => {
   const lines: string[] = [];
@@ -222,6 +229,132 @@ test('a part that answers but is not healthy for unhealthyGraceMs is up (not a f
   );
   silent.health = 'healthy';
   await started;
+  await supervisor.stop();
+});
+
+test('a part whose check is unreachable for hungAfterMs while it runs is killed with SIGKILL and restarted: one line, no exit line, "is back" counted from its first unanswered check', async () => {
+  const lines: string[] = [];
+  const supervisor = new Supervisor({ notify: (l) => lines.push(l), timing: hung });
+  const proxy = new FakePart('proxy');
+  await supervisor.start(proxy.spec);
+  const silentFrom = Date.now();
+  proxy.health = 'unreachable';
+  await until('the kill', () => proxy.signals.length > 0);
+  assert.deepEqual(proxy.signals, ['SIGKILL']);
+  const killedAfter = Date.now() - silentFrom;
+  assert.ok(killedAfter >= hung.hungAfterMs - 15, `killed after ${killedAfter} ms, before hungAfterMs`);
+  assert.ok(killedAfter < hung.hungAfterMs + 200, `killed after ${killedAfter} ms`);
+  proxy.health = 'healthy';
+  await until('back', () => lines.some((l) => l.startsWith('proxy is back')));
+  assert.equal(proxy.launches.length, 2, 'started again once');
+  assert.equal(lines.length, 2, lines.join('\n'));
+  assert.match(
+    lines[0] as string,
+    /^proxy has not answered its health check for 0\.[12] s; killed it \(SIGKILL\), restarting in 0\.1 s$/,
+  );
+  const down = Number(/^proxy is back \(down ([\d.]+) s\)$/.exec(lines[1] as string)?.[1]);
+  assert.ok(down >= 0.2, `down ${down} s: from the first unanswered check (~0.1 s), then the 0.1 s pause`);
+  assert.equal(supervisor.get('proxy')?.state, 'up');
+  // Hung again: the same again, once more.
+  proxy.health = 'unreachable';
+  await until('the second kill', () => proxy.signals.length === 2);
+  proxy.health = 'healthy';
+  await until('back again', () => lines.filter((l) => l.startsWith('proxy is back')).length === 2);
+  assert.equal(lines.filter((l) => l.includes('has not answered')).length, 2, lines.join('\n'));
+  assert.ok(!lines.some((l) => l.includes('exited')), lines.join('\n'));
+  await supervisor.stop();
+});
+
+test('a part that answers but is not healthy (a 503: waiting for Temporal, say) far longer than hungAfterMs is never killed', async () => {
+  const lines: string[] = [];
+  const supervisor = new Supervisor({ notify: (l) => lines.push(l), timing: hung });
+  const worker = new FakePart('worker');
+  await supervisor.start(worker.spec);
+  worker.health = 'answering';
+  await sleep(hung.hungAfterMs * 4);
+  assert.deepEqual(worker.signals, []);
+  assert.equal(worker.launches.length, 1);
+  assert.deepEqual(lines, []);
+  // Nor one that came up answering and never was healthy.
+  const gateway = new FakePart('gateway');
+  gateway.health = 'answering';
+  await supervisor.start(gateway.spec);
+  await sleep(hung.hungAfterMs * 4);
+  assert.deepEqual(gateway.signals, []);
+  await supervisor.stop();
+});
+
+test('a part that does not answer for a while but answers again before hungAfterMs is not killed', async () => {
+  const lines: string[] = [];
+  const supervisor = new Supervisor({ notify: (l) => lines.push(l), timing: hung });
+  const gateway = new FakePart('gateway');
+  await supervisor.start(gateway.spec);
+  for (let i = 0; i < 4; i++) {
+    gateway.health = 'unreachable';
+    await sleep(hung.hungAfterMs / 2);
+    gateway.health = i % 2 === 0 ? 'healthy' : 'answering';
+    await sleep(hung.liveCheckMs * 4);
+  }
+  assert.deepEqual(gateway.signals, []);
+  assert.equal(gateway.launches.length, 1);
+  assert.deepEqual(lines, []);
+  await supervisor.stop();
+});
+
+test('one check that failed after longer than hungAfterMs (the supervisor itself was held meanwhile) kills nothing: a hang takes two unanswered checks', async () => {
+  const lines: string[] = [];
+  const supervisor = new Supervisor({ notify: (l) => lines.push(l), timing: hung });
+  const worker = new FakePart('worker');
+  const answer = worker.spec.check.bind(worker.spec);
+  let held = false;
+  worker.spec.check = async () => {
+    if (!held) return answer();
+    held = false;
+    await sleep(hung.hungAfterMs * 2);
+    return 'unreachable';
+  };
+  await supervisor.start(worker.spec);
+  held = true;
+  await sleep(hung.hungAfterMs * 4);
+  assert.equal(held, false, 'the slow check was asked');
+  assert.deepEqual(worker.signals, []);
+  assert.deepEqual(lines, []);
+  await supervisor.stop();
+});
+
+test('a check that never returns counts as unreachable after checkTimeoutMs, and no second check starts while it hangs', async () => {
+  const lines: string[] = [];
+  const supervisor = new Supervisor({
+    notify: (l) => lines.push(l),
+    timing: { ...hung, checkTimeoutMs: 30 },
+  });
+  const worker = new FakePart('worker');
+  const answer = worker.spec.check.bind(worker.spec);
+  let stuck = false;
+  let asked = 0;
+  let inFlight = 0;
+  let most = 0;
+  worker.spec.check = async () => {
+    asked += 1;
+    if (stuck) {
+      // A check that hangs until the process is gone.
+      inFlight += 1;
+      most = Math.max(most, inFlight);
+      await until('the kill', () => worker.signals.length > 0, 10_000);
+      inFlight -= 1;
+      return 'unreachable';
+    }
+    return answer();
+  };
+  await supervisor.start(worker.spec);
+  stuck = true;
+  const from = asked;
+  await until('the kill', () => worker.signals.length > 0);
+  stuck = false;
+  assert.equal(most, 1, 'one check at a time');
+  assert.equal(asked - from, 1, 'the hanging check was not asked again');
+  await until('back', () => lines.some((l) => l.startsWith('worker is back')));
+  assert.match(lines[0] as string, /^worker has not answered its health check for 0\.\d s; killed it/);
   await supervisor.stop();
 });
 
