@@ -112,6 +112,10 @@ function logLines(part: string, from = 0): Array<Record<string, unknown>> {
 const lineCount = (part: string): number =>
   readFileSync(join(state, 'logs', `${part}.log`), 'utf8').split('\n').length - 1;
 
+/** The job the first test leaves waiting for approval, and its thread. */
+let waitingJob = '';
+let waitingRoot = '';
+
 const count = (text: string, pattern: RegExp): number =>
   text.split('\n').filter((l) => pattern.test(l)).length;
 
@@ -119,6 +123,7 @@ test('Temporal killed under clawgate start and away for a while: health 503 and 
   await assignPorts(env);
   stack = await startClawgate(env);
   const supervisor = stack.child.pid as number;
+  let rootB: string | undefined;
 
   // A job waits for approval; the requester sees its plan, decrypted.
   const asking = follow('--as', 'requester', 'demo', '!claw summarise the readme (A)');
@@ -163,6 +168,7 @@ test('Temporal killed under clawgate start and away for a while: health 503 and 
     await approving.until(NOTICE, 60_000);
     console.log(`the approval told it waits ${Date.now() - killedAt} ms after the kill`);
     const askingB = follow('--as', 'requester', 'demo', '!claw summarise the readme (B)');
+    rootB = (await askingB.until(/said it in \S+ \(event (\$\S+), end-to-end encrypted\)/))[1];
     await askingB.until(NOTICE, 60_000);
     console.log(`request B told it waits ${Date.now() - killedAt} ms after the kill`);
     await new Promise((r) => setTimeout(r, Math.max(0, killedAt + OUTAGE_MS - Date.now())));
@@ -207,6 +213,8 @@ test('Temporal killed under clawgate start and away for a while: health 503 and 
   assert.equal(count(askingB.output(), NOTICE), 1, askingB.output());
   assert.equal(count(askingB.output(), /Plan for job /), 1, askingB.output());
   const listed = await untilClawgate(env, ['jobs', 'list'], new RegExp(`^${jobB}\\s+awaiting_approval`, 'm'));
+  waitingJob = jobB;
+  waitingRoot = rootB ?? '';
   assert.equal(count(listed, /^j[a-z2-7]{9}\s/), 2, listed);
   askingB.child.kill('SIGINT');
 
@@ -224,4 +232,27 @@ test('Temporal killed under clawgate start and away for a while: health 503 and 
     const retries = lines.filter((l) => /retried \d+ times|retrying until it works/.test(String(l['msg'])));
     assert.deepEqual(retries, [], `${part}: no line per retry`);
   }
+});
+
+test('the worker killed (SIGKILL) as soon as an approved job runs: the supervisor restarts it, and the job ends once, with one answer and a bundle that verifies', async () => {
+  assert.ok(stack && waitingJob, 'the stack and the job of the first test');
+  const before = pidOf('worker');
+  const approving = follow('--as', 'approver', 'demo', '--thread', waitingRoot, `!approve ${waitingJob}`);
+  await approving.until(/\(edited\): Status: approved; running/, 120_000);
+  process.kill(before, 'SIGKILL');
+  const killedAt = Date.now();
+  const answered = /Answer for job /.test(approving.output());
+  console.log(`worker killed ${answered ? 'after' : 'before'} the answer was posted`);
+  await stack.waitFor(/^==> worker is back \(down [\d.]+ s\)$/m, 180_000);
+  console.log(`worker back ${Date.now() - killedAt} ms after the kill`);
+  assert.notEqual(pidOf('worker'), before);
+  await approving.until(new RegExp(`job ${waitingJob} ended: succeeded\n`), 180_000);
+  assert.equal(await approving.exited, 0, approving.output());
+  assert.equal(count(approving.output(), new RegExp(`Answer for job ${waitingJob}:`)), 1, approving.output());
+  const shown = await untilClawgate(env, ['jobs', 'show', waitingJob], /outcome\s+succeeded/, 60_000);
+  assert.equal(count(shown, /^approval\s/), 1, shown);
+  const digest = /bundle\s+([0-9a-f]{64})/.exec(shown)?.[1] as string;
+  const verified = await clawgate('verify', join(state, 'bundles', `${digest}.json`));
+  assert.equal(verified.code, 0, `${verified.stdout}${verified.stderr}`);
+  assert.equal(count(stack.output(), /^==> worker exited \(signal SIGKILL\); restarting in 1 s$/), 1);
 });
