@@ -206,13 +206,37 @@ export async function heartbeating<T>(work: () => Promise<T>): Promise<T> {
  */
 export function jobTokenVerifier(deps: JobActivityDeps) {
   const jwks = (): { keys: JWK[] } => publicJwks(deps.keysDir, ['token']);
-  return (token: string, at: { job: JobRef; policyHash: string; channel?: string | undefined }) =>
-    verifyCapabilityToken(token, {
+  return async (token: string, at: { job: JobRef; policyHash: string; channel?: string | undefined }) => {
+    // This worker's mirror of the shared control state unread for too long (as for some seconds
+    // after a Temporal outage) is waited out a while; still unread then, the check refuses.
+    await heartbeating(() => untilControlFresh(deps.controlStale, deps.controlPatienceMs));
+    return verifyCapabilityToken(token, {
       jwks: jwks(),
       expectedJob: at.job,
       isRevoked: freshRevocationCheck(deps.revocations, deps.controlStale),
       activePolicyHash: () => (at.channel ? deps.registry.activeHash(at.channel) : at.policyHash),
     });
+  };
+}
+
+/** How long a token check waits for a stale mirror of the shared control state to be read. */
+const CONTROL_PATIENCE_MS = 60_000;
+
+async function untilControlFresh(
+  stale: (() => string | null) | undefined,
+  patienceMs = CONTROL_PATIENCE_MS,
+): Promise<void> {
+  if (!stale || stale() === null) return;
+  let limit = patienceMs;
+  try {
+    // Within the activity's own time limit: a refusal, not a timeout, ends a wait in vain.
+    const timeout = Context.current().info.startToCloseTimeoutMs;
+    if (timeout > 0) limit = Math.min(limit, timeout / 2);
+  } catch {
+    // not in an activity (a unit test)
+  }
+  const deadline = Date.now() + limit;
+  while (stale() !== null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 500));
 }
 
 export function createAgentActivities(deps: AgentActivityDeps, policyByHash: (hash: string) => Wpc) {

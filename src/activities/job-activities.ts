@@ -66,6 +66,11 @@ export interface JobActivityDeps {
   controlState?: () => ControlState | Promise<ControlState>;
   /** Why revocations cannot be trusted now (a stale mirror of the shared state), or null. */
   controlStale?: () => string | null;
+  /**
+   * How long a token check waits for a stale mirror to be read again before it refuses (at most
+   * half the activity's time limit): 60 s when absent.
+   */
+  controlPatienceMs?: number;
   /** The worker's metrics (jobs ended, plan to approval); none counted when absent. */
   metrics?: WorkerMetrics;
 }

@@ -6,7 +6,12 @@
 // after a short pause, while `patienceMs` lasts; an answer, whatever its status, is returned
 // as it is, and an abort (the caller's own timeout) is not retried. Sending a call again is
 // what Temporal's retry of the activity would do: a model turn is asked again, a seal asks
-// again for the same receipts.
+// again for the same receipts. One answer is waited out too: a 503 REVOCATION_CHECK_FAILED, the
+// proxy's "I cannot check revocations now" (its mirror of the shared control state unread, as
+// after a Temporal outage, for some seconds after it is back): the call is refused before
+// anything goes upstream, so it is sent again after the Retry-After, while `patienceMs` lasts.
+
+import { ERROR_CODES } from '../errors.ts';
 
 /** Whether an error from fetch means the server gave no answer at all (nothing to read back). */
 function noAnswer(error: unknown): boolean {
@@ -28,11 +33,29 @@ export async function fetchProxy(
 ): Promise<Response> {
   const deadline = Date.now() + (opts.patienceMs ?? 60_000);
   for (let attempt = 0; ; attempt++) {
+    let pause = Math.min(2_000, 250 * 2 ** Math.min(attempt, 3));
     try {
-      return await fetch(url, init);
+      const response = await fetch(url, init);
+      if (response.status !== 503 || init.signal?.aborted || Date.now() >= deadline) return response;
+      const text = await response.text();
+      if (!cannotCheckRevocations(text)) {
+        return new Response(text, { status: response.status, headers: response.headers });
+      }
+      const after = Number(response.headers.get('retry-after'));
+      pause = Number.isFinite(after) && after > 0 ? Math.min(after * 1000, 10_000) : 2_000;
     } catch (error) {
       if (!noAnswer(error) || init.signal?.aborted || Date.now() >= deadline) throw error;
     }
-    await sleep(Math.min(2_000, 250 * 2 ** Math.min(attempt, 3)));
+    await sleep(pause);
+  }
+}
+
+/** Whether a proxy's error answer is REVOCATION_CHECK_FAILED. */
+function cannotCheckRevocations(text: string): boolean {
+  try {
+    const body = JSON.parse(text) as { error?: { code?: unknown } };
+    return body.error?.code === ERROR_CODES.revocationCheckFailed;
+  } catch {
+    return false;
   }
 }

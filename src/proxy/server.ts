@@ -95,7 +95,7 @@ export interface CallGrant {
 }
 
 export type TokenCheck =
-  { ok: true; grant: CallGrant } | { ok: false; code: string; reason: string; status?: 401 | 403 };
+  { ok: true; grant: CallGrant } | { ok: false; code: string; reason: string; status?: 401 | 403 | 503 };
 
 /**
  * What a token is presented for: a `call` (a model call, the model list) or a `read` of the
@@ -211,6 +211,9 @@ function errorBody(code: string, message: string, type = 'invalid_request_error'
   return Buffer.from(JSON.stringify({ error: { message, type, code, param: null } }));
 }
 
+/** The Retry-After of the proxy's 503 answers, in seconds. */
+const RETRY_AFTER_S = 2;
+
 function sendError(
   res: ServerResponse,
   status: number,
@@ -227,6 +230,9 @@ function sendError(
     'content-type': 'application/json',
     'content-length': body.length,
     ...(receiptId ? { 'x-clawgate-receipt-id': receiptId } : {}),
+    // Every 503 of the proxy is a "not now": what it needs (its receipt log, the shared control
+    // state, an upstream) may be back in a moment.
+    ...(status === 503 ? { 'retry-after': String(RETRY_AFTER_S) } : {}),
   });
   res.end(body);
 }

@@ -81,7 +81,13 @@ export function cstVerifier(deps: {
           ok: false,
           code: error.code,
           reason: error.message,
-          status: FORBIDDEN.has(error.code) ? 403 : 401,
+          // A revocation check that could not be made (the shared control state unread too
+          // long) is no verdict on the token: 503, try again (the caller waits and asks again).
+          status: FORBIDDEN.has(error.code)
+            ? 403
+            : error.code === ERROR_CODES.revocationCheckFailed
+              ? 503
+              : 401,
         };
       }
       throw error;

@@ -153,7 +153,7 @@ test('Temporal killed under clawgate start and away for a while: health 503 and 
         return h.status === 503 && !h.body.temporal.reachable ? h : undefined;
       });
       console.log(
-        `${part} /health 503 ${Date.now() - killedAt} ms after the kill: ${down.body.reasons.join('; ')}`,
+        `${part} /health 503 ${Date.now() - (killedAt ?? 0)} ms after the kill: ${down.body.reasons.join('; ')}`,
       );
       assert.match(down.body.reasons.join('\n'), /Temporal is not reachable \(for [\d.]+ (ms|s), since /);
     }
@@ -166,11 +166,11 @@ test('Temporal killed under clawgate start and away for a while: health 503 and 
     // While it is away: A is approved, B is asked for; each is told, once, in its thread.
     const approving = follow('--as', 'approver', 'demo', '--thread', rootA, `!approve ${jobA}`);
     await approving.until(NOTICE, 60_000);
-    console.log(`the approval told it waits ${Date.now() - killedAt} ms after the kill`);
+    console.log(`the approval told it waits ${Date.now() - (killedAt ?? 0)} ms after the kill`);
     const askingB = follow('--as', 'requester', 'demo', '!claw summarise the readme (B)');
     rootB = (await askingB.until(/said it in \S+ \(event (\$\S+), end-to-end encrypted\)/))[1];
     await askingB.until(NOTICE, 60_000);
-    console.log(`request B told it waits ${Date.now() - killedAt} ms after the kill`);
+    console.log(`request B told it waits ${Date.now() - (killedAt ?? 0)} ms after the kill`);
     await new Promise((r) => setTimeout(r, Math.max(0, killedAt + OUTAGE_MS - Date.now())));
     assert.equal((await health(env['CLAWGATE_HEALTH_PORT'])).status, 503);
   } finally {
@@ -234,19 +234,27 @@ test('Temporal killed under clawgate start and away for a while: health 503 and 
   }
 });
 
-test('the worker killed (SIGKILL) as soon as an approved job runs: the supervisor restarts it, and the job ends once, with one answer and a bundle that verifies', async () => {
+test('the worker killed (SIGKILL) while an approved job runs, its model call in flight: the supervisor restarts it, and the job ends once, with one answer and a bundle that verifies', async () => {
   assert.ok(stack && waitingJob, 'the stack and the job of the first test');
   const before = pidOf('worker');
+  const proxy = pidOf('proxy');
+  // The proxy held (SIGSTOP) from the approval on: the job's first model call waits in it, so
+  // the job is running, mid-turn, when the worker dies.
+  process.kill(proxy, 'SIGSTOP');
+  let killedAt: number | undefined;
   const approving = follow('--as', 'approver', 'demo', '--thread', waitingRoot, `!approve ${waitingJob}`);
-  await approving.until(/\(edited\): Status: approved; running/, 120_000);
-  process.kill(before, 'SIGKILL');
-  const killedAt = Date.now();
-  const answered = /Answer for job /.test(approving.output());
-  console.log(`worker killed ${answered ? 'after' : 'before'} the answer was posted`);
+  try {
+    await untilClawgate(env, ['jobs', 'list'], new RegExp(`^${waitingJob}\\s+executing`, 'm'), 120_000);
+    process.kill(before, 'SIGKILL');
+    killedAt = Date.now();
+  } finally {
+    process.kill(proxy, 'SIGCONT');
+  }
   await stack.waitFor(/^==> worker is back \(down [\d.]+ s\)$/m, 180_000);
-  console.log(`worker back ${Date.now() - killedAt} ms after the kill`);
+  console.log(`worker back ${Date.now() - (killedAt ?? 0)} ms after the kill`);
   assert.notEqual(pidOf('worker'), before);
   await approving.until(new RegExp(`job ${waitingJob} ended: succeeded\n`), 180_000);
+  console.log(`the job ended ${Date.now() - (killedAt ?? 0)} ms after the kill`);
   assert.equal(await approving.exited, 0, approving.output());
   assert.equal(count(approving.output(), new RegExp(`Answer for job ${waitingJob}:`)), 1, approving.output());
   const shown = await untilClawgate(env, ['jobs', 'show', waitingJob], /outcome\s+succeeded/, 60_000);
@@ -254,5 +262,7 @@ test('the worker killed (SIGKILL) as soon as an approved job runs: the superviso
   const digest = /bundle\s+([0-9a-f]{64})/.exec(shown)?.[1] as string;
   const verified = await clawgate('verify', join(state, 'bundles', `${digest}.json`));
   assert.equal(verified.code, 0, `${verified.stdout}${verified.stderr}`);
-  assert.equal(count(stack.output(), /^==> worker exited \(signal SIGKILL\); restarting in 1 s$/), 1);
+  const output = stack.output();
+  assert.equal(count(output, /^==> worker exited \(signal SIGKILL\); restarting in 1 s$/), 1, output);
+  assert.doesNotMatch(output, /proxy has not answered/);
 });

@@ -223,6 +223,8 @@ before(async () => {
     bundleDir: join(state, 'bundles'),
     controlState: () => readControlState(temporal.client),
     controlStale: () => controlStaleReason,
+    // A stale mirror is waited out this long before the check refuses (60 s in service).
+    controlPatienceMs: 1_000,
   });
   ({ worker, taskQueue } = await temporal.createWorker({ workflowBundle, activities }));
   ({ worker: matrixWorker, taskQueue: matrixQueue } = await temporal.createWorker({

@@ -46,3 +46,47 @@ test('a proxy that stays away: the call fails once the patience is over; an abor
   const aborted = AbortSignal.abort();
   await assert.rejects(fetchProxy(`http://127.0.0.1:${port}/`, { signal: aborted }), { name: 'AbortError' });
 });
+
+test('a proxy that cannot check revocations yet (503 REVOCATION_CHECK_FAILED): the call is sent again after its Retry-After, until it is checked, or the patience is over', async () => {
+  let calls = 0;
+  const refusal = JSON.stringify({
+    error: { code: 'REVOCATION_CHECK_FAILED', message: 'the shared control state was last read 40 s ago' },
+  });
+  const server = createHttpServer((_req, res) => {
+    calls += 1;
+    if (calls <= 2)
+      res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' }).end(refusal);
+    else res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
+  });
+  const port = await listening(server);
+  try {
+    const started = Date.now();
+    const res = await fetchProxy(`http://127.0.0.1:${port}/v1/chat/completions`, {
+      method: 'POST',
+      body: '{}',
+    });
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), '{"ok":true}');
+    assert.equal(calls, 3);
+    assert.ok(Date.now() - started >= 2_000, 'each Retry-After waited');
+    // Past the patience, the refusal is the answer, its body intact.
+    calls = -100;
+    const refused = await fetchProxy(`http://127.0.0.1:${port}/`, {}, { patienceMs: 1_500 });
+    assert.equal(refused.status, 503);
+    assert.equal(await refused.text(), refusal);
+    // Another 503 (a receipt log that cannot be written, say) is the answer at once.
+    const other = createHttpServer((_req, res) =>
+      res.writeHead(503).end('{"error":{"code":"RECEIPT_WRITE_FAILED"}}'),
+    );
+    const otherPort = await listening(other);
+    try {
+      const answer = await fetchProxy(`http://127.0.0.1:${otherPort}/`);
+      assert.equal(answer.status, 503);
+      assert.equal(await answer.text(), '{"error":{"code":"RECEIPT_WRITE_FAILED"}}');
+    } finally {
+      other.close();
+    }
+  } finally {
+    server.close();
+  }
+});
