@@ -840,6 +840,7 @@ export class GatewayAccount {
    */
   private async retrying<T>(what: string, fn: () => Promise<T>): Promise<T> {
     for (let attempt = 0; ; attempt++) {
+      const began = Date.now();
       try {
         const result = await fn();
         const held = this.stats.blocked;
@@ -853,7 +854,7 @@ export class GatewayAccount {
         const reason = `${what}: ${(error as Error).message}`;
         // Every other transient failure here is of a call to the homeserver.
         const by = isTemporalUnavailable(error) ? 'temporal' : 'homeserver';
-        (by === 'temporal' ? this.gateway.temporalOutage : this.homeserver).failed(error);
+        (by === 'temporal' ? this.gateway.temporalOutage : this.homeserver).failed(error, began);
         if (by === 'temporal') {
           this.readAheadWhileHeld();
           // The SDK need not wait for this batch any more (see onBatch).

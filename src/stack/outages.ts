@@ -56,8 +56,14 @@ export class Outage {
     return this.downSince !== null;
   }
 
-  /** A check or a call failed because the service did not answer; true when this began the outage. */
-  failed(error: unknown): boolean {
+  /**
+   * A check or a call failed because the service did not answer; true when this began the
+   * outage. One that began (`startedAt`) before the service last came back is of that outage,
+   * which is over: it begins no new one (a check sent during the outage that times out just
+   * after the recovery would otherwise be one warning and one "reachable again" more).
+   */
+  failed(error: unknown, startedAt?: number): boolean {
+    if (startedAt !== undefined && this.downSince === null && startedAt < this.since) return false;
     const reason = error instanceof Error ? error.message : String(error);
     this.lastError = reason.slice(0, 500);
     this.failures += 1;

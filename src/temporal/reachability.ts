@@ -36,9 +36,12 @@ export function watchTemporal(
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<boolean> | null = null;
+  /** The last check timed out (one slow answer alone is not an outage: see check). */
+  let slow = false;
 
   const check = async (): Promise<boolean> => {
     let timeout: NodeJS.Timeout | undefined;
+    const started = Date.now();
     try {
       // The deadline is the client's; the race is for a channel that does not even get that far.
       await Promise.race([
@@ -50,10 +53,18 @@ export function watchTemporal(
           );
         }),
       ]);
+      slow = false;
       if (!stopped) outage.answered();
       return true;
     } catch (error) {
-      if (!stopped) outage.failed(error);
+      // A refused or broken connection begins the outage at once; a check that timed out only
+      // when the one after it times out too (a server busy for a moment, just restarted or on
+      // a loaded machine, is not away: without this it was one warning and one "reachable
+      // again after 3.0 s" more in the log).
+      const timedOut = isTimeout(error);
+      const stale = !outage.down && started < Date.parse(outage.status().since);
+      if (!stopped && !stale && (!timedOut || slow || outage.down)) outage.failed(error, started);
+      slow = timedOut && !stale;
       return false;
     } finally {
       clearTimeout(timeout);
@@ -87,4 +98,12 @@ export function watchTemporal(
       await running;
     },
   };
+}
+
+/** Whether a check failed for want of an answer in time (not for a refused or broken connection). */
+function isTimeout(error: unknown): boolean {
+  const e = error as { code?: unknown; message?: unknown };
+  if (e?.code === 4) return true; // gRPC DEADLINE_EXCEEDED
+  const message = typeof e?.message === 'string' ? e.message : String(error);
+  return /DEADLINE_EXCEEDED|Deadline exceeded|no answer to a health check within/.test(message);
 }

@@ -102,3 +102,41 @@ export async function startClawgate(env: NodeJS.ProcessEnv, timeoutMs = 180_000)
   await waitFor(/clawgate is ready/, timeoutMs);
   return stack;
 }
+
+/** `clawgate say ... --follow` running: its output so far, and a wait for a pattern in it. */
+export interface Following {
+  child: ChildProcess;
+  exited: Promise<number | null>;
+  output(): string;
+  until(pattern: RegExp, timeoutMs?: number): Promise<RegExpExecArray>;
+}
+
+export function followClawgate(env: NodeJS.ProcessEnv, ...args: string[]): Following {
+  const child = spawn(CLAWGATE_BIN, ['say', ...args, '--follow'], {
+    env,
+    cwd: tmpdir(),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let text = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return {
+    child,
+    exited,
+    output: () => text,
+    async until(pattern: RegExp, timeoutMs = 90_000): Promise<RegExpExecArray> {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const found = pattern.exec(text);
+        if (found) return found;
+        if (child.exitCode !== null || Date.now() > deadline) {
+          throw new Error(
+            `clawgate say --follow never printed ${pattern} (exit ${child.exitCode}):\n${text}`,
+          );
+        }
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    },
+  };
+}

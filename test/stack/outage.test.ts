@@ -10,18 +10,17 @@
 // and the new request's job starts once; and each part's log says the outage once when it
 // begins and once when it ends.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import {
   assignPorts,
-  CLAWGATE_BIN,
+  followClawgate,
   freshStackEnv,
   runClawgate,
   startClawgate,
   untilClawgate,
+  type Following,
   type StartedStack,
 } from '../harness/clawgate-start.ts';
 
@@ -32,12 +31,6 @@ const NOTICE =
 
 const { state, env } = freshStackEnv('clawgate-outage-');
 let stack: StartedStack | undefined;
-interface Following {
-  child: ChildProcess;
-  exited: Promise<number | null>;
-  output(): string;
-  until(pattern: RegExp, timeoutMs?: number): Promise<RegExpExecArray>;
-}
 const following: Following[] = [];
 const clawgate = (...args: string[]) => runClawgate(env, ...args);
 
@@ -48,35 +41,9 @@ after(async () => {
 
 const pidOf = (part: string): number => Number(readFileSync(join(state, 'run', `${part}.pid`), 'utf8'));
 
-/** `clawgate say --follow` running: its output so far, and a wait for a pattern in it. */
+/** `clawgate say --follow` in this test's stack, stopped at the end. */
 function follow(...args: string[]): Following {
-  const child = spawn(CLAWGATE_BIN, ['say', ...args, '--follow'], {
-    env,
-    cwd: tmpdir(),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let text = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const handle = {
-    child,
-    exited,
-    output: () => text,
-    async until(pattern: RegExp, timeoutMs = 90_000): Promise<RegExpExecArray> {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const found = pattern.exec(text);
-        if (found) return found;
-        if (child.exitCode !== null || Date.now() > deadline) {
-          throw new Error(
-            `clawgate say --follow never printed ${pattern} (exit ${child.exitCode}):\n${text}`,
-          );
-        }
-        await new Promise((r) => setTimeout(r, 200));
-      }
-    },
-  };
+  const handle = followClawgate(env, ...args);
   following.push(handle);
   return handle;
 }

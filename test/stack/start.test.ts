@@ -6,10 +6,9 @@
 // through the demo users' own devices, the stack restarted between the request and the
 // approval, and nothing of the request, the plan or the answer in the homeserver's database.
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { DatabaseSync } from 'node:sqlite';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { checkClawsigExport } from '../../src/evidence/clawsig-check.ts';
@@ -17,7 +16,7 @@ import { toolPaths } from '../../src/devstack/tools.ts';
 import { DEMO_README } from '../../src/workspace/workspaces.ts';
 import {
   assignPorts,
-  CLAWGATE_BIN,
+  followClawgate,
   freshStackEnv,
   runClawgate,
   startClawgate,
@@ -238,36 +237,8 @@ test('clawgate start on fresh state: a job from `clawgate say` to a sealed bundl
   await stop();
 });
 
-/** `clawgate say --follow` running: its output so far, and a wait for a pattern in it. */
-function follow(...args: string[]) {
-  const child = spawn(CLAWGATE_BIN, ['say', ...args, '--follow'], {
-    env,
-    cwd: tmpdir(),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let text = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  return {
-    child,
-    exited,
-    output: () => text,
-    async until(pattern: RegExp, timeoutMs = 90_000): Promise<RegExpExecArray> {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const found = pattern.exec(text);
-        if (found) return found;
-        if (child.exitCode !== null || Date.now() > deadline) {
-          throw new Error(
-            `clawgate say --follow never printed ${pattern} (exit ${child.exitCode}):\n${text}`,
-          );
-        }
-        await new Promise((r) => setTimeout(r, 200));
-      }
-    },
-  };
-}
+/** `clawgate say --follow` in this test's stack. */
+const follow = (...args: string[]) => followClawgate(env, ...args);
 
 /** Every text value of the tables that hold a homeserver's events (Synapse's sqlite database). */
 function homeserverEvents(): { text: string; encrypted: number } {

@@ -151,3 +151,72 @@ test('the Temporal watch checks at once and on demand, and its checks end and be
     await watch.stop();
   }
 });
+
+test('one health check that times out is not an outage; two in a row are, and a refused connection is at once', async () => {
+  const { lines, logger } = capture();
+  let answer: 'ok' | 'timeout' | 'refused' = 'ok';
+  const connection = {
+    withDeadline: <T>(_deadline: number | Date, fn: () => Promise<T>) => fn(),
+    healthService: {
+      check: () => {
+        if (answer === 'ok') return Promise.resolve({});
+        const error = new Error(
+          answer === 'timeout'
+            ? '4 DEADLINE_EXCEEDED: Deadline exceeded'
+            : '14 UNAVAILABLE: connection refused',
+        );
+        return Promise.reject(Object.assign(error, { code: answer === 'timeout' ? 4 : 14 }));
+      },
+    },
+  } as unknown as Parameters<typeof watchTemporal>[0];
+  const watch = watchTemporal(connection, new Outage({ service: 'Temporal', log: logger }), {
+    intervalMs: 60_000,
+  });
+  try {
+    assert.equal(await watch.checkNow(), true);
+    answer = 'timeout';
+    assert.equal(await watch.checkNow(), false);
+    assert.equal(watch.outage.down, false, 'one slow answer');
+    answer = 'ok';
+    assert.equal(await watch.checkNow(), true);
+    answer = 'timeout';
+    await watch.checkNow();
+    assert.equal(watch.outage.down, false, 'a slow answer after a good one, again');
+    await watch.checkNow();
+    assert.equal(watch.outage.down, true, 'two in a row');
+    answer = 'ok';
+    await watch.checkNow();
+    assert.equal(watch.outage.down, false);
+    answer = 'refused';
+    await watch.checkNow();
+    assert.equal(watch.outage.down, true, 'a refused connection: at once');
+    assert.deepEqual(
+      lines.map((l) => String(l['msg']).replace(/after \d+ ms$/, 'after N ms')),
+      ['Temporal is not reachable', 'Temporal is reachable again after N ms', 'Temporal is not reachable'],
+    );
+  } finally {
+    await watch.stop();
+  }
+});
+
+test('a failure of an attempt begun before the service came back begins no new outage', () => {
+  const { lines, logger } = capture();
+  let now = 5_000;
+  const outage = new Outage({ service: 'Temporal', log: logger, now: () => now });
+  outage.failed(new Error('14 UNAVAILABLE'));
+  const sentDuringOutage = now + 1_000;
+  now += 10_000;
+  outage.answered();
+  now += 80;
+  assert.equal(
+    outage.failed(new Error('no answer to a health check within 2000 ms'), sentDuringOutage),
+    false,
+  );
+  assert.equal(outage.down, false);
+  // One begun after it is a new outage.
+  assert.equal(outage.failed(new Error('14 UNAVAILABLE'), now), true);
+  assert.deepEqual(
+    lines.map((l) => l['msg']),
+    ['Temporal is not reachable', 'Temporal is reachable again after 10.0 s', 'Temporal is not reachable'],
+  );
+});
