@@ -75,19 +75,11 @@ export function temporalDataConverter(config: ClawgateConfig) {
   return dataConverterFor(statePaths(config).payloadKeys);
 }
 
+/** A client of Temporal, once Temporal has answered (a command that needs it now). */
 export async function connectTemporal(config: ClawgateConfig, address: string) {
-  const tls = config.temporal.tls ? {} : undefined;
-  const connection = await Connection.connect({
-    address,
-    channelArgs: TEMPORAL_CHANNEL_ARGS,
-    ...(tls ? { tls } : {}),
-  });
-  const client = new Client({
-    connection,
-    namespace: config.temporal.namespace,
-    dataConverter: temporalDataConverter(config),
-  });
-  return { connection, client };
+  const temporal = lazyTemporal(config, address);
+  await temporal.connection.ensureConnected();
+  return temporal;
 }
 
 /** A client of Temporal that connects when first used (nothing is asked of Temporal here). */
